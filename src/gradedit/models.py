@@ -1,0 +1,256 @@
+"""Language models: one wrapper around an HF model + tokenizer, target-token ids, parameter selection."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+ModelKind = Literal["mlm", "clm"]
+
+
+class TokenError(ValueError):
+    """A target word is not exactly one token of the model's vocabulary."""
+
+
+@dataclass
+class LanguageModel:
+    """An HF language model with its tokenizer.
+
+    Attributes:
+        model: the ``transformers`` model (``*ForCausalLM`` or ``*ForMaskedLM``), in eval mode.
+        tokenizer: its tokenizer; a pad token is always set.
+        kind: ``"clm"`` (next-token prediction) or ``"mlm"`` (masked-token prediction).
+        name: zoo name, local path or hub id it was loaded from.
+    """
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    kind: ModelKind
+    name: str
+    _token_cache: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("mlm", "clm"):
+            raise ValueError(f"kind must be 'mlm' or 'clm', got {self.kind!r}")
+        ensure_pad_token(self.tokenizer, self.model)
+        if self.kind == "mlm" and self.tokenizer.mask_token_id is None:
+            raise ValueError(f"{self.name}: a masked LM needs a tokenizer with a mask token")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the output distribution (the model's logits dimension)."""
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    def token_id(self, word: str) -> int:
+        """The id of ``word`` as ONE token, honouring the tokenizer's leading-space convention.
+
+        ``" he"`` is the word after a space (GPT-2 ``Ġhe``, SentencePiece ``▁he``); ``"he"`` is the
+        piece without a space marker. WordPiece has no such marker: both map to ``he``.
+
+        Raises:
+            TokenError: the word splits into several pieces (they are named in the message).
+        """
+        if word in self._token_cache:
+            return self._token_cache[word]
+        if not word or not word.strip():
+            raise TokenError(f"{word!r} is empty or only whitespace; give a word such as ' he'")
+        tid = _single_token_id(self.tokenizer, word)
+        self._token_cache[word] = tid
+        return tid
+
+    def token_ids(self, words: Iterable[str]) -> list[int]:
+        """``token_id`` for each word; the error names every word that is not one token."""
+        ids, bad = [], []
+        for w in words:
+            try:
+                ids.append(self.token_id(w))
+            except TokenError as err:
+                bad.append(str(err))
+        if bad:
+            raise TokenError("; ".join(bad))
+        return ids
+
+    def tokenize(self, texts: Sequence[str], padding_side: str = "right") -> dict[str, torch.Tensor]:
+        """Tokenize a batch with padding on ``padding_side``; tensors on the model's device.
+
+        Returns ``input_ids``, ``attention_mask`` [B, T] and ``special_tokens_mask`` [B, T].
+        """
+        old = self.tokenizer.padding_side
+        self.tokenizer.padding_side = padding_side
+        try:
+            enc = self.tokenizer(
+                list(texts), return_tensors="pt", padding=True, return_special_tokens_mask=True
+            )
+        finally:
+            self.tokenizer.padding_side = old
+        return {k: v.to(self.device) for k, v in enc.items() if k != "token_type_ids"}
+
+
+def _pieces(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> list[str]:
+    return [str(t) for t in tokenizer.convert_ids_to_tokens(list(ids))]
+
+
+def _single_token_id(tokenizer: PreTrainedTokenizerBase, word: str) -> int:
+    ids = tokenizer.encode(word, add_special_tokens=False)
+    if len(ids) == 1:
+        return int(ids[0])
+    # Some SentencePiece tokenizers prepend their own space marker; read the word in context
+    # instead: the pieces that "x<word>" adds after "x".
+    if word.startswith(" "):
+        anchor = tokenizer.encode("x", add_special_tokens=False)
+        both = tokenizer.encode("x" + word, add_special_tokens=False)
+        if both[: len(anchor)] == anchor and len(both) == len(anchor) + 1:
+            return int(both[-1])
+    pieces = _pieces(tokenizer, ids)
+    hint = ""
+    if not word.startswith(" ") and len(_single_or_none(tokenizer, " " + word)) == 1:
+        hint = f" Did you mean {' ' + word!r} (the word after a space)?"
+    raise TokenError(f"{word!r} is not a single token: it splits into {pieces}.{hint}")
+
+
+def _single_or_none(tokenizer: PreTrainedTokenizerBase, word: str) -> list[int]:
+    return list(tokenizer.encode(word, add_special_tokens=False))
+
+
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None) -> None:
+    """Give the tokenizer a pad token if it has none (EOS, else UNK); never resizes the model."""
+    if tokenizer.pad_token_id is not None:
+        return
+    for candidate in (tokenizer.eos_token, tokenizer.unk_token):
+        if candidate is not None:
+            tokenizer.pad_token = candidate
+            break
+    else:
+        raise ValueError("tokenizer has no pad, eos or unk token to pad batches with")
+    if model is not None and getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def infer_kind(model: PreTrainedModel) -> ModelKind:
+    """``"mlm"`` for ``*ForMaskedLM`` models, ``"clm"`` for ``*ForCausalLM`` / LM-head models."""
+    arch = type(model).__name__
+    if arch.endswith("ForMaskedLM"):
+        return "mlm"
+    if arch.endswith("ForCausalLM") or arch.endswith("LMHeadModel"):
+        return "clm"
+    raise ValueError(
+        f"{arch} is neither a masked nor a causal LM; load a *ForMaskedLM or *ForCausalLM model"
+    )
+
+
+def load_model(
+    name_or_path: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    kind: ModelKind | None = None,
+) -> LanguageModel:
+    """Load a zoo model (``gradedit models list``), a local HF folder, or a hub id.
+
+    Zoo models that need preparing (``smollm2-135m``, ``gemma3-270m``, ``minilm-mlm``) are prepared
+    on first use. ``kind`` overrides the MLM/CLM detection for a folder or hub id.
+    """
+    from . import zoo
+
+    name = str(name_or_path)
+    if zoo.is_zoo_name(name):
+        lm = zoo.load(name, dtype=dtype)
+    else:
+        lm = _load_hf(name, dtype=dtype, kind=kind)
+    lm.model.to(device)
+    lm.model.eval()
+    return lm
+
+
+def _load_hf(name: str, *, dtype: torch.dtype, kind: ModelKind | None) -> LanguageModel:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+    path = Path(name)
+    if not path.exists() and ("/" not in name or name.startswith((".", "/"))):
+        from . import zoo
+
+        raise FileNotFoundError(
+            f"{name!r} is neither a zoo model ({', '.join(zoo.names())}) nor an existing folder"
+        )
+    config = AutoConfig.from_pretrained(name)
+    if kind is None:
+        archs = getattr(config, "architectures", None) or []
+        kind = "mlm" if any(a.endswith("ForMaskedLM") for a in archs) else "clm"
+    auto = AutoModelForMaskedLM if kind == "mlm" else AutoModelForCausalLM
+    model = auto.from_pretrained(name, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    return LanguageModel(model=model, tokenizer=tokenizer, kind=kind, name=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter selection
+# ---------------------------------------------------------------------------------------------
+
+BLOCK_PATTERN = re.compile(r"(^|\.)(layers|layer|h|blocks)\.\d+\.")
+
+
+def select_parameters(
+    model: torch.nn.Module,
+    patterns: Sequence[str] | None = None,
+    *,
+    include_embeddings: bool = False,
+    weights_only: bool = True,
+) -> dict[str, torch.nn.Parameter]:
+    """Parameters by name, in model order.
+
+    Args:
+        patterns: glob patterns (``fnmatch``) on parameter names, e.g. ``["*.mlp.*"]``. ``None``
+            selects every transformer-block parameter.
+        include_embeddings: also select input/output embedding matrices.
+        weights_only: skip 1-D parameters (biases, norms) when ``patterns`` is ``None``.
+
+    Raises:
+        ValueError: a pattern matches nothing (the message lists a few real names).
+    """
+    named = dict(model.named_parameters())
+    emb_names = _embedding_param_names(model)
+    chosen: dict[str, torch.nn.Parameter] = {}
+    if patterns is None:
+        for n, p in named.items():
+            if BLOCK_PATTERN.search(n) and (p.ndim >= 2 or not weights_only):
+                chosen[n] = p
+    else:
+        for pat in patterns:
+            hits = [n for n in named if fnmatch.fnmatchcase(n, pat)]
+            if not hits:
+                sample = ", ".join(list(named)[:4])
+                raise ValueError(f"parameter pattern {pat!r} matches nothing (names look like: {sample}, ...)")
+            for n in hits:
+                chosen[n] = named[n]
+    if include_embeddings:
+        for n in emb_names:
+            chosen[n] = named[n]
+    elif patterns is None:
+        for n in emb_names:
+            chosen.pop(n, None)
+    if not chosen:
+        raise ValueError("no parameters selected; pass patterns such as ['*.mlp.*']")
+    return {n: named[n] for n in named if n in chosen}
+
+
+def _embedding_param_names(model: torch.nn.Module) -> list[str]:
+    ids = set()
+    for getter in ("get_input_embeddings", "get_output_embeddings"):
+        mod = getattr(model, getter, lambda: None)()
+        if mod is not None and getattr(mod, "weight", None) is not None:
+            ids.add(id(mod.weight))
+    return [n for n, p in model.named_parameters() if id(p) in ids]
