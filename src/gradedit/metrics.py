@@ -13,7 +13,6 @@ sized by a token budget so a 262k vocabulary fits in memory.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -94,15 +93,6 @@ def _as_list(texts: Sequence[str] | str) -> list[str]:
     return texts
 
 
-def _forward_logits(lm: LanguageModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Logits [B, T, V] with position ids derived from the mask (correct under left padding)."""
-    kwargs: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}
-    if "position_ids" in inspect.signature(lm.model.forward).parameters:
-        pos = attention_mask.long().cumsum(-1) - 1
-        kwargs["position_ids"] = pos.clamp_min(0)
-    return lm.model(**kwargs).logits
-
-
 def _batches_by_budget(lengths: Sequence[int], vocab: int, max_batch: int | None) -> Iterator[list[int]]:
     """Group item indices (in order) so that padded batch tokens x vocab x 4 stays in budget."""
     cap_tokens = max(1, LOGIT_BUDGET_BYTES // (4 * vocab))
@@ -133,7 +123,7 @@ def _iter_clm(lm: LanguageModel, texts: list[str], batch_size: int | None, paddi
     groups = list(_batches_by_budget(lengths, lm.vocab_size, batch_size))
     for group in progress(groups, desc=desc, disable=desc is None or len(groups) < 2, leave=False):
         enc = lm.tokenize([texts[i] for i in group], padding_side=padding_side)
-        logits = _forward_logits(lm, enc["input_ids"], enc["attention_mask"])
+        logits = lm.forward_logits(enc["input_ids"], enc["attention_mask"])
         for b, ti in enumerate(group):
             idx = enc["attention_mask"][b].nonzero().squeeze(-1)
             if idx.numel() < 2:
@@ -169,7 +159,7 @@ def _iter_mlm(lm: LanguageModel, texts: list[str], batch_size: int | None, paddi
         targets = torch.tensor([items[i][1][items[i][2]] for i in group])
         where = torch.tensor([off + items[i][2] for off, i in zip(offsets, group)])
         ids[torch.arange(len(group)), where] = mask_id
-        logits = _forward_logits(lm, ids.to(lm.device), att.to(lm.device))
+        logits = lm.forward_logits(ids.to(lm.device), att.to(lm.device))
         picked = logits[torch.arange(len(group)), where.to(lm.device)]  # [G, V]
         for b, i in enumerate(group):
             lp = torch.log_softmax(picked[b : b + 1].float(), dim=-1)
@@ -326,20 +316,6 @@ def next_token_logprobs(lm: LanguageModel, prompts: Sequence[str] | str, token_i
     out = []
     with torch.no_grad():
         for s in range(0, len(prompts), batch_size):
-            chunk = prompts[s : s + batch_size]
-            if lm.kind == "clm":
-                chunk = [p.rstrip(" ") for p in chunk]
-            enc = lm.tokenize(chunk, padding_side="right")
-            logits = _forward_logits(lm, enc["input_ids"], enc["attention_mask"])
-            if lm.kind == "clm":
-                where = enc["attention_mask"].sum(-1) - 1
-            else:
-                is_mask = enc["input_ids"] == lm.tokenizer.mask_token_id
-                counts = is_mask.sum(-1)
-                if (counts != 1).any():
-                    bad = chunk[int((counts != 1).nonzero()[0, 0])]
-                    raise ValueError(f"MLM prompt must contain exactly one {lm.tokenizer.mask_token}: {bad!r}")
-                where = is_mask.long().argmax(-1)
-            picked = logits[torch.arange(len(chunk)), where].float().log_softmax(-1)
+            picked = lm.prediction_logits(prompts[s : s + batch_size]).float().log_softmax(-1)
             out.append(picked[:, cand.to(picked.device)].cpu())
     return torch.cat(out) if out else torch.zeros(0, len(cand))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -38,6 +39,7 @@ class LanguageModel:
     kind: ModelKind
     name: str
     _token_cache: dict[str, int] = field(default_factory=dict, repr=False)
+    _token_cache_flags: dict[str, bool] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in ("mlm", "clm"):
@@ -98,6 +100,56 @@ class LanguageModel:
         finally:
             self.tokenizer.padding_side = old
         return {k: v.to(self.device) for k, v in enc.items() if k != "token_type_ids"}
+
+    def forward_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       parameters: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits [B, T, V] with position ids from the mask, so either padding side is exact.
+
+        ``parameters`` substitutes tensors for the named parameters in this call only
+        (``torch.func.functional_call``), e.g. dual tensors for forward-mode AD. Gradients flow when
+        called outside ``torch.no_grad``.
+        """
+        kwargs: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self._accepts_position_ids():
+            kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+        if parameters:
+            from torch.func import functional_call
+
+            out = functional_call(self.model, dict(parameters), args=(), kwargs=kwargs, strict=False, tie_weights=True)
+            return out.logits
+        return self.model(**kwargs).logits
+
+    def _accepts_position_ids(self) -> bool:
+        if "position_ids" not in self._token_cache_flags:
+            params = inspect.signature(self.model.forward).parameters
+            self._token_cache_flags["position_ids"] = "position_ids" in params
+        return self._token_cache_flags["position_ids"]
+
+    def prediction_logits(self, texts: Sequence[str],
+                          parameters: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits [B, V] at each text's prediction point (gradients flow).
+
+        Causal LM: after the last token (a trailing space is stripped first, since BPE tokenizers
+        would read it as a token of its own). Masked LM: at the single mask token of each text.
+
+        Raises:
+            ValueError: an MLM text without exactly one mask token.
+        """
+        if self.kind == "clm":
+            texts = [t.rstrip(" ") for t in texts]
+        enc = self.tokenize(texts, padding_side="right")
+        logits = self.forward_logits(enc["input_ids"], enc["attention_mask"], parameters)
+        rows = torch.arange(len(texts), device=logits.device)
+        if self.kind == "clm":
+            where = enc["attention_mask"].sum(-1) - 1
+        else:
+            is_mask = enc["input_ids"] == self.tokenizer.mask_token_id
+            counts = is_mask.sum(-1)
+            if (counts != 1).any():
+                bad = texts[int((counts != 1).nonzero()[0, 0])]
+                raise ValueError(f"a masked-LM text must contain exactly one {self.tokenizer.mask_token}: {bad!r}")
+            where = is_mask.long().argmax(-1)
+        return logits[rows, where]
 
 
 def _pieces(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> list[str]:
