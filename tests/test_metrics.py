@@ -191,3 +191,15 @@ def test_unscorable_texts_raise(tiny_gpt2):
         M.cross_entropy(tiny_gpt2, ["a"])
     with pytest.raises(TypeError):
         M.cross_entropy(tiny_gpt2, [1, 2])
+
+
+def test_metrics_never_leave_grad_mode_disabled(tiny_gpt2, texts):
+    """Generators that suspend inside no_grad leak it to the caller; ours must not."""
+    assert torch.is_grad_enabled()
+    M.kl_divergence(tiny_gpt2, _perturbed(tiny_gpt2), texts)
+    it = M._iter_scored(tiny_gpt2, texts)
+    next(it)
+    assert torch.is_grad_enabled()
+    del it
+    M.token_logprobs(tiny_gpt2, texts)
+    assert torch.is_grad_enabled()

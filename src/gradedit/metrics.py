@@ -123,7 +123,8 @@ def _iter_clm(lm: LanguageModel, texts: list[str], batch_size: int | None, paddi
     groups = list(_batches_by_budget(lengths, lm.vocab_size, batch_size))
     for group in progress(groups, desc=desc, disable=desc is None or len(groups) < 2, leave=False):
         enc = lm.tokenize([texts[i] for i in group], padding_side=padding_side)
-        logits = lm.forward_logits(enc["input_ids"], enc["attention_mask"])
+        with torch.no_grad():
+            logits = lm.forward_logits(enc["input_ids"], enc["attention_mask"])
         for b, ti in enumerate(group):
             idx = enc["attention_mask"][b].nonzero().squeeze(-1)
             if idx.numel() < 2:
@@ -159,7 +160,8 @@ def _iter_mlm(lm: LanguageModel, texts: list[str], batch_size: int | None, paddi
         targets = torch.tensor([items[i][1][items[i][2]] for i in group])
         where = torch.tensor([off + items[i][2] for off, i in zip(offsets, group)])
         ids[torch.arange(len(group)), where] = mask_id
-        logits = lm.forward_logits(ids.to(lm.device), att.to(lm.device))
+        with torch.no_grad():
+            logits = lm.forward_logits(ids.to(lm.device), att.to(lm.device))
         picked = logits[torch.arange(len(group)), where.to(lm.device)]  # [G, V]
         for b, i in enumerate(group):
             lp = torch.log_softmax(picked[b : b + 1].float(), dim=-1)
@@ -172,8 +174,9 @@ def _iter_scored(lm: LanguageModel, texts: Sequence[str] | str, batch_size: int 
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     texts = _as_list(texts)
     it = _iter_clm if lm.kind == "clm" else _iter_mlm
-    with torch.no_grad():
-        yield from it(lm, texts, batch_size, padding_side, desc)
+    # no_grad is entered around each forward only: a generator suspended inside a no_grad block
+    # would leave gradients disabled in the caller's code between (and after unfinished) iterations
+    yield from it(lm, texts, batch_size, padding_side, desc)
 
 
 def _collect(n_texts: int, parts: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]) -> TokenScores:

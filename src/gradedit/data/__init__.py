@@ -1,0 +1,1 @@
+"""Text sources: public-domain corpora read from installed packages."""

@@ -1,0 +1,340 @@
+"""Getting rows into a PairDataset: CSV / Parquet / JSONL files (atomic writes), the gradiend-style
+per-class ``{"masc": df, "fem": df}`` layout, and deterministic train/val/test splits.
+
+Per-class frames → pair rows (``class_frames_to_frame``). For each class ``c`` and its frame:
+
+* text: ``text_col``, else the first of ``text`` / ``masked`` (gradiend's name) that exists;
+* factual token: ``token_col``, else the first of ``<c>`` (a column named after the class, as
+  gradiend does), ``factual``, ``token``, ``label`` that exists;
+* one row per other class ``o`` (only the other target class when ``target_classes`` is given);
+  the alternative token comes from, in this order,
+
+  1. a column named ``<o>`` in the same row (row-wise pairs; rows where it is empty are skipped),
+  2. ``alternatives[o]``, a ``{factual token: alternative token}`` dict (matched exactly, else
+     case-insensitively with the factual's casing and leading space applied); unmapped tokens
+     are an error that lists them,
+  3. otherwise the most frequent token of class ``o``'s frame (case-folded, first spelling wins
+     ties) in the factual's casing and leading space: ``" He"`` with ``fem`` → ``" She"``;
+
+* identity rows (alternative = factual, label 0): for every row with ``identity=True``, and always
+  for a class that is not one of ``target_classes`` (neutral data); the target classes' rows
+  come first (in ``target_classes`` order), so a dict and a folder give the same dataset;
+* labels: with ``target_classes=(a, b)`` as in ``PairDataset``; two frames and no
+  ``target_classes`` mean ``(first key, second key)``; more frames and none give label 0 everywhere;
+* ``split``: taken from the frames when all have it; otherwise assigned 80/10/10 grouped by
+  ``text``, so one sentence never lands in two splits. Other columns are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .schema import COLUMNS, DATA_EXTRA, SPLITS, DataError, require_pandas
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .schema import PairDataset
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FORMATS", "assign_splits", "canonical_value", "class_frames_to_frame", "read_class_dir", "read_table",
+    "write_table",
+]
+
+FORMATS = (".csv", ".parquet", ".jsonl")
+_NA = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None", "<NA>"]
+
+
+def _format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise DataError(f"{path}: unknown data format {suffix!r}; use one of {list(FORMATS)}")
+    return suffix
+
+
+def _require_pyarrow() -> None:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError as err:  # pragma: no cover - the test env has pyarrow
+        raise ImportError(f"Parquet files need pyarrow: {DATA_EXTRA}") from err
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a ``.csv`` / ``.parquet`` / ``.jsonl`` file; the string columns are read verbatim."""
+    pd = require_pandas()
+    kind = _format(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no data file at {path}")
+    if kind == ".parquet":
+        _require_pyarrow()
+        return pd.read_parquet(path, engine="pyarrow")
+    if kind == ".jsonl":
+        with path.open(encoding="utf-8") as fh:
+            records = [json.loads(line) for line in fh if line.strip()]
+        return pd.DataFrame.from_records(records)
+    # CSV: tokens such as "null" or " NA" and class ids such as "1" stay strings; extra columns
+    # are type-inferred as usual.
+    header = list(pd.read_csv(path, nrows=0, encoding="utf-8").columns)
+    strings = {c: str for c in header if c in COLUMNS and c != "label"}
+    na = {c: ([] if c in strings else _NA) for c in header}
+    return pd.read_csv(path, dtype=strings, keep_default_na=False, na_values=na, encoding="utf-8")
+
+
+@contextlib.contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; renamed over it on success, removed on failure."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> Path:
+    """Write ``frame`` as ``path``'s format, atomically; returns ``path``."""
+    kind = _format(path)
+    if kind == ".parquet":
+        _require_pyarrow()
+    with _atomic(path) as tmp:
+        if kind == ".csv":
+            frame.to_csv(tmp, index=False, encoding="utf-8")
+        elif kind == ".parquet":
+            frame.to_parquet(tmp, index=False, engine="pyarrow")
+        else:
+            cols = list(frame.columns)
+            with tmp.open("w", encoding="utf-8") as fh:
+                for row in zip(*(frame[c].tolist() for c in cols)):
+                    values = {c: _jsonable(v) for c, v in zip(cols, row)}
+                    fh.write(json.dumps(values, ensure_ascii=False) + "\n")
+    logger.debug("wrote %d rows to %s", len(frame), path)
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    """Like the fingerprint's canonical form, but floats stay floats (dtypes survive JSONL)."""
+    if isinstance(value, float):
+        return None if value != value else float(value)
+    return canonical_value(value)
+
+
+def canonical_value(value: Any) -> Any:
+    """A JSON value that is the same whichever file format the data went through."""
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if hasattr(value, "tolist") and not isinstance(value, float):  # numpy scalars and arrays
+        return canonical_value(value.tolist())
+    if isinstance(value, float):
+        return None if math.isnan(value) else int(value) if value.is_integer() else value
+    if isinstance(value, list | tuple):
+        return [canonical_value(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): canonical_value(v) for k, v in value.items()}
+    return None if require_pandas().isna(value) else str(value)
+
+
+def _split_counts(n: int, fractions: Sequence[float]) -> list[int]:
+    """Row counts per split summing to ``n`` (largest-remainder rounding)."""
+    raw = [f * n for f in fractions]
+    counts = [math.floor(r + 1e-9) for r in raw]
+    order = sorted(range(len(raw)), key=lambda i: (-(raw[i] - counts[i]), i))
+    for i in order[: n - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def _rank(seed: int, key: object) -> str:
+    return hashlib.sha256(f"{seed}\x00{key}".encode()).hexdigest()
+
+
+def assign_splits(
+    n: int,
+    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    groups: Sequence[object] | None = None,
+) -> list[str]:
+    """Deterministic ``"train"/"val"/"test"`` labels for ``n`` rows.
+
+    Rows (or, with ``groups``, distinct group values) are ordered by ``sha256(seed, key)``, so the
+    result is the same on every platform and Python/numpy version. Without groups the counts are
+    exact (largest remainder); with groups every row of a group lands in one split (for held-out
+    vocabulary or sentences) and the counts are as close to ``fractions`` as whole groups allow.
+    """
+    fr = [float(f) for f in fractions]
+    if len(fr) != 3 or any(f < 0 for f in fr) or not math.isclose(sum(fr), 1.0, abs_tol=1e-6):
+        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {tuple(fractions)}")
+    if groups is None:
+        order = sorted(range(n), key=lambda i: _rank(seed, i))
+        out = [""] * n
+        start = 0
+        for name, count in zip(SPLITS, _split_counts(n, fr)):
+            for i in order[start : start + count]:
+                out[i] = name
+            start += count
+        return out
+    keys = [str(g) for g in groups]
+    if len(keys) != n:
+        raise ValueError(f"groups has {len(keys)} values for {n} rows")
+    sizes = Counter(keys)
+    bounds = (fr[0] * n, (fr[0] + fr[1]) * n)
+    assigned: dict[str, str] = {}
+    done = 0
+    for key in sorted(sizes, key=lambda k: _rank(seed, k)):
+        middle = done + sizes[key] / 2
+        assigned[key] = SPLITS[0] if middle < bounds[0] else SPLITS[1] if middle < bounds[1] else SPLITS[2]
+        done += sizes[key]
+    return [assigned[k] for k in keys]
+
+
+def read_class_dir(path: Path) -> dict[str, pd.DataFrame]:
+    """``{class: frame}`` from a folder of ``<class>.csv|.parquet|.jsonl`` files."""
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in FORMATS)
+    if not files:
+        raise DataError(f"{path} holds no per-class files; expected e.g. masc.csv, fem.csv ({list(FORMATS)})")
+    stems = Counter(p.stem for p in files)
+    twice = sorted(s for s, n in stems.items() if n > 1)
+    if twice:
+        raise DataError(f"{path}: class(es) {twice} have several files; keep one file per class")
+    return {p.stem: read_table(p) for p in files}
+
+
+def _pick(frame: pd.DataFrame, cls: str, candidates: Sequence[str], what: str) -> str:
+    for c in candidates:
+        if c in frame.columns:
+            return c
+    raise DataError(
+        f"frame of class {cls!r} has no {what} column (tried {list(candidates)}); it has {list(frame.columns)}. "
+        f"Fix: rename the column or pass {'text_col' if what == 'text' else 'token_col'}="
+    )
+
+
+def _match_case(factual: str, alternative: str) -> str:
+    """``alternative`` with ``factual``'s leading whitespace and casing (lower, Title or UPPER)."""
+    lead = factual[: len(factual) - len(factual.lstrip())]
+    word, alt = factual.strip(), alternative.strip()
+    if len(word) > 1 and word.isupper():
+        alt = alt.upper()
+    elif word[:1].isupper():
+        alt = alt[:1].upper() + alt[1:]
+    elif word.islower():
+        alt = alt.lower()
+    return lead + alt
+
+
+def _most_common(tokens: Sequence[str]) -> str:
+    """The most frequent token, case-folded; ties go to the first seen, in its first spelling."""
+    folded = Counter(t.strip().lower() for t in tokens)
+    first: dict[str, str] = {}
+    for t in tokens:
+        first.setdefault(t.strip().lower(), t)
+    rank = {k: i for i, k in enumerate(first)}
+    return first[max(folded, key=lambda k: (folded[k], -rank[k]))]
+
+
+def _alternatives(frame: pd.DataFrame, cls: str, factual: pd.Series, other: str,
+                  frames: Mapping[str, pd.DataFrame], token_col: str | None,
+                  alternatives: Mapping[str, Mapping[str, str]] | None) -> pd.Series:
+    if other in frame.columns and other != factual.name:
+        return frame[other]
+    if alternatives is not None and other in alternatives:
+        table = dict(alternatives[other])
+        folded = {k.strip().lower(): v for k, v in table.items()}
+
+        def look(tok: str) -> str | None:
+            if not isinstance(tok, str) or tok in table:
+                return table.get(tok)
+            hit = folded.get(tok.strip().lower())
+            return None if hit is None else _match_case(tok, hit)
+
+        out = factual.map(look)
+        unmapped = sorted(set(factual[out.isna()]))
+        if unmapped:
+            raise DataError(f"alternatives[{other!r}] has no entry for {cls!r} token(s) {unmapped}; add them")
+        return out
+    other_frame = frames[other]
+    col = _pick(other_frame, other, [token_col] if token_col else [other, "factual", "token", "label"], "token")
+    pool = [str(t) for t in other_frame[col].dropna()]
+    if not pool:
+        raise DataError(f"class {other!r} has no tokens to draw alternatives for class {cls!r} from")
+    common = _most_common(pool)
+    logger.info("class %r → %r: alternative is %r (the most frequent %r token)", cls, other, common, other)
+    return factual.map(lambda t: _match_case(t, common) if isinstance(t, str) else None)
+
+
+def class_frames_to_frame(
+    frames: Mapping[str, Any],
+    target_classes: Sequence[str] | None = None,
+    *,
+    text_col: str | None = None,
+    token_col: str | None = None,
+    alternatives: Mapping[str, Mapping[str, str]] | None = None,
+    identity: bool = False,
+) -> pd.DataFrame:
+    """Pair rows (without labels) from per-class frames or file paths; see the module docstring."""
+    pd = require_pandas()
+    loaded = {str(c): (f if isinstance(f, pd.DataFrame) else read_table(Path(f))) for c, f in frames.items()}
+    if not loaded:
+        raise DataError("no class frames given; pass e.g. {'masc': masc_df, 'fem': fem_df}")
+    targets = [str(t) for t in target_classes] if target_classes is not None else None
+    for t in targets or []:
+        if t not in loaded:
+            raise DataError(f"target class {t!r} has no frame; frames are {sorted(loaded)}")
+    order = [*(targets or []), *(c for c in loaded if c not in (targets or []))]
+    loaded = {c: loaded[c] for c in order}  # target classes first: same rows for a dict or a folder
+    with_split = [c for c, df in loaded.items() if "split" in df.columns]
+    if with_split and len(with_split) != len(loaded):
+        raise DataError(f"only the frames of {with_split} have a 'split' column; give it to all or none")
+    parts = []
+    for cls, df in loaded.items():
+        df = df.reset_index(drop=True)
+        tcol = _pick(df, cls, [text_col] if text_col else ["text", "masked"], "text")
+        fcol = _pick(df, cls, [token_col] if token_col else [cls, "factual", "token", "label"], "token")
+        factual = df[fcol].map(lambda v: v if isinstance(v, str) or pd.isna(v) else str(v))
+        base = df.drop(columns=[c for c in {tcol, fcol, *COLUMNS} - {"split"} if c in df.columns])
+        others = [o for o in (targets or list(loaded)) if o != cls] if targets is None or cls in targets else []
+        pairs = [(o, _alternatives(df, cls, factual, o, loaded, token_col, alternatives)) for o in others]
+        if identity or (targets is not None and cls not in targets):
+            pairs.append((cls, factual))
+        for other, alt in pairs:
+            keep = alt.notna() & (alt.astype(str) != "")
+            core = pd.DataFrame({"text": df[tcol], "factual": factual, "alternative": alt,
+                                 "factual_class": cls, "alternative_class": other})
+            parts.append(pd.concat([core, base], axis=1)[keep.to_numpy()])
+    out = pd.concat(parts, ignore_index=True)
+    logger.info("%d pair rows from %d class frame(s)", len(out), len(loaded))
+    return out
+
+
+def load_class_frames(cls: type[PairDataset], frames: Mapping[str, Any], target_classes: Sequence[str] | None,
+                      *, text_col: str | None = None, token_col: str | None = None,
+                      alternatives: Mapping[str, Mapping[str, str]] | None = None, identity: bool = False,
+                      fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
+                      group_by: str | None = "text") -> PairDataset:
+    """``PairDataset.from_class_frames``: labels from ``target_classes`` (when given) and splits
+    grouped by ``group_by`` when the frames carry none."""
+    if target_classes is None and len(frames) == 2:
+        target_classes = [str(c) for c in frames]
+        logger.info("two class frames: target_classes = %s (+1 for the first → second)", target_classes)
+    frame = class_frames_to_frame(frames, target_classes, text_col=text_col, token_col=token_col,
+                                  alternatives=alternatives, identity=identity)
+    if target_classes is None:
+        frame["label"] = 0
+        logger.warning("%d class frames and no target_classes: every label is 0; use ds.with_targets([...])",
+                       len(frames))
+    return cls.from_frame(frame, target_classes, fractions=fractions, seed=seed, group_by=group_by)
