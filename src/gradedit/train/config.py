@@ -1,0 +1,138 @@
+"""``TrainConfig``: every knob of GRADIEND training, validated; unknown keys are an error."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..gradients import SOURCES
+
+
+@dataclass
+class TrainConfig:
+    """GRADIEND training configuration.
+
+    Attributes:
+        experiment_dir: every artefact of the run goes below this folder.
+        source: gradient fed to the encoder: ``"factual"``, ``"alternative"`` or ``"diff"``.
+        target: gradient the decoder reconstructs (same choices); ``"diff"`` in the paper.
+        params: glob patterns of base-model parameters forming the input space (``None``: all
+            transformer-block weight matrices).
+        include_embeddings: add the embedding matrices to the input space.
+        latent_dim: number of feature neurons (1 in the paper).
+        learning_rate: AdamW learning rate of the encoder–decoder.
+        weight_decay: AdamW weight decay.
+        train_batch_size: gradient examples per optimiser step.
+        rows_per_gradient: data rows averaged into one gradient example (1 = per-row gradients).
+        max_steps: optimiser steps per seed.
+        eval_steps: evaluate the encoder on the validation split every this many steps.
+        eval_max_size: cap on validation rows per evaluation (balanced over classes).
+        seed: first seed; further seeds are seed+1, seed+2, ...
+        max_seeds: seeds to try at most.
+        min_convergent_seeds: stop once this many seeds converged.
+        min_correlation: convergence needs validation |r| at least this.
+        min_class_mean: convergence needs class means of opposite sign with |mean| at least this.
+        pre_prune_topk: keep only the top entries (int count or fraction in (0, 1]) by mean |diff
+            gradient| over ``pre_prune_samples`` training rows BEFORE training; ``None`` = no pre-pruning.
+        pre_prune_samples: rows used to rank entries for pre-pruning.
+        post_prune_topk: after training, keep the top entries by ``post_prune_part`` importance.
+        post_prune_part: ``encoder-weight``, ``decoder-weight``, ``decoder-bias`` or ``decoder-sum``.
+        use_identity_rows: also train on rows with label 0 (factual == alternative class).
+        resume: continue from the last checkpoint of an interrupted run with the same config.
+    """
+
+    experiment_dir: str = "runs/gradiend"
+    source: str = "factual"
+    target: str = "diff"
+    params: list[str] | None = None
+    include_embeddings: bool = False
+    latent_dim: int = 1
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    train_batch_size: int = 4
+    rows_per_gradient: int = 1
+    max_steps: int = 200
+    eval_steps: int = 25
+    eval_max_size: int = 64
+    seed: int = 0
+    max_seeds: int = 1
+    min_convergent_seeds: int = 1
+    min_correlation: float = 0.5
+    min_class_mean: float = 0.1
+    pre_prune_topk: float | int | None = None
+    pre_prune_samples: int = 16
+    post_prune_topk: float | int | None = None
+    post_prune_part: str = "decoder-weight"
+    use_identity_rows: bool = False
+    resume: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.experiment_dir = str(self.experiment_dir)
+        for name in ("source", "target"):
+            if getattr(self, name) not in SOURCES:
+                raise ValueError(f"{name} must be one of {SOURCES}, got {getattr(self, name)!r}")
+        positive_ints = ["latent_dim", "train_batch_size", "rows_per_gradient", "max_steps", "eval_steps",
+                         "eval_max_size", "max_seeds", "min_convergent_seeds", "pre_prune_samples"]
+        for name in positive_ints:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.min_convergent_seeds > self.max_seeds:
+            raise ValueError("min_convergent_seeds cannot exceed max_seeds")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        for name in ("pre_prune_topk", "post_prune_topk"):
+            _check_topk(name, getattr(self, name))
+        parts = ("encoder-weight", "decoder-weight", "decoder-bias", "decoder-sum")
+        if self.post_prune_part not in parts:
+            raise ValueError(f"post_prune_part must be one of {parts}, got {self.post_prune_part!r}")
+        if self.params is not None:
+            if isinstance(self.params, str) or not all(isinstance(p, str) for p in self.params):
+                raise ValueError("params must be a list of glob patterns, e.g. ['*.mlp.*']")
+            self.params = list(self.params)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
+        """Build from a mapping; unknown keys raise with the list of known ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig key(s) {unknown}; known keys: {sorted(known)}")
+        return cls(**dict(values))
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed (validated; unknown keys raise)."""
+        merged = self.to_dict()
+        merged.update(changes)
+        return TrainConfig.from_dict(merged)
+
+    def training_fingerprint(self) -> dict[str, Any]:
+        """The fields that change what training produces (used to decide whether resuming is valid)."""
+        d = self.to_dict()
+        for k in ("experiment_dir", "resume", "max_seeds", "min_convergent_seeds", "max_steps", "eval_steps",
+                  "post_prune_topk", "post_prune_part"):
+            d.pop(k)
+        return d
+
+
+def _check_topk(name: str, v: float | int | None) -> None:
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"{name} must be an int count or a float fraction, got {v!r}")
+    if isinstance(v, float) and not 0.0 < v <= 1.0:
+        raise ValueError(f"{name} as a fraction must be in (0, 1], got {v}")
+    if isinstance(v, int) and v < 1:
+        raise ValueError(f"{name} as a count must be >= 1, got {v}")

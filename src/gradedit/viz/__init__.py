@@ -1,0 +1,1 @@
+"""Plots (matplotlib, the ``plot`` extra) and self-contained HTML reports."""
