@@ -30,3 +30,26 @@ def test_errors_are_one_line(capsys):
     assert "unknown zoo model" in err and "Traceback" not in err
     assert main(["score", "--model", "/no/such/dir", "--text", "x y"]) == 2
     assert "neither a zoo model" in capsys.readouterr().err
+
+
+def test_train_command_on_tiny_model(tmp_path, capsys):
+    from gradedit.data.schema import PairDataset
+
+    recs = []
+    for s in ["The doctor", "My friend", "The teacher", "The nurse", "The man", "A woman"]:
+        for v in ["said that", "thinks that", "knows that"]:
+            for f, a, fc, ac in [(" he", " she", "masc", "fem"), (" she", " he", "fem", "masc")]:
+                recs.append({"text": f"{s} {v} [MASK] left.", "factual": f, "alternative": a,
+                             "factual_class": fc, "alternative_class": ac})
+    data = tmp_path / "pairs.csv"
+    PairDataset.from_records(recs, target_classes=["masc", "fem"]).save(data)
+    out = tmp_path / "run"
+    code = main(["train", "--model", "tiny-gpt2", "--data", str(data), "--classes", "masc", "fem", "--out", str(out),
+                 "--max-steps", "8", "--eval-steps", "4", "--pre-prune", "200"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "validation r =" in text and (out / "model" / "config.json").is_file()
+    assert json.loads((out / "model" / "config.json").read_text())["input_dim"] == 200
+    assert main(["train", "--model", "tiny-gpt2", "--data", str(data), "--classes", "masc", "nope",
+                 "--out", str(out)]) == 2
+    assert "not in the data" in capsys.readouterr().err

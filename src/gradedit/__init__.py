@@ -7,16 +7,28 @@ import logging
 __version__ = "0.1.0"
 
 from . import metrics, zoo  # noqa: E402
+from .data.schema import DataError, PairDataset  # noqa: E402
+from .feature_model import FeatureModel  # noqa: E402
+from .model_with_gradiend import ModelWithGradiend  # noqa: E402
 from .models import LanguageModel, TokenError, load_model, select_parameters  # noqa: E402
+from .param_map import ParamMap  # noqa: E402
+from .train import TrainConfig, Trainer  # noqa: E402
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "__version__",
+    "DataError",
+    "FeatureModel",
     "LanguageModel",
+    "ModelWithGradiend",
+    "PairDataset",
+    "ParamMap",
     "TokenError",
+    "TrainConfig",
+    "Trainer",
     "load_model",
-    "select_parameters",
     "metrics",
+    "select_parameters",
     "zoo",
 ]

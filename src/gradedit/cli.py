@@ -91,10 +91,66 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_data(spec: str, lm: object) -> object:
+    """A PairDataset from a file/folder, or from a built-in feature name."""
+    from .data.schema import PairDataset
+
+    if Path(spec).exists():
+        return PairDataset.load(spec)
+    from .data import features
+
+    if spec in features.names():
+        return features.build(spec, lm)  # type: ignore[arg-type]
+    raise FileNotFoundError(f"{spec!r} is neither a data file/folder nor a built-in feature ({', '.join(features.names())})")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .models import load_model
+    from .train import TrainConfig, Trainer
+
+    values: dict[str, object] = json.loads(Path(args.config).read_text()) if args.config else {}
+    flags = {"max_steps": args.max_steps, "eval_steps": args.eval_steps, "source": args.source,
+             "target": args.target, "learning_rate": args.lr, "pre_prune_topk": args.pre_prune,
+             "max_seeds": args.seeds, "train_batch_size": args.batch_size}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    values["experiment_dir"] = args.out
+    config = TrainConfig.from_dict(values)
+    lm = load_model(args.model)
+    data = _load_data(args.data, lm)
+    trainer = Trainer(lm, data, args.classes, config=config)  # type: ignore[arg-type]
+    fm = trainer.train()
+    res = max(trainer.seed_results, key=lambda r: abs(r.correlation))
+    try:
+        trainer.plot_training_convergence()
+    except ImportError as err:
+        logger.warning("no convergence plot: %s", err)
+    print(f"feature model: {Path(args.out) / 'model'} (input dim {fm.input_dim:,})")
+    print(f"validation r = {res.correlation:+.3f}, class means {res.class_means}, converged: {res.converged}")
+    return 0
+
+
+def _cmd_data_build(args: argparse.Namespace) -> int:
+    from .data import features
+    from .models import load_model
+
+    lm = load_model(args.model) if args.model else None
+    ds = features.build(args.name, lm, seed=args.seed)
+    if args.out:
+        ds.save(args.out)
+        print(f"saved {len(ds)} rows to {args.out}")
+    print(features.describe(ds))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo_smoke import run_smoke
 
     return run_smoke(args.model)
+
+
+def _topk(value: str) -> float | int:
+    number = float(value)
+    return int(number) if number >= 1 and number.is_integer() and "." not in value else number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +179,31 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--text", action="append", help="a text (repeatable)")
     score.add_argument("--file", help="a file with one text per line")
     score.set_defaults(func=_cmd_score)
+
+    train = sub.add_parser("train", help="train a GRADIEND feature model")
+    train.add_argument("--model", required=True, help="zoo name, local HF folder or hub id")
+    train.add_argument("--data", required=True, help="PairDataset file/folder, or a built-in feature name")
+    train.add_argument("--classes", nargs=2, required=True, metavar=("A", "B"), help="target classes (A encodes +)")
+    train.add_argument("--out", required=True, help="experiment directory")
+    train.add_argument("--config", help="JSON file with TrainConfig fields (flags override it)")
+    train.add_argument("--max-steps", type=int)
+    train.add_argument("--eval-steps", type=int)
+    train.add_argument("--source", choices=["factual", "alternative", "diff"])
+    train.add_argument("--target", choices=["factual", "alternative", "diff"])
+    train.add_argument("--lr", type=float, help="learning rate of the encoder-decoder")
+    train.add_argument("--batch-size", type=int, help="gradient examples per step")
+    train.add_argument("--pre-prune", type=_topk, help="keep the top entries before training: a count or a fraction")
+    train.add_argument("--seeds", type=int, help="max seeds to try")
+    train.set_defaults(func=_cmd_train)
+
+    data = sub.add_parser("data", help="build feature datasets")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    build = dsub.add_parser("build", help="build a built-in feature's PairDataset and print counts")
+    build.add_argument("name")
+    build.add_argument("--model", help="validate target words as single tokens of this model")
+    build.add_argument("--out", help="save to this .csv/.parquet/.jsonl")
+    build.add_argument("--seed", type=int, default=0)
+    build.set_defaults(func=_cmd_data_build)
 
     demo = sub.add_parser("demo", help="the main job on the default model")
     demo.add_argument("--model", default="smollm2-135m")

@@ -137,7 +137,7 @@ class SeedTrainer:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             step += 1
             bar.update(1)
             if step % cfg.eval_steps == 0 or step == cfg.max_steps:

@@ -1,0 +1,151 @@
+"""GRADIEND training on a tiny model: convergence, sign, resume, seeds, pruning, encoding paths."""
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from gradedit.data.schema import PairDataset
+from gradedit.feature_model import FeatureModel
+from gradedit.model_with_gradiend import ModelWithGradiend
+from gradedit.train.config import TrainConfig
+from gradedit.train.trainer import Trainer
+
+SUBJECTS = ["The doctor", "My friend", "The teacher", "The nurse", "The man", "A woman", "The child", "Our boss"]
+VERBS = ["said that", "thinks that", "knows that", "wrote that", "believes that"]
+
+
+@pytest.fixture(scope="module")
+def pronouns() -> PairDataset:
+    recs = []
+    for s, v in itertools.product(SUBJECTS, VERBS):
+        for f, a, fc, ac in [(" he", " she", "masc", "fem"), (" she", " he", "fem", "masc")]:
+            recs.append({"text": f"{s} {v} [MASK] would be late.", "factual": f, "alternative": a,
+                         "factual_class": fc, "alternative_class": ac})
+    return PairDataset.from_records(recs, target_classes=["masc", "fem"])
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(experiment_dir=str(tmp_path / "run"), max_steps=20, eval_steps=10, pre_prune_topk=0.2,
+                pre_prune_samples=8, eval_max_size=16)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_config_rejects_unknown_and_bad_values():
+    with pytest.raises(ValueError, match="unknown TrainConfig key"):
+        TrainConfig.from_dict({"max_step": 3})
+    with pytest.raises(TypeError):
+        TrainConfig(max_step=3)
+    with pytest.raises(ValueError, match="source must be one of"):
+        TrainConfig(source="grad")
+    with pytest.raises(ValueError, match="fraction"):
+        TrainConfig(pre_prune_topk=1.5)
+    with pytest.raises(ValueError, match="min_convergent_seeds"):
+        TrainConfig(max_seeds=1, min_convergent_seeds=2)
+
+
+def test_trainer_rejects_missing_class(tiny_gpt2, pronouns, tmp_path):
+    with pytest.raises(ValueError, match="not in the data"):
+        Trainer(tiny_gpt2, pronouns, ["masc", "neutral"], config=_cfg(tmp_path))
+    with pytest.raises(ValueError, match="unknown TrainConfig key"):
+        Trainer(tiny_gpt2, pronouns, ["masc", "fem"], config={"experiment_dir": str(tmp_path), "lr": 1})
+
+
+@pytest.mark.parametrize("source", ["factual", "diff"])
+def test_training_converges_with_sign_normalised(tiny_gpt2, pronouns, tmp_path, source):
+    tr = Trainer(tiny_gpt2, pronouns, ["masc", "fem"], config=_cfg(tmp_path, source=source, max_steps=30))
+    fm = tr.train()
+    res = tr.seed_results[0]
+    assert res.converged and abs(res.correlation) >= 0.8
+    assert res.class_means["masc"] > 0 > res.class_means["fem"], "class A must encode positive"
+    enc = tr.get_model().encode(pronouns.split("test"))
+    labels = pronouns.split("test").to_frame()["label"].to_numpy()
+    assert np.all(np.sign(enc) == labels)
+    saved = json.loads((tmp_path / "run" / "seed_report.json").read_text())
+    assert saved["chosen_seed"] == 0 and saved["converged_seeds"] == 1
+    assert fm.metadata["base_model"] == "tiny-gpt2" and fm.metadata["source"] == source
+    assert (tmp_path / "run" / "run.json").is_file()
+
+
+def test_jvp_encoding_equals_explicit(tiny_gpt2, pronouns, tmp_path):
+    tr = Trainer(tiny_gpt2, pronouns, ["masc", "fem"], config=_cfg(tmp_path, max_steps=10))
+    tr.train()
+    m = tr.get_model()
+    test = pronouns.split("test")
+    np.testing.assert_allclose(m.encode(test), m.encode(test, method="explicit"), atol=1e-5)
+
+
+def test_pre_pruning_restricts_input_space(tiny_gpt2, pronouns, tmp_path):
+    tr = Trainer(tiny_gpt2, pronouns, ["masc", "fem"], config=_cfg(tmp_path, max_steps=10, pre_prune_topk=500))
+    fm = tr.train()
+    assert fm.input_dim == 500 == fm.param_map.size
+    full = sum(p.numel() for p in tr.engine.params.values())
+    assert full > 500
+
+
+def test_resume_continues_from_last_checkpoint(tiny_gpt2, pronouns, tmp_path):
+    cfg = _cfg(tmp_path, max_steps=10, eval_steps=5)
+    Trainer(tiny_gpt2, pronouns, ["masc", "fem"], config=cfg).train()
+    uninterrupted = _cfg(tmp_path / "b", max_steps=20, eval_steps=5)
+    a = Trainer(tiny_gpt2, pronouns, ["masc", "fem"], config=uninterrupted).train()
+    # continue the first run to 20 steps: it must resume at step 10 and end where the long run ended
+    resumed_tr = Trainer(tiny_gpt2, pronouns, ["masc", "fem"], config=cfg.replace(max_steps=20))
+    b = resumed_tr.train()
+    steps = [h["step"] for h in resumed_tr.seed_results[0].history]
+    assert steps == [5, 10, 15, 20]
+    torch.testing.assert_close(a.encoder_weight, b.encoder_weight, atol=1e-6, rtol=1e-5)
+
+
+def test_changed_config_does_not_resume(tiny_gpt2, pronouns, tmp_path):
+    cfg = _cfg(tmp_path, max_steps=10, eval_steps=5)
+    Trainer(tiny_gpt2, pronouns, ["masc", "fem"], config=cfg).train()
+    tr = Trainer(tiny_gpt2, pronouns, ["masc", "fem"], config=cfg.replace(learning_rate=5e-4, max_steps=10))
+    tr.train()
+    assert [h["step"] for h in tr.seed_results[0].history] == [5, 10]
+
+
+def test_multi_seed_report(tiny_gpt2, pronouns, tmp_path):
+    cfg = _cfg(tmp_path, max_steps=10, max_seeds=3, min_convergent_seeds=2, min_correlation=2.0)  # never converges
+    tr = Trainer(tiny_gpt2, pronouns, ["masc", "fem"], config=cfg)
+    tr.train()
+    report = json.loads((tmp_path / "run" / "seed_report.json").read_text())
+    assert [s["seed"] for s in report["seeds"]] == [0, 1, 2] and report["converged_seeds"] == 0
+    best = max(report["seeds"], key=lambda s: abs(s["correlation"]))
+    assert report["chosen_seed"] == best["seed"]
+
+
+def test_post_pruning_and_reload(tiny_gpt2, pronouns, tmp_path):
+    tr = Trainer(tiny_gpt2, pronouns, ["masc", "fem"], config=_cfg(tmp_path, max_steps=10, post_prune_topk=100))
+    fm = tr.train()
+    assert fm.input_dim == 100
+    again = ModelWithGradiend.from_pretrained(tmp_path / "run", lm=tiny_gpt2)
+    assert again.feature_model.input_dim == 100
+    torch.testing.assert_close(again.feature_model.decoder_weight, fm.decoder_weight)
+    assert isinstance(FeatureModel.from_pretrained(tmp_path / "run" / "model"), FeatureModel)
+
+
+def test_convergence_plot(tiny_gpt2, pronouns, tmp_path):
+    tr = Trainer(tiny_gpt2, pronouns, ["masc", "fem"], config=_cfg(tmp_path, max_steps=10, eval_steps=5))
+    tr.train()
+    tr.plot_training_convergence()
+    png = tmp_path / "run" / "training_convergence.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rewrite_manual_lr_zero_is_identity_and_inplace_restores(tiny_gpt2, pronouns, tmp_path):
+    tr = Trainer(tiny_gpt2, pronouns, ["masc", "fem"], config=_cfg(tmp_path, max_steps=10))
+    tr.train()
+    m = tr.get_model()
+    same = m.rewrite_base_model(learning_rate=0.0, feature_factor=1.0)
+    for (n, p), q in zip(tiny_gpt2.model.named_parameters(), same.parameters()):
+        assert torch.equal(p, q), n
+    changed = m.rewrite_base_model(learning_rate=1e-2, feature_factor=1.0, output_dir=tmp_path / "out")
+    assert any(not torch.equal(p, q) for p, q in zip(tiny_gpt2.model.parameters(), changed.parameters()))
+    info = json.loads((tmp_path / "out" / "rewrite_info.json").read_text())
+    assert info["learning_rate"] == 1e-2 and info["base_model"] == "tiny-gpt2"
+    assert (tmp_path / "out" / "tokenizer.json").is_file()
+    with pytest.raises(FileExistsError):
+        m.rewrite_base_model(learning_rate=1e-2, feature_factor=1.0, output_dir=tmp_path / "out")
