@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +84,23 @@ class ModelWithGradiend:
         vec = self.feature_model.update_vector(feature_factor, learning_rate)
         named = dict(model.named_parameters())
         self.feature_model.param_map.scatter_add_({n: named[n].data for n in self.feature_model.param_map.names}, vec)
+
+    @contextlib.contextmanager
+    def applied(self, learning_rate: float, feature_factor: float) -> Iterator[None]:
+        """Apply the rewrite to ``self.lm.model`` in place for the ``with`` block; restore bit-exactly.
+
+        Only the mapped entries are snapshotted (not the model), so a sweep costs no copies.
+        """
+        pmap = self.feature_model.param_map
+        named = dict(self.lm.model.named_parameters())
+        params = {n: named[n].data for n in pmap.names}
+        with torch.no_grad():
+            saved = pmap.gather(params)
+        try:
+            self.apply_update_(self.lm.model, learning_rate, feature_factor)
+            yield
+        finally:
+            pmap.assign_(params, saved)
 
     def rewrite_base_model(self, learning_rate: float, feature_factor: float, *, inplace: bool = False,
                            output_dir: str | Path | None = None, info: dict[str, Any] | None = None) -> PreTrainedModel:

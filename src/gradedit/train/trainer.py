@@ -24,6 +24,7 @@ from ..feature_model import FeatureModel
 from ..gradients import GradientEngine
 from ..models import LanguageModel
 from ..param_map import ParamMap
+from .after import AfterTraining
 from .config import TrainConfig
 from .loop import Rows, SeedResult, SeedTrainer
 from .pruning import pre_prune
@@ -50,7 +51,7 @@ def balanced_cap(rows: Rows, cap: int, seed: int) -> Rows:
     return rows.subset(keep)
 
 
-class Trainer:
+class Trainer(AfterTraining):
     """Train a GRADIEND feature model for two target classes of a ``PairDataset``.
 
     Args:

@@ -42,3 +42,38 @@ def plot_convergence(history: Sequence[dict[str, Any]], threshold: float | None 
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title("GRADIEND training convergence")
     return fig
+
+
+def plot_decoder(results: Any, ax: Any = None) -> Any:
+    """The decoder figure: each selected metric vs learning rate (log x), one line per feature factor,
+    with the LMS on a twin axis and the selected points marked."""
+    plt = _pyplot()
+    keys = list(results.selections) or sorted(results.base["metrics"])
+    if ax is None:
+        fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
+        axes = list(axes[0])
+    else:
+        fig, axes = ax.figure, [ax] * len(keys)
+    grid = [p for p in results.grid]
+    ffs = sorted({p["feature_factor"] for p in grid})
+    for a, key in zip(axes, keys):
+        lms_ax = a.twinx()
+        for ff in ffs:
+            pts = sorted((p for p in grid if p["feature_factor"] == ff), key=lambda p: p["learning_rate"])
+            xs = [p["learning_rate"] for p in pts]
+            a.plot(xs, [p["metrics"][key] for p in pts], marker="o", label=f"ff={ff:+g}")
+            lms_ax.plot(xs, [p["lms"] for p in pts], linestyle=":", alpha=0.6)
+        a.axhline(results.base["metrics"][key], color="grey", linewidth=0.8, label="base")
+        lms_ax.axhline(0.99 * results.base["lms"], color="red", linewidth=0.6, linestyle="--")
+        if key in results.selections:
+            s = results.selections[key]
+            a.scatter([s.learning_rate], [s.value], s=120, facecolors="none", edgecolors="black", zorder=5,
+                      label="selected")
+        a.set_xscale("log")
+        a.set_xlabel("learning rate")
+        a.set_ylabel(key if not key.endswith("_weaken") else f"1 - P({key[:-7]})")
+        lms_ax.set_ylabel("LMS (dotted); red: 0.99 x base")
+        a.set_title(f"decoder sweep: {key}")
+        a.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,121 @@
+"""Decoder evaluation and rewrite on a tiny model trained once per module."""
+
+import itertools
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from gradedit.data.schema import PairDataset
+from gradedit.evaluate.results import DecoderResults, lms_constraint
+from gradedit.train.config import TrainConfig
+from gradedit.train.trainer import Trainer
+
+NEUTRAL = ["The city is quiet and the house is old.", "The quick brown fox jumps over the lazy dog.",
+           "Numbers like 1, 2, 3 and symbols appear too.", "The teacher knows the city is quiet."]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_gpt2, tmp_path_factory):
+    recs = []
+    for s, v in itertools.product(["The doctor", "My friend", "The teacher", "The nurse", "The man", "A woman"],
+                                  ["said that", "thinks that", "knows that", "wrote that"]):
+        for f, a, fc, ac in [(" he", " she", "masc", "fem"), (" she", " he", "fem", "masc")]:
+            recs.append({"text": f"{s} {v} [MASK] would be late.", "factual": f, "alternative": a,
+                         "factual_class": fc, "alternative_class": ac})
+    ds = PairDataset.from_records(recs, target_classes=["masc", "fem"])
+    d = tmp_path_factory.mktemp("dec")
+    cfg = TrainConfig(experiment_dir=str(d / "run"), max_steps=20, eval_steps=10, pre_prune_topk=0.3, eval_max_size=16)
+    tr = Trainer(tiny_gpt2, ds, ["masc", "fem"], neutral=NEUTRAL, config=cfg)
+    tr.train()
+    return tr
+
+
+def _snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_sweep_restores_weights_bit_exactly_and_selects(trained):
+    before = _snapshot(trained.lm.model)
+    dec = trained.evaluate_decoder(use_cache=False, refine_steps=2)
+    for n, p in trained.lm.model.named_parameters():
+        assert torch.equal(p, before[n]), f"{n} changed after the sweep"
+    assert set(dec) == {"masc", "fem"}
+    for key, sel in dec.items():
+        assert sel.lms >= 0.99 * sel.base_lms
+        feasible = [p["metrics"][key] for p in dec.grid if p["lms"] >= 0.99 * dec.base["lms"]]
+        assert sel.value == max([dec.base["metrics"][key], *feasible]) or sel.value == max(feasible)
+    assert any(p.get("refined") for p in dec.grid)
+    assert len(dec.to_frame()) == len(dec.grid) + 1
+
+
+def test_strengthen_moves_probability_the_right_way(trained):
+    dec = trained.evaluate_decoder(use_cache=False, refine_steps=0, selector="product")
+    fem = dec["fem"]
+    assert fem.value >= fem.base_value
+    # the opposite feature factor at the same lr should not strengthen fem more
+    pts = {(p["feature_factor"], p["learning_rate"]): p for p in dec.grid}
+    opp = pts.get((-fem.feature_factor, fem.learning_rate))
+    if opp is not None and fem.learning_rate > 0:
+        assert opp["metrics"]["fem"] <= fem.value
+
+
+def test_cache_hit_and_invalidation(trained, monkeypatch):
+    import gradedit.evaluate.decoder as D
+
+    a = trained.evaluate_decoder(learning_rates=[1e-3, 1e-2], refine_steps=0)
+    calls = []
+    monkeypatch.setattr(D.DecoderProbe, "score", lambda self: calls.append(1) or (_ for _ in ()).throw(AssertionError))
+    b = trained.evaluate_decoder(learning_rates=[1e-3, 1e-2], refine_steps=0)
+    assert not calls and b.fingerprint == a.fingerprint and b["fem"] == a["fem"]
+    with pytest.raises(AssertionError):  # a different grid must not reuse the cache
+        trained.evaluate_decoder(learning_rates=[1e-3, 2e-2], refine_steps=0)
+
+
+def test_rewrite_from_cache_and_missing_direction(trained, tmp_path):
+    dec = trained.evaluate_decoder(use_cache=False, refine_steps=0)
+    with pytest.raises(KeyError, match="fem_weaken"):
+        trained.rewrite_base_model(dec, target_class="fem", increase_target_probabilities=False)
+    out = tmp_path / "fem"
+    model = trained.rewrite_base_model(target_class="fem", output_dir=out)  # from experiment_dir cache
+    info = json.loads((out / "rewrite_info.json").read_text())
+    assert info["target_class"] == "fem" and info["direction"] == "strengthen"
+    assert info["learning_rate"] == dec["fem"].learning_rate
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    ids = tok(["The doctor said that"], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(model(**ids).logits, reloaded(**ids).logits)
+    both = trained.rewrite_base_model(dec, target_class=["masc", "fem"])
+    assert isinstance(both, list) and len(both) == 2
+
+
+def test_weaken_and_selector_validation(trained):
+    dec = trained.evaluate_decoder(increase_target_probabilities=False, target_class="masc", use_cache=False,
+                                   refine_steps=0, selector=lms_constraint(0.5))
+    assert list(dec) == ["masc_weaken"] and 0.0 <= dec["masc_weaken"].value <= 1.0
+    with pytest.raises(ValueError, match="not one of the trained classes"):
+        trained.evaluate_decoder(target_class="neutral")
+    with pytest.raises(ValueError, match="unknown selector"):
+        trained.evaluate_decoder(selector="best")
+    with pytest.raises(ValueError, match="positive"):
+        trained.evaluate_decoder(learning_rates=[-1.0])
+
+
+def test_results_round_trip_and_plot(trained, tmp_path):
+    dec = trained.evaluate_decoder(use_cache=False, refine_steps=0)
+    again = DecoderResults.load(dec.save(tmp_path / "d.json"))
+    assert again["fem"] == dec["fem"] and again.grid == dec.grid
+    fig = dec.plot(tmp_path / "dec.png")
+    assert (tmp_path / "dec.png").read_bytes()[:4] == b"\x89PNG" and fig is not None
+
+
+def test_decoder_needs_neutral(trained):
+    saved = trained.neutral
+    trained.neutral = None
+    try:
+        with pytest.raises(ValueError, match="neutral"):
+            trained.evaluate_decoder()
+    finally:
+        trained.neutral = saved
