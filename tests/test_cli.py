@@ -53,3 +53,30 @@ def test_train_command_on_tiny_model(tmp_path, capsys):
     assert main(["train", "--model", "tiny-gpt2", "--data", str(data), "--classes", "masc", "nope",
                  "--out", str(out)]) == 2
     assert "not in the data" in capsys.readouterr().err
+
+
+def test_evaluate_and_rewrite_commands(tmp_path, capsys):
+    from gradedit.data.schema import PairDataset
+
+    recs = []
+    for s in ["The doctor", "My friend", "The teacher", "The nurse", "The man", "A woman"]:
+        for v in ["said that", "thinks that", "knows that"]:
+            for f, a, fc, ac in [(" he", " she", "masc", "fem"), (" she", " he", "fem", "masc")]:
+                recs.append({"text": f"{s} {v} [MASK] left.", "factual": f, "alternative": a,
+                             "factual_class": fc, "alternative_class": ac})
+    data = tmp_path / "pairs.csv"
+    PairDataset.from_records(recs, target_classes=["masc", "fem"]).save(data)
+    run = tmp_path / "run"
+    assert main(["train", "--model", "tiny-gpt2", "--data", str(data), "--classes", "masc", "fem", "--out", str(run),
+                 "--max-steps", "6", "--eval-steps", "3", "--pre-prune", "300"]) == 0
+    # no neutral text was given: the decoder evaluation says how to provide it
+    assert main(["evaluate", "decoder", str(run)]) == 2
+    assert "neutral" in capsys.readouterr().err
+    neutral = {"texts": ["The city is quiet and the house is old.", "The quick brown fox jumps over the dog."]}
+    (run / "neutral.json").write_text(json.dumps(neutral))
+    assert main(["evaluate", "decoder", str(run), "--target-class", "fem"]) == 0
+    assert "fem" in capsys.readouterr().out
+    out = tmp_path / "rewritten"
+    assert main(["rewrite", str(run), "--target-class", "masc", "--weaken", "--out", str(out)]) == 0
+    info = json.loads((out / "rewrite_info.json").read_text())
+    assert info["direction"] == "weaken" and info["target_class"] == "masc"

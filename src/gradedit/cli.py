@@ -129,6 +129,41 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .train import Trainer
+
+    trainer = Trainer.load(args.run_dir)
+    if args.what == "decoder":
+        dec = trainer.evaluate_decoder(target_class=args.target_class, increase_target_probabilities=not args.weaken,
+                                       plot=args.plot)
+        for key, sel in dec.items():
+            print(f"{key:<14} value {sel.base_value:.4g} -> {sel.value:.4g} (x{sel.ratio:.2f})  "
+                  f"lr {sel.learning_rate:.3g}  ff {sel.feature_factor:+g}  LMS {sel.base_lms:.4f} -> {sel.lms:.4f}")
+    else:
+        enc = trainer.evaluate_encoder(split=args.split, plot=args.plot)
+        print(f"r = {enc.correlation:+.3f} (with neutral {enc.correlation_with_neutral:+.3f}), "
+              f"accuracy {enc.accuracy:.3f} (binary {enc.accuracy_binary:.3f})")
+        print(enc.to_frame().to_string())
+    return 0
+
+
+def _cmd_rewrite(args: argparse.Namespace) -> int:
+    from .train import Trainer
+
+    trainer = Trainer.load(args.run_dir)
+    increase = not args.weaken
+    try:
+        trainer.rewrite_base_model(target_class=args.target_class, increase_target_probabilities=increase,
+                                   output_dir=args.out)
+    except (KeyError, FileNotFoundError):
+        logger.info("no decoder results for this class and direction yet: evaluating the decoder first")
+        dec = trainer.evaluate_decoder(target_class=args.target_class, increase_target_probabilities=increase)
+        trainer.rewrite_base_model(dec, target_class=args.target_class, increase_target_probabilities=increase,
+                                   output_dir=args.out)
+    print(f"rewritten model saved to {args.out} (see rewrite_info.json)")
+    return 0
+
+
 def _cmd_data_build(args: argparse.Namespace) -> int:
     from .data import features
     from .models import load_model
@@ -195,6 +230,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--pre-prune", type=_topk, help="keep the top entries before training: a count or a fraction")
     train.add_argument("--seeds", type=int, help="max seeds to try")
     train.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("evaluate", help="evaluate a trained run's encoder or decoder")
+    ev.add_argument("what", choices=["encoder", "decoder"])
+    ev.add_argument("run_dir")
+    ev.add_argument("--target-class", help="decoder: only this class (default: both)")
+    ev.add_argument("--weaken", action="store_true", help="decoder: evaluate weakening instead of strengthening")
+    ev.add_argument("--split", default="test", help="encoder: data split to encode")
+    ev.add_argument("--plot", action="store_true", help="also write the figure into the run directory")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    rw = sub.add_parser("rewrite", help="save the base model rewritten to strengthen or weaken a class")
+    rw.add_argument("run_dir")
+    rw.add_argument("--target-class", required=True)
+    rw.add_argument("--weaken", action="store_true")
+    rw.add_argument("--out", required=True, help="new folder for the HF model + tokenizer + rewrite_info.json")
+    rw.set_defaults(func=_cmd_rewrite)
 
     data = sub.add_parser("data", help="build feature datasets")
     dsub = data.add_subparsers(dest="data_command", required=True)

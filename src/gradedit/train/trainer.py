@@ -32,6 +32,9 @@ from .pruning import pre_prune
 logger = logging.getLogger(__name__)
 
 MODEL_DIR = "model"
+DATA_FILE = "data.csv"
+NEUTRAL_FILE = "neutral.json"
+CONFIG_FILE = "train_config.json"
 
 
 def rows_of(ds: PairDataset, lm: LanguageModel) -> Rows:
@@ -122,6 +125,7 @@ class Trainer(AfterTraining):
         cfg = self.config
         t0 = time.time()
         self.experiment_dir.mkdir(parents=True, exist_ok=True)
+        self._save_inputs()
         train = self._rows("train")
         val = self._rows("val", cap=cfg.eval_max_size, seed=cfg.seed)
         pmap = self._input_space(train)
@@ -145,6 +149,32 @@ class Trainer(AfterTraining):
         self._model = model
         self._write_reports(chosen, time.time() - t0, pmap.size)
         return model
+
+    def _save_inputs(self) -> None:
+        """Keep the data and neutral text beside the run, so ``Trainer.load(dir)`` can rebuild it."""
+        self.data.save(self.experiment_dir / DATA_FILE)
+        write_json_atomic(self.experiment_dir / NEUTRAL_FILE, {"texts": self.neutral})
+        write_json_atomic(self.experiment_dir / CONFIG_FILE, self.config.to_dict())
+
+    @classmethod
+    def load(cls, experiment_dir: str | Path, lm: LanguageModel | None = None) -> Trainer:
+        """Rebuild the trainer of a finished run (base model from the recorded id unless ``lm`` is given)."""
+        from ..models import load_model
+
+        d = Path(experiment_dir)
+        missing = [f for f in (DATA_FILE, CONFIG_FILE, MODEL_DIR + "/config.json") if not (d / f).exists()]
+        if missing:
+            raise FileNotFoundError(f"{d} is not a finished gradedit run (missing {missing}); train it first")
+        config = TrainConfig.load(d / CONFIG_FILE).replace(experiment_dir=str(d))
+        fm = FeatureModel.from_pretrained(d / MODEL_DIR)
+        classes = fm.metadata.get("classes")
+        if lm is None:
+            lm = load_model(fm.metadata["base_model"])
+        data = PairDataset.load(d / DATA_FILE, target_classes=classes)
+        neutral = json.loads((d / NEUTRAL_FILE).read_text())["texts"] if (d / NEUTRAL_FILE).is_file() else None
+        trainer = cls(lm, data, classes, neutral=neutral, config=config)
+        trainer._model = fm
+        return trainer
 
     def _choose(self) -> SeedResult:
         conv = [r for r in self.seed_results if r.converged]
