@@ -119,3 +119,11 @@ def test_decoder_needs_neutral(trained):
             trained.evaluate_decoder()
     finally:
         trained.neutral = saved
+
+
+def test_trainer_evaluate_encoder(trained, tmp_path):
+    enc = trained.evaluate_encoder(split="test", plot=True)
+    assert abs(enc.correlation) > 0.5 and 0.0 <= enc.accuracy <= 1.0
+    assert (trained.experiment_dir / "encoder_results_test.json").is_file()
+    assert (trained.experiment_dir / "encoder_test.png").read_bytes()[:4] == b"\x89PNG"
+    assert set(enc.rows["data_type"]) >= {"training", "neutral_masked", "neutral"}

@@ -12,7 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import PreTrainedModel
 
+from ..data.schema import PairDataset
 from ..evaluate.decoder import evaluate_decoder
+from ..evaluate.encoder import EncoderResults
+from ..evaluate.encoder import evaluate_encoder as _evaluate_encoder
 from ..evaluate.results import DecoderResults, Selector, result_key
 
 if TYPE_CHECKING:
@@ -24,13 +27,28 @@ DECODER_FILE = "decoder_results.json"
 
 
 class AfterTraining:
-    """Mixin for ``Trainer``: ``evaluate_decoder`` and ``rewrite_base_model`` (gradiend tutorial names)."""
+    """Mixin for ``Trainer``: ``evaluate_encoder``, ``evaluate_decoder`` and ``rewrite_base_model``
+    (the gradiend tutorial's names)."""
 
     def _neutral_texts(self: Trainer, max_texts: int) -> list[str]:
         if not self.neutral:
             raise ValueError("this step needs neutral text: create the Trainer with neutral=[...] "
                              "(e.g. gradedit.data.features.neutral('en'))")
         return self.neutral[:max_texts]
+
+    def evaluate_encoder(self: Trainer, split: str = "test", data: PairDataset | None = None,
+                         max_size: int | None = None, plot: bool = False) -> EncoderResults:
+        """Encode the split's class rows, identity rows, neutral-masked contexts and neutral text.
+
+        ``data`` evaluates any other ``PairDataset`` instead of the trainer's own. Results are saved as
+        ``experiment_dir/encoder_results_<split>.json`` (+ rows CSV); ``plot`` writes the figure too.
+        """
+        res = _evaluate_encoder(self.get_model(), data if data is not None else self.data, self.classes,
+                                neutral=self.neutral, split=split, max_size=max_size, seed=self.config.seed)
+        res.save(self.experiment_dir / f"encoder_results_{split}.json")
+        if plot:
+            res.plot(self.experiment_dir / f"encoder_{split}.png")
+        return res
 
     def evaluate_decoder(self: Trainer, target_class: str | Sequence[str] | None = None,
                          increase_target_probabilities: bool = True, feature_factors: Sequence[float] | None = None,
