@@ -127,3 +127,9 @@ def test_trainer_evaluate_encoder(trained, tmp_path):
     assert (trained.experiment_dir / "encoder_results_test.json").is_file()
     assert (trained.experiment_dir / "encoder_test.png").read_bytes()[:4] == b"\x89PNG"
     assert set(enc.rows["data_type"]) >= {"training", "neutral_masked", "neutral"}
+
+
+def test_perplexity_selector_respects_its_bound(trained):
+    dec = trained.evaluate_decoder(use_cache=False, refine_steps=1, selector="perplexity")
+    for sel in dec.values():
+        assert sel.perplexity <= 1.02 * sel.base_perplexity

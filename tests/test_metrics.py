@@ -203,3 +203,10 @@ def test_metrics_never_leave_grad_mode_disabled(tiny_gpt2, texts):
     del it
     M.token_logprobs(tiny_gpt2, texts)
     assert torch.is_grad_enabled()
+
+
+def test_lm_scores_one_pass_matches_separate_functions(tiny_lm, texts):
+    sc = M.lm_scores(tiny_lm, texts)
+    assert sc["lms"] == pytest.approx(M.lms(tiny_lm, texts))
+    assert sc["cross_entropy"] == pytest.approx(M.cross_entropy(tiny_lm, texts), rel=1e-6)
+    assert sc["perplexity"] == pytest.approx(M.perplexity(tiny_lm, texts), rel=1e-6)

@@ -31,6 +31,7 @@ __all__ = [
     "cross_entropy",
     "perplexity",
     "lms",
+    "lm_scores",
     "full_logprobs",
     "kl_divergence",
     "next_token_logprobs",
@@ -225,13 +226,20 @@ def perplexity(lm: LanguageModel, texts: Sequence[str] | str, **kwargs: object) 
 def lms(lm: LanguageModel, texts: Sequence[str] | str, *, batch_size: int | None = None) -> float:
     """Language-modelling score: top-1 accuracy on the scored tokens (CLM: the next token; MLM:
     each non-special token masked in turn). 1.0 is perfect; a sweep keeps it near the base value."""
-    hits, total = 0, 0
+    return lm_scores(lm, texts, batch_size=batch_size)["lms"]
+
+
+def lm_scores(lm: LanguageModel, texts: Sequence[str] | str, *, batch_size: int | None = None) -> dict[str, float]:
+    """LMS, cross-entropy and perplexity from ONE pass over the texts (same scored tokens as each
+    function alone): ``{"lms", "cross_entropy", "perplexity", "tokens"}``."""
+    hits, total, nll = 0, 0, 0.0
     for c in _iter_scored(lm, texts, batch_size, desc="LMS"):
         hits += int((c.logprobs.argmax(-1) == c.targets).sum())
+        nll -= float(c.logprobs.gather(-1, c.targets[:, None]).double().sum())
         total += c.targets.numel()
     if total == 0:
         raise ValueError("no token could be scored for LMS")
-    return hits / total
+    return {"lms": hits / total, "cross_entropy": nll / total, "perplexity": math.exp(nll / total), "tokens": total}
 
 
 def full_logprobs(lm: LanguageModel, texts: Sequence[str] | str, *, batch_size: int | None = None) -> list[torch.Tensor]:

@@ -60,7 +60,8 @@ class DecoderProbe:
         """Probabilities and LMS of the model as it is now."""
         lm = self.mwg.lm
         probs = metrics.next_token_logprobs(lm, self.prompts, self.all_ids, batch_size=self.batch_size).exp()
-        out: dict[str, Any] = {"lms": metrics.lms(lm, self.neutral), "metrics": {}, "probs": {}}
+        lm_sc = metrics.lm_scores(lm, self.neutral)
+        out: dict[str, Any] = {"lms": lm_sc["lms"], "perplexity": lm_sc["perplexity"], "metrics": {}, "probs": {}}
         for c in self.classes:
             p_c = probs[:, [self.col[t] for t in self.token_ids[c]]].sum(-1).numpy()
             other = [o for o in self.classes if o != c][0]
@@ -139,7 +140,8 @@ def evaluate_decoder(mwg: ModelWithGradiend, data: PairDataset, classes: tuple[s
         selections[key] = Selection(key=key, target_class=cls, increase=increase_target_probabilities,
                                     value=best["metrics"][key], base_value=base["metrics"][key],
                                     feature_factor=best["feature_factor"], learning_rate=best["learning_rate"],
-                                    lms=best["lms"], base_lms=base["lms"])
+                                    lms=best["lms"], base_lms=base["lms"], perplexity=best["perplexity"],
+                                    base_perplexity=base["perplexity"])
     info = {"lr_scale": scale, "selector": sel_name, "neutral_texts": len(neutral), "rows": len(probe.prompts)}
     results = DecoderResults(selections, grid, base, fp, info)
     if cached is not None:

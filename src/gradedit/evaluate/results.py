@@ -36,12 +36,28 @@ def lms_constraint(ratio: float = 0.99) -> Selector:
     return select
 
 
+def perplexity_constraint(max_increase: float = 0.02) -> Selector:
+    """Maximise the metric among points whose neutral perplexity rose at most ``max_increase`` (relative)."""
+
+    def select(points: Sequence[dict[str, Any]], key: str, base: dict[str, Any]) -> dict[str, Any]:
+        ok = [p for p in points if p["perplexity"] <= (1.0 + max_increase) * base["perplexity"]]
+        if not ok:
+            logger.warning("no grid point keeps perplexity within +%.0f%% for %s; keeping the base model",
+                           100 * max_increase, key)
+            return base
+        return max(ok, key=lambda p: p["metrics"][key])
+
+    select.__name__ = f"perplexity_constraint({max_increase})"
+    return select
+
+
 def metric_times_lms(points: Sequence[dict[str, Any]], key: str, base: dict[str, Any]) -> dict[str, Any]:
     """Maximise metric × LMS (no hard constraint)."""
     return max([base, *points], key=lambda p: p["metrics"][key] * p["lms"])
 
 
-SELECTORS: dict[str, Selector] = {"lms": lms_constraint(0.99), "product": metric_times_lms}
+SELECTORS: dict[str, Selector] = {"lms": lms_constraint(0.99), "perplexity": perplexity_constraint(0.02),
+                                  "product": metric_times_lms}
 
 
 def resolve_selector(selector: str | Selector | None) -> Selector:
@@ -70,6 +86,8 @@ class Selection:
     learning_rate: float
     lms: float
     base_lms: float
+    perplexity: float = float("nan")
+    base_perplexity: float = float("nan")
 
     @property
     def ratio(self) -> float:
@@ -105,6 +123,7 @@ class DecoderResults(Mapping[str, Selection]):
         import pandas as pd
 
         rows = [{"feature_factor": p["feature_factor"], "learning_rate": p["learning_rate"], "lms": p["lms"],
+                 "perplexity": p.get("perplexity"),
                  "refined": p.get("refined", False), **p["metrics"]} for p in [self.base, *self.grid]]
         return pd.DataFrame(rows)
 
