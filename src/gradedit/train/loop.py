@@ -124,6 +124,7 @@ class SeedTrainer:
         cfg = self.cfg
         t0 = time.time()
         fm, opt, step, history, best = self._start()
+        first_step = step
         if step >= cfg.max_steps:
             logger.info("seed %d already trained to step %d", self.seed, step)
         losses: list[float] = []
@@ -140,6 +141,9 @@ class SeedTrainer:
             losses.append(float(loss.detach()))
             step += 1
             bar.update(1)
+            if step % max(1, cfg.eval_steps // 5) == 0:
+                logger.info("seed %d step %d/%d loss %.4g (%.1f s/step)", self.seed, step, cfg.max_steps,
+                            losses[-1], (time.time() - t0) / max(1, step - first_step))
             if step % cfg.eval_steps == 0 or step == cfg.max_steps:
                 r, means, _ = self.evaluate(fm)
                 history.append({"step": step, "loss": float(np.mean(losses)), "correlation": r, "class_means": means,
