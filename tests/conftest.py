@@ -8,7 +8,14 @@ import pytest
 
 os.environ.setdefault("GRADEDIT_NO_PROGRESS", "1")
 
+import torch  # noqa: E402
+
 import gradedit as ge  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one intra-op thread per xdist worker: two workers x two OpenMP threads on two cores spin
+    # against each other and run several times slower than one thread each
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import logging
 __version__ = "0.1.0"
 
 from . import metrics, zoo  # noqa: E402
+from .data import features  # noqa: E402
 from .data.schema import DataError, PairDataset  # noqa: E402
 from .feature_model import FeatureModel  # noqa: E402
 from .model_with_gradiend import ModelWithGradiend  # noqa: E402
@@ -30,5 +31,6 @@ __all__ = [
     "load_model",
     "metrics",
     "select_parameters",
+    "features",
     "zoo",
 ]
