@@ -133,3 +133,18 @@ def test_perplexity_selector_respects_its_bound(trained):
     dec = trained.evaluate_decoder(use_cache=False, refine_steps=1, selector="perplexity")
     for sel in dec.values():
         assert sel.perplexity <= 1.02 * sel.base_perplexity
+
+
+def test_as_edit_equals_applied_rewrite(trained):
+    m = trained.get_model()
+    lm = trained.lm
+    ids = lm.tokenizer(["The doctor said that"], return_tensors="pt")
+    with torch.no_grad():
+        with m.applied(1e-2, 1.0):
+            want = lm.model(**ids).logits
+        edit = m.as_edit(1e-2, 1.0)
+        with edit.applied(lm.model):
+            got = lm.model(**ids).logits
+        base = lm.model(**ids).logits
+    assert torch.equal(got, want) and not torch.equal(got, base)
+    assert edit.metadata["method"] == "gradiend" and edit.metadata["learning_rate"] == 1e-2

@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 from . import metrics, zoo  # noqa: E402
 from .data import features  # noqa: E402
 from .data.schema import DataError, PairDataset  # noqa: E402
+from .edits import EditError, WeightEdit  # noqa: E402
 from .feature_model import FeatureModel  # noqa: E402
 from .model_with_gradiend import ModelWithGradiend  # noqa: E402
 from .models import LanguageModel, TokenError, load_model, select_parameters  # noqa: E402
@@ -20,6 +21,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 __all__ = [
     "__version__",
     "DataError",
+    "EditError",
     "FeatureModel",
     "LanguageModel",
     "ModelWithGradiend",
@@ -27,6 +29,7 @@ __all__ = [
     "ParamMap",
     "TokenError",
     "TrainConfig",
+    "WeightEdit",
     "Trainer",
     "load_model",
     "metrics",

@@ -43,7 +43,7 @@ PARTS: tuple[str, ...] = ("encoder-weight", "decoder-weight", "decoder-bias", "d
 
 
 class ArtifactError(ValueError):
-    """A saved FeatureModel folder is corrupt, truncated or inconsistent with its config."""
+    """A saved artefact (feature model, edit) is corrupt, truncated or inconsistent with its config."""
 
 
 class FeatureModel(nn.Module):

@@ -7,7 +7,7 @@ import copy
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -17,6 +17,9 @@ from .data.schema import PairDataset
 from .feature_model import FeatureModel
 from .gradients import GradientEngine, Source
 from .models import LanguageModel, load_model
+
+if TYPE_CHECKING:
+    from .edits import WeightEdit
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +87,18 @@ class ModelWithGradiend:
         vec = self.feature_model.update_vector(feature_factor, learning_rate)
         named = dict(model.named_parameters())
         self.feature_model.param_map.scatter_add_({n: named[n].data for n in self.feature_model.param_map.names}, vec)
+
+    def as_edit(self, learning_rate: float, feature_factor: float) -> WeightEdit:
+        """The rewrite ``learning_rate · decoder(feature_factor)`` as a ``WeightEdit`` (indexed on the param map).
+
+        ``with mwg.as_edit(lr, ff).applied(lm.model):`` equals ``mwg.applied(lr, ff)``; ``edit * a`` rescales it.
+        """
+        from .edits import WeightEdit
+
+        vec = self.feature_model.update_vector(feature_factor, learning_rate).detach()
+        return WeightEdit.indexed(self.feature_model.param_map, vec, metadata={
+            "method": "gradiend", "base_model": self.lm.name,
+            "learning_rate": float(learning_rate), "feature_factor": float(feature_factor)})
 
     @contextlib.contextmanager
     def applied(self, learning_rate: float, feature_factor: float) -> Iterator[None]:
