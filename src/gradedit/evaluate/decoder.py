@@ -76,6 +76,8 @@ class DecoderProbe:
     def score_at(self, feature_factor: float, learning_rate: float) -> dict[str, Any]:
         with self.mwg.applied(learning_rate, feature_factor):
             point = self.score()
+        logger.info("decoder point ff=%+g lr=%.3g: LMS %.4f, perplexity %.2f, %s", feature_factor, learning_rate,
+                    point["lms"], point["perplexity"], {k: round(v, 4) for k, v in point["metrics"].items()})
         return {"feature_factor": float(feature_factor), "learning_rate": float(learning_rate), **point}
 
 
