@@ -112,6 +112,12 @@ def _batches_by_budget(lengths: Sequence[int], vocab: int, max_batch: int | None
         yield batch
 
 
+def _length_sorted_batches(lengths: Sequence[int], vocab: int, max_batch: int | None) -> list[list[int]]:
+    """Budgeted batches of item indices, items sorted by length first so padding stays small."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [[order[j] for j in g] for g in _batches_by_budget([lengths[i] for i in order], vocab, max_batch)]
+
+
 def _log_softmax_chunks(logits: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
     """fp32 log-softmax of logits [n, V], chunked over rows: yields (start, [m, V])."""
     for s in range(0, logits.shape[0], CHUNK_POSITIONS):
@@ -121,7 +127,7 @@ def _log_softmax_chunks(logits: torch.Tensor) -> Iterator[tuple[int, torch.Tenso
 def _iter_clm(lm: LanguageModel, texts: list[str], batch_size: int | None, padding_side: str,
               desc: str | None) -> Iterator[_Chunk]:
     lengths = [len(lm.tokenizer(t)["input_ids"]) for t in texts]
-    groups = list(_batches_by_budget(lengths, lm.vocab_size, batch_size))
+    groups = _length_sorted_batches(lengths, lm.vocab_size, batch_size)
     for group in progress(groups, desc=desc, disable=desc is None or len(groups) < 2, leave=False):
         enc = lm.tokenize([texts[i] for i in group], padding_side=padding_side)
         with torch.no_grad():
@@ -145,7 +151,7 @@ def _iter_mlm(lm: LanguageModel, texts: list[str], batch_size: int | None, paddi
         enc = lm.tokenizer(t, return_special_tokens_mask=True)
         ids, special = list(enc["input_ids"]), list(enc["special_tokens_mask"])
         items.extend((ti, ids, p) for p, sp in enumerate(special) if not sp)
-    groups = list(_batches_by_budget([len(it[1]) for it in items], lm.vocab_size, batch_size))
+    groups = _length_sorted_batches([len(it[1]) for it in items], lm.vocab_size, batch_size)
     pad, mask_id = lm.tokenizer.pad_token_id, lm.tokenizer.mask_token_id
     for group in progress(groups, desc=desc, disable=desc is None or len(groups) < 2, leave=False):
         width = max(len(items[i][1]) for i in group)
@@ -324,9 +330,11 @@ def next_token_logprobs(lm: LanguageModel, prompts: Sequence[str] | str, token_i
     """
     prompts = _as_list(prompts)
     cand = torch.tensor(list(token_ids), dtype=torch.long)
-    out = []
+    out = torch.zeros(len(prompts), len(cand))
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
     with torch.no_grad():
         for s in range(0, len(prompts), batch_size):
-            picked = lm.prediction_logits(prompts[s : s + batch_size]).float().log_softmax(-1)
-            out.append(picked[:, cand.to(picked.device)].cpu())
-    return torch.cat(out) if out else torch.zeros(0, len(cand))
+            idx = order[s : s + batch_size]
+            picked = lm.prediction_logits([prompts[i] for i in idx]).float().log_softmax(-1)
+            out[idx] = picked[:, cand.to(picked.device)].cpu()
+    return out

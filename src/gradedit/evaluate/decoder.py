@@ -39,12 +39,17 @@ class DecoderProbe:
     """Everything a grid point is scored with: prompts, class tokens and neutral text."""
 
     def __init__(self, mwg: ModelWithGradiend, data: PairDataset, classes: tuple[str, str],
-                 neutral: Sequence[str], batch_size: int = 16) -> None:
+                 neutral: Sequence[str], batch_size: int = 16, max_rows_per_class: int | None = None,
+                 seed: int = 0) -> None:
         lm = mwg.lm
         frame = data.to_frame()
         frame = frame[frame["factual_class"].isin(classes)]
         if frame.empty:
             raise ValueError(f"no rows of classes {list(classes)} to evaluate the decoder on")
+        if max_rows_per_class is not None:
+            keep = [g.sample(min(len(g), max_rows_per_class), random_state=seed).index
+                    for _, g in frame.groupby("factual_class")]
+            frame = frame.loc[sorted(i for idx in keep for i in idx)]
         self.mwg, self.classes, self.neutral, self.batch_size = mwg, classes, list(neutral), batch_size
         if not self.neutral:
             raise ValueError("decoder evaluation needs neutral texts for the LMS constraint")
@@ -109,11 +114,13 @@ def evaluate_decoder(mwg: ModelWithGradiend, data: PairDataset, classes: tuple[s
                      *, target_class: str | Sequence[str] | None = None, increase_target_probabilities: bool = True,
                      feature_factors: Sequence[float] | None = None, learning_rates: Sequence[float] | None = None,
                      selector: str | Selector | None = None, refine_steps: int = 4,
-                     batch_size: int = 16, cache_dir: Path | None = None) -> DecoderResults:
+                     batch_size: int = 16, max_rows_per_class: int | None = 64,
+                     cache_dir: Path | None = None) -> DecoderResults:
     """Sweep the grid, select per requested class and direction, refine by bisection on the lr.
 
     With ``cache_dir``, results are stored under a fingerprint of every input (data hash, neutral
     text, grid, feature-model weights, model id, library version) and reused only on an exact match.
+    ``max_rows_per_class`` caps the prompts scored per class (a seeded sample; ``None`` = all rows).
     """
     targets = _targets(target_class, classes)
     keys = [result_key(c, increase_target_probabilities) for c in targets]
@@ -125,13 +132,14 @@ def evaluate_decoder(mwg: ModelWithGradiend, data: PairDataset, classes: tuple[s
         raise ValueError("learning_rates must be positive (the sign of the edit is the feature factor's)")
     sel_name = getattr(select, "__name__", repr(select))
     grid_key = {"ffs": ffs, "lrs": lrs, "targets": targets, "increase": increase_target_probabilities,
-                "selector": sel_name, "refine": refine_steps, "classes": list(classes)}
+                "selector": sel_name, "refine": refine_steps, "classes": list(classes),
+                "max_rows_per_class": max_rows_per_class}
     fp = fingerprint(mwg, data, neutral, grid_key)
     cached = cache_dir / f"decoder_{fp}.json" if cache_dir is not None else None
     if cached is not None and cached.is_file():
         logger.info("decoder results loaded from cache %s", cached)
         return DecoderResults.load(cached)
-    probe = DecoderProbe(mwg, data, classes, neutral, batch_size)
+    probe = DecoderProbe(mwg, data, classes, neutral, batch_size, max_rows_per_class)
     base = {"feature_factor": 0.0, "learning_rate": 0.0, **probe.score()}
     grid = [probe.score_at(ff, lr) for ff, lr in progress([(f, r) for f in ffs for r in lrs], desc="decoder grid")]
     for key in keys:
