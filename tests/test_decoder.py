@@ -38,7 +38,7 @@ def _snapshot(model):
 
 def test_sweep_restores_weights_bit_exactly_and_selects(trained):
     before = _snapshot(trained.lm.model)
-    dec = trained.evaluate_decoder(use_cache=False, refine_steps=2)
+    dec = trained.evaluate_decoder(use_cache=False, refine_steps=2, learning_rates=[1e-4, 1e-2, 1.0, 100.0, 1e4])
     for n, p in trained.lm.model.named_parameters():
         assert torch.equal(p, before[n]), f"{n} changed after the sweep"
     assert set(dec) == {"masc", "fem"}
@@ -148,3 +148,14 @@ def test_as_edit_equals_applied_rewrite(trained):
         base = lm.model(**ids).logits
     assert torch.equal(got, want) and not torch.equal(got, base)
     assert edit.metadata["method"] == "gradiend" and edit.metadata["learning_rate"] == 1e-2
+
+
+def test_weaken_sweep_reuses_strengthen_points(trained, monkeypatch):
+    import gradedit.evaluate.decoder as D
+
+    trained.evaluate_decoder(learning_rates=[2e-3, 2e-2], refine_steps=0)
+    scored = []
+    real = D.DecoderProbe.score
+    monkeypatch.setattr(D.DecoderProbe, "score", lambda self: scored.append(1) or real(self))
+    trained.evaluate_decoder(learning_rates=[2e-3, 2e-2], refine_steps=0, increase_target_probabilities=False)
+    assert scored == [], "the weaken sweep re-scored grid points the strengthen sweep had already scored"

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .. import __version__, metrics
+from .._cache import write_json_atomic
 from .._progress import progress
 from ..data.schema import PairDataset
 from ..model_with_gradiend import ModelWithGradiend
@@ -32,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_FEATURE_FACTORS = (-1.0, 1.0)
 #: default learning rates are this many times ``lr_scale`` (update norm / weight norm on the mapped entries)
-DEFAULT_RELATIVE_LRS = tuple(float(x) for x in np.logspace(-3, 0, 7))
+DEFAULT_RELATIVE_LRS = tuple(float(x) for x in np.logspace(-5, -1, 5))
 
 
 class DecoderProbe:
@@ -60,6 +61,8 @@ class DecoderProbe:
         self.token_ids = {c: lm.token_ids(tokens[c]) for c in classes}
         self.all_ids = sorted({i for ids in self.token_ids.values() for i in ids})
         self.col = {t: j for j, t in enumerate(self.all_ids)}
+        self.points: dict[str, dict[str, Any]] = {}
+        self.points_file: Path | None = None
 
     def score(self) -> dict[str, Any]:
         """Probabilities and LMS of the model as it is now."""
@@ -79,11 +82,35 @@ class DecoderProbe:
         return out
 
     def score_at(self, feature_factor: float, learning_rate: float) -> dict[str, Any]:
+        key = f"{float(feature_factor)!r}|{float(learning_rate)!r}"
+        if key in self.points:
+            return dict(self.points[key])
         with self.mwg.applied(learning_rate, feature_factor):
             point = self.score()
         logger.info("decoder point ff=%+g lr=%.3g: LMS %.4f, perplexity %.2f, %s", feature_factor, learning_rate,
                     point["lms"], point["perplexity"], {k: round(v, 4) for k, v in point["metrics"].items()})
-        return {"feature_factor": float(feature_factor), "learning_rate": float(learning_rate), **point}
+        point = {"feature_factor": float(feature_factor), "learning_rate": float(learning_rate), **point}
+        self.points[key] = point
+        self._save_points()
+        return dict(point)
+
+    def base_point(self) -> dict[str, Any]:
+        if "base" not in self.points:
+            self.points["base"] = {"feature_factor": 0.0, "learning_rate": 0.0, **self.score()}
+            self._save_points()
+        return dict(self.points["base"])
+
+    def use_point_cache(self, path: Path | None) -> None:
+        """Reuse scored points from ``path`` (same model, feature model, rows and neutral text) and add
+        new ones to it: strengthening and weakening sweeps share every grid point."""
+        self.points_file = path
+        if path is not None and path.is_file():
+            self.points = json.loads(path.read_text())
+            logger.info("reusing %d scored decoder points from %s", len(self.points), path)
+
+    def _save_points(self) -> None:
+        if self.points_file is not None:
+            write_json_atomic(self.points_file, self.points)
 
 
 def lr_scale(mwg: ModelWithGradiend) -> float:
@@ -140,7 +167,10 @@ def evaluate_decoder(mwg: ModelWithGradiend, data: PairDataset, classes: tuple[s
         logger.info("decoder results loaded from cache %s", cached)
         return DecoderResults.load(cached)
     probe = DecoderProbe(mwg, data, classes, neutral, batch_size, max_rows_per_class)
-    base = {"feature_factor": 0.0, "learning_rate": 0.0, **probe.score()}
+    if cache_dir is not None:
+        probe_fp = fingerprint(mwg, data, neutral, {"classes": list(classes), "max_rows_per_class": max_rows_per_class})
+        probe.use_point_cache(cache_dir / f"points_{probe_fp}.json")
+    base = probe.base_point()
     grid = [probe.score_at(ff, lr) for ff, lr in progress([(f, r) for f in ffs for r in lrs], desc="decoder grid")]
     for key in keys:
         grid += _refine(probe, grid, key, base, select, refine_steps)
