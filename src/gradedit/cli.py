@@ -99,7 +99,7 @@ def _load_data(spec: str, lm: object) -> object:
         return PairDataset.load(spec)
     from .data import features
 
-    if spec in features.names():
+    if features.exists(spec):
         return features.build(spec, lm)  # type: ignore[arg-type]
     raise FileNotFoundError(f"{spec!r} is neither a data file/folder nor a built-in feature ({', '.join(features.names())})")
 
