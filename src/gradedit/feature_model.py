@@ -19,15 +19,15 @@ import logging
 import math
 import numbers
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
+from ._artifacts import ArtifactError, read_json_object, save_safetensors_atomic
 from ._cache import atomic_dir, write_json_atomic
 from .param_map import ParamMap
 
@@ -41,9 +41,6 @@ PARAM_MAP_NAME = "param_map.json"
 Part = Literal["encoder-weight", "decoder-weight", "decoder-bias", "decoder-sum"]
 PARTS: tuple[str, ...] = ("encoder-weight", "decoder-weight", "decoder-bias", "decoder-sum")
 
-
-class ArtifactError(ValueError):
-    """A saved artefact (feature model, edit) is corrupt, truncated or inconsistent with its config."""
 
 
 class FeatureModel(nn.Module):
@@ -320,7 +317,7 @@ class FeatureModel(nn.Module):
         st_meta = {"format": "pt", "gradedit_format_version": str(FORMAT_VERSION)}
 
         def write(folder: Path) -> None:
-            _save_safetensors_atomic(tensors, folder / WEIGHTS_NAME, st_meta)
+            save_safetensors_atomic(tensors, folder / WEIGHTS_NAME, st_meta)
             if pm_json is not None:
                 write_json_atomic(folder / PARAM_MAP_NAME, pm_json)
             else:
@@ -350,7 +347,7 @@ class FeatureModel(nn.Module):
         if not path.is_dir():
             what = "is a file, not a folder" if path.exists() else "does not exist"
             raise FileNotFoundError(f"cannot load a FeatureModel: {path} {what}")
-        config = _read_json(path / CONFIG_NAME)
+        config = read_json_object(path / CONFIG_NAME, "save the model again with save_pretrained()")
         version = config.get("format_version")
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise ArtifactError(f"{path / CONFIG_NAME}: format_version {version!r} is not supported "
@@ -382,7 +379,7 @@ class FeatureModel(nn.Module):
                                     f"says {shape} {_dtype_name(dtype)} (input_dim={n}, latent_dim={k})")
         param_map = None
         if config.get("has_param_map"):
-            pm_state = _read_json(path / PARAM_MAP_NAME)
+            pm_state = read_json_object(path / PARAM_MAP_NAME, "save the model again with save_pretrained()")
             try:
                 param_map = ParamMap.from_state(pm_state, tensors)
             except (ValueError, TypeError) as err:
@@ -423,26 +420,3 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _read_json(file: Path) -> dict[str, Any]:
-    if not file.is_file():
-        raise FileNotFoundError(f"{file} is missing; save the model again with save_pretrained()")
-    try:
-        obj = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"{file} is corrupt ({err}); save the model again") from None
-    if not isinstance(obj, dict):
-        raise ArtifactError(f"{file} should hold a JSON object, got {type(obj).__name__}")
-    return obj
-
-
-def _save_safetensors_atomic(tensors: dict[str, torch.Tensor], file: Path, metadata: dict[str, str]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", dir=file.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, file)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

@@ -7,19 +7,15 @@ shapes). Term ``i``'s tensors are stored under ``terms.<i>.<name>``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from .._artifacts import ArtifactError, read_json_object, save_safetensors_atomic
 from .._cache import atomic_dir, write_json_atomic
-from ..feature_model import ArtifactError
 from .base import WeightEdit
 from .terms import TERM_TYPES
 
@@ -69,7 +65,7 @@ def save_edit(edit: WeightEdit, directory: Path) -> Path:
         raise TypeError(f"edit metadata must be JSON-serialisable: {err}") from None
 
     def write(folder: Path) -> None:
-        _save_safetensors_atomic(tensors, folder / TENSORS_NAME,
+        save_safetensors_atomic(tensors, folder / TENSORS_NAME,
                                  {"format": "pt", "gradedit_format_version": str(FORMAT_VERSION)})
         write_json_atomic(folder / JSON_NAME, json.loads(text))
 
@@ -94,7 +90,7 @@ def load_edit(directory: Path, *, device: str | torch.device = "cpu") -> WeightE
     if not directory.is_dir():
         what = "is a file, not a folder" if directory.exists() else "does not exist"
         raise FileNotFoundError(f"cannot load a WeightEdit: {directory} {what}")
-    doc = _read_json(directory / JSON_NAME)
+    doc = read_json_object(directory / JSON_NAME, f"is {directory} a folder written by WeightEdit.save()?")
     version = doc.get("format_version")
     if doc.get("format") != FORMAT or not isinstance(version, int):
         raise ArtifactError(f"{directory / JSON_NAME} is not a WeightEdit file (format={doc.get('format')!r})")
@@ -126,27 +122,3 @@ def load_edit(directory: Path, *, device: str | torch.device = "cpu") -> WeightE
     return WeightEdit(tuple(terms), doc.get("metadata") or {})
 
 
-def _read_json(file: Path) -> dict[str, Any]:
-    if not file.is_file():
-        raise FileNotFoundError(f"{file} is missing; is {file.parent} a folder written by WeightEdit.save()?")
-    try:
-        obj = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"{file} is corrupt ({err}); save the edit again") from None
-    if not isinstance(obj, dict):
-        raise ArtifactError(f"{file} should hold a JSON object, got {type(obj).__name__}")
-    return obj
-
-
-def _save_safetensors_atomic(tensors: dict[str, torch.Tensor], file: Path,
-                             metadata: dict[str, str] | None = None) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", dir=file.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata or {"format": "pt"})
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, file)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

@@ -25,10 +25,10 @@ from typing import Any
 
 import torch
 
+from .._artifacts import save_safetensors_atomic
 from .._cache import atomic_dir
 from .base import WeightEdit
 from .handle import param_table
-from .io import _save_safetensors_atomic
 from .terms import EditError, EditTerm, LowRankTerm, compute_dtype
 
 logger = logging.getLogger(__name__)
@@ -225,13 +225,13 @@ def _write(directory: Path, config: Any, tensors: dict[str, torch.Tensor]) -> No
     """Weights then config; a new folder appears in one step, an existing one gets per-file renames."""
     if not directory.exists():
         with atomic_dir(directory) as tmp:
-            _save_safetensors_atomic(tensors, tmp / WEIGHTS_NAME)
+            save_safetensors_atomic(tensors, tmp / WEIGHTS_NAME)
             config.save_pretrained(str(tmp))
         return
     if not directory.is_dir():
         raise NotADirectoryError(f"{directory} exists and is not a folder")
     with tempfile.TemporaryDirectory(prefix=".lora-export-", dir=directory) as tmp:
-        _save_safetensors_atomic(tensors, Path(tmp) / WEIGHTS_NAME)
+        save_safetensors_atomic(tensors, Path(tmp) / WEIGHTS_NAME)
         config.save_pretrained(tmp)
         os.replace(Path(tmp) / WEIGHTS_NAME, directory / WEIGHTS_NAME)
         os.replace(Path(tmp) / CONFIG_NAME, directory / CONFIG_NAME)
