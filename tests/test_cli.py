@@ -1,6 +1,7 @@
 import json
 
 from gradedit.cli import main
+from pronoun_rows import SUBJECTS, VERBS, pronoun_records
 
 
 def test_models_list_shows_status(capsys, tmp_path, monkeypatch):
@@ -35,12 +36,7 @@ def test_errors_are_one_line(capsys):
 def test_train_command_on_tiny_model(tmp_path, capsys):
     from gradedit.data.schema import PairDataset
 
-    recs = []
-    for s in ["The doctor", "My friend", "The teacher", "The nurse", "The man", "A woman"]:
-        for v in ["said that", "thinks that", "knows that"]:
-            for f, a, fc, ac in [(" he", " she", "masc", "fem"), (" she", " he", "fem", "masc")]:
-                recs.append({"text": f"{s} {v} [MASK] left.", "factual": f, "alternative": a,
-                             "factual_class": fc, "alternative_class": ac})
+    recs = pronoun_records(SUBJECTS[:6], VERBS[:3], rest="left.")
     data = tmp_path / "pairs.csv"
     PairDataset.from_records(recs, target_classes=["masc", "fem"]).save(data)
     out = tmp_path / "run"
@@ -58,12 +54,7 @@ def test_train_command_on_tiny_model(tmp_path, capsys):
 def test_evaluate_and_rewrite_commands(tmp_path, capsys):
     from gradedit.data.schema import PairDataset
 
-    recs = []
-    for s in ["The doctor", "My friend", "The teacher", "The nurse", "The man", "A woman"]:
-        for v in ["said that", "thinks that", "knows that"]:
-            for f, a, fc, ac in [(" he", " she", "masc", "fem"), (" she", " he", "fem", "masc")]:
-                recs.append({"text": f"{s} {v} [MASK] left.", "factual": f, "alternative": a,
-                             "factual_class": fc, "alternative_class": ac})
+    recs = pronoun_records(SUBJECTS[:6], VERBS[:3], rest="left.")
     data = tmp_path / "pairs.csv"
     PairDataset.from_records(recs, target_classes=["masc", "fem"]).save(data)
     run = tmp_path / "run"

@@ -1,6 +1,5 @@
 """Decoder evaluation and rewrite on a tiny model trained once per module."""
 
-import itertools
 import json
 
 import pytest
@@ -11,6 +10,7 @@ from gradedit.data.schema import PairDataset
 from gradedit.evaluate.results import DecoderResults, lms_constraint
 from gradedit.train.config import TrainConfig
 from gradedit.train.trainer import Trainer
+from pronoun_rows import SUBJECTS, VERBS, pronoun_records
 
 NEUTRAL = ["The city is quiet and the house is old.", "The quick brown fox jumps over the lazy dog.",
            "Numbers like 1, 2, 3 and symbols appear too.", "The teacher knows the city is quiet."]
@@ -18,12 +18,7 @@ NEUTRAL = ["The city is quiet and the house is old.", "The quick brown fox jumps
 
 @pytest.fixture(scope="module")
 def trained(tiny_gpt2, tmp_path_factory):
-    recs = []
-    for s, v in itertools.product(["The doctor", "My friend", "The teacher", "The nurse", "The man", "A woman"],
-                                  ["said that", "thinks that", "knows that", "wrote that"]):
-        for f, a, fc, ac in [(" he", " she", "masc", "fem"), (" she", " he", "fem", "masc")]:
-            recs.append({"text": f"{s} {v} [MASK] would be late.", "factual": f, "alternative": a,
-                         "factual_class": fc, "alternative_class": ac})
+    recs = pronoun_records(SUBJECTS[:6], VERBS[:4])
     ds = PairDataset.from_records(recs, target_classes=["masc", "fem"])
     d = tmp_path_factory.mktemp("dec")
     cfg = TrainConfig(experiment_dir=str(d / "run"), max_steps=20, eval_steps=10, pre_prune_topk=0.3, eval_max_size=16)

@@ -13,6 +13,7 @@ from gradedit.evaluate.encoder import EncoderResults, evaluate_encoder
 from gradedit.model_with_gradiend import ModelWithGradiend
 from gradedit.train.config import TrainConfig
 from gradedit.train.trainer import Trainer
+from pronoun_rows import SUBJECTS, VERBS, pronoun_records
 
 CLASSES = ("masc", "fem")
 TARGET_WORDS = {"he", "she"}
@@ -22,12 +23,8 @@ NEUTRAL = ["The city is quiet and the house is old.", "The quick brown fox jumps
 
 @pytest.fixture(scope="module")
 def trained(tiny_gpt2, tmp_path_factory):
-    recs = []
-    for s, v in itertools.product(["The doctor", "My friend", "The teacher", "The nurse", "The man", "A woman"],
-                                  ["said that", "thinks that", "knows that", "wrote that"]):
-        for f, a, fc, ac in [(" he", " she", "masc", "fem"), (" she", " he", "fem", "masc")]:
-            recs.append({"text": f"{s} {v} [MASK] would be late.", "factual": f, "alternative": a,
-                         "factual_class": fc, "alternative_class": ac})
+    recs = pronoun_records(SUBJECTS[:6], VERBS[:4])
+    for s, v in itertools.product(SUBJECTS[:6], VERBS[:4]):
         recs.append({"text": f"{s} {v} [MASK] was here.", "factual": " he", "alternative": " he",
                      "factual_class": "masc", "alternative_class": "masc"})
     ds = PairDataset.from_records(recs, target_classes=list(CLASSES), seed=1)

@@ -1,6 +1,5 @@
 """GRADIEND training on a tiny model: convergence, sign, resume, seeds, pruning, encoding paths."""
 
-import itertools
 import json
 
 import numpy as np
@@ -12,19 +11,12 @@ from gradedit.feature_model import FeatureModel
 from gradedit.model_with_gradiend import ModelWithGradiend
 from gradedit.train.config import TrainConfig
 from gradedit.train.trainer import Trainer
-
-SUBJECTS = ["The doctor", "My friend", "The teacher", "The nurse", "The man", "A woman", "The child", "Our boss"]
-VERBS = ["said that", "thinks that", "knows that", "wrote that", "believes that"]
+from pronoun_rows import pronoun_records
 
 
 @pytest.fixture(scope="module")
 def pronouns() -> PairDataset:
-    recs = []
-    for s, v in itertools.product(SUBJECTS, VERBS):
-        for f, a, fc, ac in [(" he", " she", "masc", "fem"), (" she", " he", "fem", "masc")]:
-            recs.append({"text": f"{s} {v} [MASK] would be late.", "factual": f, "alternative": a,
-                         "factual_class": fc, "alternative_class": ac})
-    return PairDataset.from_records(recs, target_classes=["masc", "fem"])
+    return PairDataset.from_records(pronoun_records(), target_classes=["masc", "fem"])
 
 
 def _cfg(tmp_path, **kw):
