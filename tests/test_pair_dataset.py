@@ -325,3 +325,10 @@ def test_model_inputs_mlm_keeps_the_mask_token(ds: PairDataset, tiny_bert) -> No
     assert all(t.count(tiny_bert.tokenizer.mask_token) == 1 for t in texts) and texts[0].endswith("be late.")
     assert fac[0].item() == tiny_bert.token_id(" he") and len(labels) == len(ds)
     assert ds.prompts("mlm", mask_token="<mask>")[0] == "He said that <mask> would be late."
+
+
+def test_hf_dataset_round_trip(ds: PairDataset) -> None:
+    hf = ds.to_hf_dataset()
+    assert hf.num_rows == len(ds) and set(hf.column_names) >= {"text", "factual", "alternative", "label", "split"}
+    back = PairDataset.from_hf_dataset(hf)
+    assert back.fingerprint() == ds.fingerprint()

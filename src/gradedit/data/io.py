@@ -57,6 +57,15 @@ FORMATS = (".csv", ".parquet", ".jsonl")
 _NA = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None", "<NA>"]
 
 
+def require_datasets() -> Any:
+    """The ``datasets`` module, or an ImportError naming the install command."""
+    try:
+        import datasets
+    except ImportError as err:
+        raise ImportError("Hugging Face datasets support needs: pip install 'gradedit[data]'") from err
+    return datasets
+
+
 def _format(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix not in FORMATS:

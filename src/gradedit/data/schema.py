@@ -260,6 +260,17 @@ class PairDataset:
         """A copy of the rows as a DataFrame."""
         return self._df.copy()
 
+    def to_hf_dataset(self) -> Any:
+        """The rows as a Hugging Face ``datasets.Dataset`` (needs the ``data`` extra)."""
+        from .io import require_datasets
+
+        return require_datasets().Dataset.from_pandas(self._df, preserve_index=False)
+
+    @classmethod
+    def from_hf_dataset(cls, dataset: Any, target_classes: Sequence[str] | None = None, **kwargs: Any) -> PairDataset:
+        """From a ``datasets.Dataset`` with our columns (``from_frame`` rules apply)."""
+        return cls.from_frame(dataset.to_pandas(), target_classes, **kwargs)
+
     # -- views -----------------------------------------------------------------------------------
 
     def __len__(self) -> int:
