@@ -141,3 +141,18 @@ def test_rewrite_manual_lr_zero_is_identity_and_inplace_restores(tiny_gpt2, pron
     assert (tmp_path / "out" / "tokenizer.json").is_file()
     with pytest.raises(FileExistsError):
         m.rewrite_base_model(learning_rate=1e-2, feature_factor=1.0, output_dir=tmp_path / "out")
+
+
+def test_top_entries_matches_global_topk():
+    from gradedit.train.pruning import top_entries
+
+    g = torch.Generator().manual_seed(0)
+    scores = {"a": torch.rand(7, 5, generator=g), "b": torch.rand(13, generator=g), "c": torch.rand(3, 4, generator=g)}
+    scores["b"][:4] = 0.5  # ties
+    flat = torch.cat([t.reshape(-1) for t in scores.values()])
+    for k in (1, 5, 17, 40, flat.numel()):
+        got = top_entries(scores, k)
+        assert sum(v.numel() for v in got.values()) == k
+        chosen = torch.cat([scores[n].reshape(-1)[got[n]] for n in scores])
+        want = torch.topk(flat, k).values
+        torch.testing.assert_close(chosen.sort().values, want.sort().values)
