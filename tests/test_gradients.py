@@ -122,3 +122,30 @@ def test_model_weights_untouched(tiny_gpt2):
     for n, p in tiny_gpt2.model.named_parameters():
         assert torch.equal(p, before[n]), n
     assert isinstance(ge.LanguageModel, type)
+
+
+def test_gradient_vectors_equal_gathered_gradients(tiny_lm):
+    from gradedit.param_map import ParamMap
+
+    texts, f, a = _rows(tiny_lm)
+    eng = GradientEngine(tiny_lm)
+    full = ParamMap.from_params(eng.params)
+    g = torch.Generator().manual_seed(0)
+    pm = full.select(torch.randperm(full.size, generator=g)[: full.size // 7].sort().values)
+    dense = eng.multi_gradients(texts, f, a, ["factual", "diff"])
+    vecs = eng.gradient_vectors(texts, f, a, ["factual", "diff"], pm)
+    for src in ("factual", "diff"):
+        torch.testing.assert_close(vecs[src], pm.gather(dense[src]), atol=1e-7, rtol=0)
+    assert all(p.grad is None for p in tiny_lm.model.parameters())
+
+
+def test_each_gradient_visits_every_selected_parameter_once(tiny_gpt2):
+    texts, f, a = _rows(tiny_gpt2)
+    eng = GradientEngine(tiny_gpt2, ["*.h.1.*"])
+    seen = {}
+    eng.each_gradient(texts, f, a, "diff", lambda n, g: seen.__setitem__(n, g.clone()))
+    dense = eng.gradients(texts, f, a, "diff")
+    assert set(seen) == set(dense)
+    for n in dense:
+        torch.testing.assert_close(seen[n], dense[n], atol=1e-7, rtol=0)
+    assert all(p.grad is None for p in tiny_gpt2.model.parameters())

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -25,6 +25,7 @@ from torch.func import jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .models import LanguageModel, select_parameters
+from .param_map import ParamMap
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,71 @@ class GradientEngine:
                 out[src] = {n: (g if g is not None else torch.zeros_like(p)).detach()
                             for (n, p), g in zip(self.params.items(), grads)}
         return out
+
+    def gradient_vectors(self, texts: Sequence[str], factual_ids: torch.Tensor, alternative_ids: torch.Tensor,
+                         sources: Sequence[Source], param_map: ParamMap) -> dict[str, torch.Tensor]:
+        """Batch-mean gradients gathered straight into ``param_map``'s input space: ``{source: [n]}``.
+
+        Equal to ``param_map.gather(multi_gradients(...)[source])`` but each parameter's gradient is
+        gathered and freed the moment autograd finishes it (post-accumulate hooks), so at most one
+        parameter's dense gradient exists at a time instead of all of them.
+        """
+        wanted = list(dict.fromkeys(sources))
+        named = {n: self.params[n] for n in param_map.names if n in self.params}
+        missing = [n for n in param_map.names if n not in named]
+        if missing:
+            raise KeyError(f"param_map names parameters outside this engine's selection: {missing[:3]}")
+        if any(p.grad is not None for p in named.values()):
+            raise RuntimeError("selected parameters already hold .grad; zero them (set_to_none) first")
+        spans = {n: (start, start + size, idx) for n, start, size, idx in
+                 zip(param_map.names, param_map.offsets, param_map.sizes, param_map.indices)}
+        out: dict[str, torch.Tensor] = {}
+        with only_these_require_grad(self.lm.model, named), torch.enable_grad():
+            logits = self.lm.prediction_logits(list(texts))
+            losses = _losses_from_logits(logits, factual_ids, alternative_ids, wanted)
+            for i, src in enumerate(wanted):
+                vec = torch.zeros(param_map.size, dtype=torch.float32)
+
+                def take(p: torch.Tensor, name: str, vec: torch.Tensor = vec) -> None:
+                    lo, hi, idx = spans[name]
+                    flat = p.grad.reshape(-1)
+                    vec[lo:hi] = (flat if idx is None else flat[idx.to(flat.device)]).float().cpu()
+                    p.grad = None
+
+                hooks = [p.register_post_accumulate_grad_hook(lambda p, n=n: take(p, n)) for n, p in named.items()]
+                try:
+                    torch.autograd.backward(losses[src].mean(), inputs=list(named.values()),
+                                            retain_graph=i < len(wanted) - 1)
+                finally:
+                    for h in hooks:
+                        h.remove()
+                    for p in named.values():
+                        p.grad = None
+                out[src] = vec
+        return out
+
+    def each_gradient(self, texts: Sequence[str], factual_ids: torch.Tensor, alternative_ids: torch.Tensor,
+                      source: Source, visit: Callable[[str, torch.Tensor], None]) -> None:
+        """Call ``visit(name, grad)`` with each selected parameter's batch-mean gradient as soon as autograd
+        finishes it; the gradient is freed right after, so only one dense gradient exists at a time."""
+        named = self.params
+        if any(p.grad is not None for p in named.values()):
+            raise RuntimeError("selected parameters already hold .grad; zero them (set_to_none) first")
+        with only_these_require_grad(self.lm.model, named), torch.enable_grad():
+            loss = row_losses(self.lm, texts, factual_ids, alternative_ids, source).mean()
+
+            def take(p: torch.Tensor, name: str) -> None:
+                visit(name, p.grad)
+                p.grad = None
+
+            hooks = [p.register_post_accumulate_grad_hook(lambda p, n=n: take(p, n)) for n, p in named.items()]
+            try:
+                torch.autograd.backward(loss, inputs=list(named.values()))
+            finally:
+                for h in hooks:
+                    h.remove()
+                for p in named.values():
+                    p.grad = None
 
     def per_row_gradients(self, texts: Sequence[str], factual_ids: torch.Tensor, alternative_ids: torch.Tensor,
                           sources: Sequence[Source]) -> Iterator[dict[str, dict[str, torch.Tensor]]]:

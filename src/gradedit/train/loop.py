@@ -108,10 +108,9 @@ class SeedTrainer:
     def _vectors(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         r = self.train_rows
         texts = [r.texts[i] for i in rows]
-        grads = self.engine.multi_gradients(texts, r.factual[rows], r.alternative[rows], [self.cfg.source, self.cfg.target])
-        src = self.param_map.gather(grads[self.cfg.source])
-        tgt = src if self.cfg.target == self.cfg.source else self.param_map.gather(grads[self.cfg.target])
-        return src, tgt
+        vecs = self.engine.gradient_vectors(texts, r.factual[rows], r.alternative[rows],
+                                            [self.cfg.source, self.cfg.target], self.param_map)
+        return vecs[self.cfg.source], vecs[self.cfg.target]
 
     def evaluate(self, fm: FeatureModel) -> tuple[float, dict[str, float], np.ndarray]:
         values = encode_rows(self.engine, fm, self.val_rows, self.cfg.source)[:, 0]

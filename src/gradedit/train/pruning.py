@@ -27,16 +27,15 @@ def pre_prune(engine: GradientEngine, texts: list[str], factual_ids: torch.Tenso
 
     The mean of absolute values (not the absolute mean) is used: the two classes' diff gradients point
     in roughly opposite directions, so a plain mean would cancel exactly the entries that matter.
-    Memory: one float32 copy of the selected parameters (the running sums) besides one gradient.
+    Memory: one float32 copy of the selected parameters (the running sums) and one parameter's gradient.
     """
     if not texts:
         raise ValueError("pre-pruning needs at least one row")
     acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in engine.params.items()}
     rows = progress(range(len(texts)), desc="pre-pruning", leave=False)
     for i in rows:
-        g = engine.gradients([texts[i]], factual_ids[i : i + 1], alternative_ids[i : i + 1], source)
-        for n, t in g.items():
-            acc[n].add_(t.abs())
+        engine.each_gradient([texts[i]], factual_ids[i : i + 1], alternative_ids[i : i + 1], source,
+                             lambda n, g: acc[n].add_(g.abs()))
     full = ParamMap.from_params(engine.params)
     k = resolve_topk(topk, full.size)
     keep = top_entries(acc, k)
