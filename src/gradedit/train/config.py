@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..feature_model import PARTS
 from ..gradients import SOURCES
 
 
@@ -88,9 +89,8 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         for name in ("pre_prune_topk", "post_prune_topk"):
             _check_topk(name, getattr(self, name))
-        parts = ("encoder-weight", "decoder-weight", "decoder-bias", "decoder-sum")
-        if self.post_prune_part not in parts:
-            raise ValueError(f"post_prune_part must be one of {parts}, got {self.post_prune_part!r}")
+        if self.post_prune_part not in PARTS:
+            raise ValueError(f"post_prune_part must be one of {PARTS}, got {self.post_prune_part!r}")
         if self.params is not None:
             if isinstance(self.params, str) or not all(isinstance(p, str) for p in self.params):
                 raise ValueError("params must be a list of glob patterns, e.g. ['*.mlp.*']")
