@@ -174,7 +174,9 @@ class SeedTrainer:
                             metadata=dict(self.metadata))
 
     def _optimizer(self, fm: FeatureModel) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(fm.parameters(), lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay)
+        # fused: one kernel over all 2n+k weights (unpruned smollm2: 1.9 s -> 0.37 s per optimiser step)
+        return torch.optim.AdamW(fm.parameters(), lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay,
+                                 fused=True)
 
     def _start(self) -> tuple[FeatureModel, torch.optim.Optimizer, int, list[dict[str, Any]], dict[str, Any] | None]:
         last = self.dir / "last"
