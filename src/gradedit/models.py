@@ -74,6 +74,14 @@ class LanguageModel:
         self._token_cache[word] = tid
         return tid
 
+    def is_single_token(self, word: str) -> bool:
+        """Whether ``token_id(word)`` succeeds (the word is exactly one token)."""
+        try:
+            self.token_id(word)
+        except TokenError:
+            return False
+        return True
+
     def token_ids(self, words: Iterable[str]) -> list[int]:
         """``token_id`` for each word; the error names every word that is not one token."""
         ids, bad = [], []

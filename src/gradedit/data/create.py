@@ -283,15 +283,7 @@ class DataCreator:
 
     def _single_token(self, rows: list[dict[str, Any]], lm: LanguageModel, rejected: Counter) -> list[dict]:
         """Drop rows whose factual or alternative is not one token of ``lm``; report the tokens."""
-        from ..models import TokenError
-
-        ok: dict[str, bool] = {}
-        for tok in dict.fromkeys(t for r in rows for t in (r["factual"], r["alternative"])):
-            try:
-                lm.token_id(tok)
-                ok[tok] = True
-            except TokenError:
-                ok[tok] = False
+        ok = {tok: lm.is_single_token(tok) for tok in {t for r in rows for t in (r["factual"], r["alternative"])}}
         dropped: Counter[str] = Counter()
         kept = []
         for r in rows:

@@ -51,15 +51,7 @@ def _finish(rows: list[dict[str, Any]], texts: Sequence[str], class_ids: Sequenc
     """Rows (with ``_sentence`` = index into ``texts``) → token check, caps, balance, splits, dataset;
     the same rules as ``DataCreator.create``."""
     if lm is not None:
-        from ..models import TokenError
-
-        ok = {}
-        for tok in dict.fromkeys(t for r in rows for t in (r["factual"], r["alternative"])):
-            try:
-                lm.token_id(tok)
-                ok[tok] = True
-            except TokenError:
-                ok[tok] = False
+        ok = {tok: lm.is_single_token(tok) for tok in {t for r in rows for t in (r["factual"], r["alternative"])}}
         kept = [r for r in rows if ok[r["factual"]] and ok[r["alternative"]]]
         rejected["not_single_token"] += len(rows) - len(kept)
         rows = kept
@@ -222,13 +214,8 @@ def gender_names(lm: LanguageModel | None = None) -> tuple[list[str], list[str],
             reason = ("ambiguous_gender" if other.get(n, 0.0) > freq / 9  # less than 90% of its bearers
                       else "stoplist" if n in wordlists.NAME_STOPLIST
                       else "not_alphabetic" if not n.isalpha() or len(n) < 2 else "")
-            if not reason and lm is not None:
-                from ..models import TokenError
-
-                try:
-                    lm.token_id(" " + n)
-                except TokenError:
-                    reason = "not_single_token"
+            if not reason and lm is not None and not lm.is_single_token(" " + n):
+                reason = "not_single_token"
             if reason:
                 dropped[reason].append(n)
             else:

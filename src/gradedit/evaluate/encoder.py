@@ -27,7 +27,7 @@ import numpy as np
 
 from .._cache import write_json_atomic, write_text_atomic
 from ..data.schema import MASK, PairDataset, expected_labels, split_masked
-from ..models import LanguageModel, TokenError
+from ..models import LanguageModel
 from ..train.encode import encode_rows
 from ..train.loop import Rows, pearson
 
@@ -69,9 +69,7 @@ def mask_other_word(text: str, lm: LanguageModel, exclude: set[str], seed: int =
         if len(text[:s].split()) < MIN_LEFT_WORDS or m.group().lower() in exclude:
             continue
         word = " " + m.group()
-        try:
-            lm.token_id(word)
-        except TokenError:
+        if not lm.is_single_token(word):
             continue
         candidates.append((s, e, word))
     if not candidates:
