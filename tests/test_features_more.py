@@ -36,6 +36,9 @@ class VocabLM:
             raise TokenError(f"{word!r} is not one token")
         return sorted(self.vocab).index(word)
 
+    def is_single_token(self, word: str) -> bool:
+        return word in self.vocab
+
 
 def _frame(ds):
     return ds.to_frame()
