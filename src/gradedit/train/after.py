@@ -54,7 +54,7 @@ class AfterTraining:
                          increase_target_probabilities: bool = True, feature_factors: Sequence[float] | None = None,
                          learning_rates: Sequence[float] | None = None, selector: str | Selector | None = None,
                          plot: bool = False, split: str = "test", max_neutral: int = 64, refine_steps: int = 4,
-                         use_cache: bool = True) -> DecoderResults:
+                         max_rows_per_class: int | None = 64, use_cache: bool = True) -> DecoderResults:
         """Sweep feature_factor × learning_rate; select the best point per class under the LMS constraint.
 
         Results are cached under ``experiment_dir/decoder/`` by a fingerprint of all inputs and merged
@@ -64,7 +64,7 @@ class AfterTraining:
             self.get_model(), self.data.split(split), self.classes, self._neutral_texts(max_neutral),
             target_class=target_class, increase_target_probabilities=increase_target_probabilities,
             feature_factors=feature_factors, learning_rates=learning_rates, selector=selector,
-            refine_steps=refine_steps, cache_dir=self.experiment_dir / "decoder" if use_cache else None)
+            refine_steps=refine_steps, max_rows_per_class=max_rows_per_class, cache_dir=self.experiment_dir / "decoder" if use_cache else None)
         path = self.experiment_dir / DECODER_FILE
         merged = DecoderResults.load(path).merged(res) if path.is_file() else res
         merged.save(path)
