@@ -66,7 +66,12 @@ def test_base_weights_flags_and_global_rng_untouched(clm: ge.LanguageModel) -> N
     assert {n: p.requires_grad for n, p in clm.model.named_parameters()} == flags
     assert all(p.grad is None for p in clm.model.parameters())
     assert not clm.model.training
-    again = _train(clm, steps=5)  # same seed: same factors
+    clm.model.train()
+    try:
+        again = _train(clm, steps=5)  # same seed: same factors (dropout is off while training)
+        assert clm.model.training  # mode restored
+    finally:
+        clm.model.eval()
     for name, (B, A) in res.adapters.items():
         assert torch.equal(B, again.adapters[name][0]) and torch.equal(A, again.adapters[name][1])
 

@@ -204,7 +204,8 @@ def lora_modules(model: torch.nn.Module, patterns: Sequence[str]) -> dict[str, t
 def _dims(module: torch.nn.Module) -> tuple[int, int]:
     """(in, out) features of an nn.Linear ([out, in] weight) or Conv1D ([in, out] weight)."""
     w = module.weight
-    return (int(w.shape[1]), int(w.shape[0])) if isinstance(module, torch.nn.Linear) else (int(w.shape[0]), int(w.shape[1]))
+    n_in, n_out = (w.shape[1], w.shape[0]) if isinstance(module, torch.nn.Linear) else (w.shape[0], w.shape[1])
+    return int(n_in), int(n_out)
 
 
 class _Switch:
@@ -276,20 +277,21 @@ def train_lora(lm: LanguageModel, data: TargetData | Sequence[str], config: Lora
     modules = lora_modules(model, config.modules)
     targets, others, used = build_sequences(lm, data, other_texts, config.max_target_tokens)
     need_kl = config.kl_weight > 0
-    if need_kl and config.kl_topk is not None:
-        compute_refs(lm, targets + others, config.kl_topk, config.batch_size)
     gen = torch.Generator().manual_seed(config.seed)
     adapters = _init_adapters(modules, config.rank, gen, lm.device)
     opt = torch.optim.Adam([t for pair in adapters.values() for t in pair], lr=config.lr)
     cyc_t, cyc_o = BatchCycler(targets, config.batch_size, gen), BatchCycler(others, config.batch_size, gen)
     pad, history = int(lm.tokenizer.pad_token_id), []
     flags = {p: p.requires_grad for p in model.parameters()}
+    had_grad = {id(p) for p in flags if p.grad is not None}
     was_training = model.training
     logger.info("LoRA rank %d on %d modules, %d target tokens, remove=%s", config.rank, len(modules), len(used), remove)
     try:
         for p in flags:
             p.requires_grad_(False)
         model.eval()
+        if need_kl and config.kl_topk is not None:
+            compute_refs(lm, targets + others, config.kl_topk, config.batch_size)
         with attach_lora(model, adapters, config.scale) as switch:
             bar = progress_bar(range(config.steps), desc="LoRA", disable=not progress)
             for step in bar:
@@ -313,8 +315,9 @@ def train_lora(lm: LanguageModel, data: TargetData | Sequence[str], config: Lora
                     loss = loss + config.kl_weight * kl
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                leaked = [n for n, p in model.named_parameters() if p.grad is not None]
-                assert not leaked, f"base parameters received gradients: {leaked[:3]}"
+                leaked = [n for n, p in model.named_parameters() if p.grad is not None and id(p) not in had_grad]
+                if leaked:  # base weights are frozen: only A and B may get gradients
+                    raise RuntimeError(f"base parameters received gradients: {leaked[:3]}")
                 opt.step()
                 history.append({"step": step, "loss": loss.item(), "target_loss": target_loss.item(),
                                 "target_ce": t_ce.detach().mean().item() if t_ce.numel() else float("nan"),
