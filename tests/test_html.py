@@ -10,12 +10,10 @@ import pytest
 import torch
 
 import gradedit as ge
+from chromium import external, guarded_page
 from gradedit.blast import BlastReport, blast_radius
 from gradedit.viz.html import render_tokens, token_heatmap_html, write_html_report
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 NASTY = 'Tom said <b> & "x" here'  # tiny-gpt2 tokens: ..., '<', 'b', '>', ' &', ' ', '"', 'x', '"', ...
 
 _DATA_URI = re.compile(r"data:[\w/+.-]+;base64,[A-Za-z0-9+/=]+")
@@ -99,55 +97,27 @@ def test_report_is_self_contained(report: BlastReport, tmp_path: Path) -> None:
         write_html_report(tmp_path / "x.html", "x", [("bad", 3)])
 
 
-def _sync_playwright():  # type: ignore[no-untyped-def]
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("playwright is not installed: run `.venv/bin/pip install playwright` "
-                    "(or `pip install -e '.[dev]'`); never `playwright install`, Debian's chromium is used")
-    if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} is missing: run `apt-get update && apt-get install -y chromium` as root "
-                    "(or `make install`)")
-    return sync_playwright
-
-
 def test_hover_shows_tooltip_in_chromium(report: BlastReport, tmp_path: Path) -> None:
     from PIL import Image
 
-    sync_playwright = _sync_playwright()
     path = write_html_report(tmp_path / "report.html", "hover test", [("en", token_heatmap_html(report, "en", 0))])
     rec = report.tokens["en"][0]  # type: ignore[index]
     pos = rec["tokens"].index("<")  # an escaped token
     j = rec["positions"].index(pos)
     requests: list[str] = []
-
-    def guard(route, request) -> None:  # type: ignore[no-untyped-def]
-        requests.append(request.url)
-        if request.url.startswith(("file://", "data:")):
-            route.continue_()
-        else:
-            route.abort()
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1000, "height": 700})
-            page.route("**/*", guard)
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(path.as_uri())
-            tok = page.locator(f'.gx-tok[data-i="{pos}"]')
-            tip = tok.locator(".gx-tip")
-            assert not tip.is_visible(), "the tooltip must be hidden until hover"
-            assert tok.inner_text().startswith("<")  # escaped in the file, '<' on screen
-            tok.hover()
-            page.wait_for_timeout(100)
-            assert tip.is_visible()
-            text = tip.inner_text()
-            shot = tmp_path / "hover.png"
-            page.screenshot(path=str(shot))
-            box = tip.bounding_box()
-        finally:
-            browser.close()
+    with guarded_page(requests) as page:
+        page.goto(path.as_uri())
+        tok = page.locator(f'.gx-tok[data-i="{pos}"]')
+        tip = tok.locator(".gx-tip")
+        assert not tip.is_visible(), "the tooltip must be hidden until hover"
+        assert tok.inner_text().startswith("<")  # escaped in the file, '<' on screen
+        tok.hover()
+        page.wait_for_timeout(100)
+        assert tip.is_visible()
+        text = tip.inner_text()
+        shot = tmp_path / "hover.png"
+        page.screenshot(path=str(shot))
+        box = tip.bounding_box()
     assert f"KL(base ‖ edit): {rec['kl'][j]:.4g} nats" in text
     assert f"Δ log p(token): {rec['dlogprob'][j]:+.4g}" in text
     assert "top-3 before:" in text and "largest Δp:" in text
@@ -160,6 +130,5 @@ def test_hover_shows_tooltip_in_chromium(report: BlastReport, tmp_path: Path) ->
     hist = crop.histogram()  # 256 grey levels
     dark = sum(hist[:80]) / sum(hist)
     assert dark > 0.5, f"tooltip area is not dark on the screenshot ({dark:.0%} dark pixels)"
-    external = [u for u in requests if not u.startswith(("file://", "data:"))]
-    assert external == [], f"the page requested external resources: {external}"
+    assert external(requests) == [], f"the page requested external resources: {external(requests)}"
     assert any(u.startswith("file://") for u in requests), "request recording did not work"

@@ -7,6 +7,7 @@ import logging
 __version__ = "0.1.0"
 
 from . import metrics, zoo  # noqa: E402
+from .blast import BlastReport, TargetSpec, blast_radius, pareto_sweep  # noqa: E402
 from .data import features  # noqa: E402
 from .data.schema import DataError, PairDataset  # noqa: E402
 from .edits import EditError, WeightEdit  # noqa: E402
@@ -20,6 +21,10 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "__version__",
+    "BlastReport",
+    "TargetSpec",
+    "blast_radius",
+    "pareto_sweep",
     "DataError",
     "EditError",
     "FeatureModel",
