@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 import gradedit as ge
+from chromium import external, guarded_page
 from gradedit import metrics
 from gradedit.data import corpora
 from gradedit.demo import pronouns
-
-from chromium import external, guarded_page
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ from .._cache import write_json_atomic
 from ..data import corpora, features
 from ..models import LanguageModel, load_model
 from ..train import TrainConfig, Trainer
+from .common import DemoResult, stage
 
 logger = logging.getLogger(__name__)
 
@@ -64,26 +63,6 @@ class PronounDemoConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.encoder_max_size < 2 or self.decoder_rows_per_class < 1:
             raise ValueError("steps, encoder_max_size and decoder_rows_per_class must be positive")
-
-
-@dataclass
-class DemoResult:
-    """What the demo produced: the report path and the headline numbers."""
-
-    out_dir: Path
-    report: Path
-    headline: list[str]
-    summary: dict[str, Any] = field(default_factory=dict)
-
-
-@contextmanager
-def stage(name: str, timings: dict[str, float]) -> Iterator[None]:
-    """Log the start and wall time of a demo stage into ``timings``."""
-    logger.info("== %s ...", name)
-    t0 = time.perf_counter()
-    yield
-    timings[name] = round(time.perf_counter() - t0, 1)
-    logger.info("== %s done in %.1f s", name, timings[name])
 
 
 def probe_prompts(lm: LanguageModel, prompts: list[str]) -> list[dict[str, float]]:

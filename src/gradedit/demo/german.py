@@ -1,0 +1,247 @@
+"""``gradedit demo german``: remove German from a multilingual model, keep French, Spanish, Italian, English.
+
+Methods, each producing a :class:`~gradedit.edits.WeightEdit`:
+
+(a) ``gradiend``: the GRADIEND ``language`` feature (German word vs its translation) trained on the
+    model, rewritten towards "not German" (``ModelWithGradiend.as_edit``);
+(b) ``component``: one (or a few) rank-1 SVD components of the MLP gate/up projections, chosen by
+    activation selectivity on selection text, with a scalar fitted on ≤16 German tokens
+    (:func:`gradedit.edits.scalar.tune_scalar`);
+(d) ``lora-r{1,4}-{n}tok``: rank-1 / rank-4 LoRA on the MLP projections trained on ``n`` German tokens
+    with a KL penalty on other-language text (:func:`gradedit.edits.lora.train_lora`).
+
+(c) decomposed components are not part of the study until a decomposition exists.
+
+Text discipline (Bible sentences, per language): the first ``selection_texts`` sentences choose
+components and feed the fits; the next ``calibration_texts`` German sentences set each method's
+strength to the same German CE increase; the LAST ``eval_texts`` sentences of every language are
+the evaluation, used for nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import metrics
+from .._cache import write_json_atomic
+from ..data import corpora
+from ..edits import WeightEdit
+from ..models import LanguageModel, load_model
+from .common import DemoResult, stage
+from .strength import StrengthMatch, match_strength
+
+logger = logging.getLogger(__name__)
+
+LANGS = ("de", "fr", "es", "it", "en")
+
+
+@dataclass
+class GermanDemoConfig:
+    """Sizes of the German-removal study (defaults: about 30–40 minutes on 2 CPU cores)."""
+
+    model: str = "gemma3-270m"
+    out_dir: str = "runs/demo-german"
+    eval_texts: int = 48
+    calibration_texts: int = 24
+    selection_texts: int = 64
+    fit_tokens: int = 16
+    n_components: int = 2
+    component_max_leak: float | None = 0.05
+    lora_ranks: tuple[int, ...] = (1, 4)
+    lora_tokens: tuple[int, ...] = (16, 64, 256)
+    lora_steps: int = 60
+    lora_kl_weight: float = 1.0
+    gradiend: bool = True
+    gradiend_steps: int = 40
+    target_de_ce: float | None = None
+    pareto_alphas: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.25)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.fit_tokens < 1 or self.eval_texts < 1 or self.calibration_texts < 1:
+            raise ValueError("fit_tokens, eval_texts and calibration_texts must be positive")
+
+
+@dataclass
+class Texts:
+    """The disjoint text sets of the study, per language."""
+
+    selection: dict[str, list[str]]
+    calibration: list[str]
+    evaluation: dict[str, list[str]]
+    fit: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, cfg: GermanDemoConfig) -> Texts:
+        sel, ev = {}, {}
+        calib: list[str] = []
+        for lang in LANGS:
+            sents = corpora.sentences(lang)
+            need = cfg.selection_texts + cfg.calibration_texts + cfg.eval_texts
+            if len(sents) < need:
+                raise ValueError(f"only {len(sents)} {lang} sentences, the study needs {need}")
+            sel[lang] = sents[:cfg.selection_texts]
+            ev[lang] = sents[-cfg.eval_texts:]
+            if lang == "de":
+                calib = sents[cfg.selection_texts:cfg.selection_texts + cfg.calibration_texts]
+        return cls(selection=sel, calibration=calib, evaluation=ev,
+                   fit={lang: s[: max(8, cfg.selection_texts // 4)] for lang, s in sel.items() if lang != "de"})
+
+
+@dataclass
+class Method:
+    """One edit method's result: the unit-strength edit, what data it consumed, and its matched strength."""
+
+    name: str
+    edit: WeightEdit
+    data: dict[str, Any]
+    seconds: float
+    match: StrengthMatch | None = None
+
+    def at(self, alpha: float) -> WeightEdit:
+        return self.edit * alpha
+
+
+def component_method(lm: LanguageModel, cfg: GermanDemoConfig, texts: Texts) -> Method:
+    """(b) scalar(s) on the most German-selective SVD components, fitted on ``fit_tokens`` German tokens."""
+    from ..edits.scalar import tune_scalar
+
+    t0 = time.perf_counter()
+    others = {k: v for k, v in texts.fit.items()}
+    edit = tune_scalar(lm, texts.selection["de"], other_texts=others, components="auto",
+                       max_target_tokens=cfg.fit_tokens, remove=True, n_components=cfg.n_components,
+                       selection_texts=texts.selection["de"], max_leak=cfg.component_max_leak)
+    meta = edit.metadata
+    data = {"fit_german_tokens": cfg.fit_tokens,
+            "selection_german_sentences": len(texts.selection["de"]),
+            "selection_other_sentences": sum(len(v) for k, v in texts.selection.items() if k != "de"),
+            "kl_other_sentences": sum(len(v) for v in others.values()),
+            "components": meta.get("components"), "scales": meta.get("scales")}
+    return Method("component", edit, data, time.perf_counter() - t0)
+
+
+def lora_methods(lm: LanguageModel, cfg: GermanDemoConfig, texts: Texts) -> list[Method]:
+    """(d) LoRA baselines: each rank × number of German training tokens."""
+    from ..edits.lora import LoraConfig, train_lora
+
+    other = [s for v in texts.fit.values() for s in v]
+    out = []
+    for rank in cfg.lora_ranks:
+        for n in cfg.lora_tokens:
+            t0 = time.perf_counter()
+            conf = LoraConfig(rank=rank, steps=cfg.lora_steps, kl_weight=cfg.lora_kl_weight, max_target_tokens=n,
+                              seed=cfg.seed, batch_size=4)
+            res = train_lora(lm, texts.selection["de"], conf, remove=True, other_texts=other)
+            data = {"train_german_tokens": res.n_target_tokens, "kl_other_sentences": len(other),
+                    "steps": cfg.lora_steps, "final_loss": res.history[-1]["loss"] if res.history else None}
+            out.append(Method(f"lora-r{rank}-{n}tok", res.edit, data, time.perf_counter() - t0))
+    return out
+
+
+def gradiend_method(lm: LanguageModel, cfg: GermanDemoConfig, texts: Texts) -> Method:
+    """(a) GRADIEND on the ``language`` feature (German vs other languages' translation-equivalent words),
+    trained only on sentences outside the calibration and evaluation sets."""
+    from ..data import features
+    from ..evaluate.decoder import lr_scale
+    from ..train import TrainConfig, Trainer
+
+    t0 = time.perf_counter()
+    held = set(texts.calibration) | {s for v in texts.evaluation.values() for s in v}
+    train_text = {lang: [s for s in corpora.sentences(lang) if s not in held] for lang in LANGS}
+    data = features.build("language", lm, sentences=train_text, seed=cfg.seed, max_size_per_class=800)
+    config = TrainConfig(experiment_dir=str(Path(cfg.out_dir) / "gradiend"), source="diff", target="diff",
+                         max_steps=cfg.gradiend_steps, eval_steps=max(cfg.gradiend_steps // 2, 1),
+                         pre_prune_topk=0.01, pre_prune_samples=16, eval_max_size=32, seed=cfg.seed)
+    trainer = Trainer(lm, data, ["de", "other"], config=config)
+    trainer.train()
+    mwg = trainer.get_model()
+    # the sign that makes German LESS likely: decoder(ff) with ff towards "other" (class B, encoded −1)
+    scale = lr_scale(mwg)
+    cal = texts.calibration[:8]
+    base = metrics.cross_entropy(lm, cal)
+    sign = max((-1.0, 1.0), key=lambda ff: _ce_with(lm, mwg.as_edit(0.1 * scale, ff), cal) - base)
+    edit = mwg.as_edit(scale, sign)
+    info = {"train_rows": len(data.split("train")), "feature": "language (de vs other)",
+            "feature_factor": sign, "lr_unit": scale, "steps": cfg.gradiend_steps,
+            "correlation": trainer.seed_results[0].correlation if trainer.seed_results else None}
+    return Method("gradiend", edit, info, time.perf_counter() - t0)
+
+
+def _ce_with(lm: LanguageModel, edit: WeightEdit, texts: list[str]) -> float:
+    with edit.applied(lm.model):
+        return metrics.cross_entropy(lm, texts)
+
+
+def run(cfg: GermanDemoConfig | None = None, lm: LanguageModel | None = None) -> DemoResult:
+    """Run the study; see the module docstring. Writes report.html, summary.json and the edits.
+
+    ``lm``: an already loaded model (default: ``load_model(cfg.model)``); its weights end unchanged."""
+    from ..blast import blast_radius, pareto_sweep
+    from .german_report import write_german_report
+
+    cfg = cfg or GermanDemoConfig()
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    lm = lm if lm is not None else load_model(cfg.model)
+    texts = Texts.build(cfg)
+    methods: list[Method] = []
+    with stage("component scalar", timings):
+        methods.append(component_method(lm, cfg, texts))
+    with stage("LoRA baselines", timings):
+        methods += lora_methods(lm, cfg, texts)
+    if cfg.gradiend:
+        with stage("GRADIEND language feature", timings):
+            methods.append(gradiend_method(lm, cfg, texts))
+    base_cal = metrics.cross_entropy(lm, texts.calibration)
+    with stage("strength matching", timings):
+        comp = methods[0]
+        target = cfg.target_de_ce
+        if target is None:  # the component's own effect on the calibration text
+            target = max(_ce_with(lm, comp.edit, texts.calibration) - base_cal, 0.05)
+        for m in methods:
+            m.match = match_strength(lm, m.at, texts.calibration, target, base_ce=base_cal)
+    reports: dict[str, Any] = {}
+    frames = {}
+    with stage("blast radius on held-out text", timings):
+        for m in methods:
+            assert m.match is not None
+            edit = m.at(m.match.alpha)
+            edit.save(out / "edits" / m.name)
+            reports[m.name] = blast_radius(lm, edit, texts.evaluation, target="de", control=True)
+            reports[m.name].save(out / f"blast_{m.name}.json", tokens=False)
+    with stage("Pareto sweeps", timings):
+        for m in methods:
+            assert m.match is not None
+            alpha = m.match.alpha
+            frames[m.name] = pareto_sweep(lm, lambda a, m=m, alpha=alpha: m.at(alpha * a), list(cfg.pareto_alphas),
+                                          texts.evaluation, "de", method=m.name)
+    with stage("report", timings):
+        report = write_german_report(out / "report.html", lm=lm, cfg=cfg, methods=methods, reports=reports,
+                                     frames=frames, texts=texts)
+    timings["total"] = round(time.perf_counter() - t_all, 1)
+    summary = {"config": asdict(cfg), "model": lm.name, "target_de_ce_calibration": target, "timings_s": timings,
+               "methods": {m.name: {"data": m.data, "seconds": round(m.seconds, 1),
+                                    "alpha": m.match.alpha if m.match else None,
+                                    "calibration_delta": m.match.delta if m.match else None,
+                                    "blast": reports[m.name].to_dict(tokens=False)} for m in methods}}
+    write_json_atomic(out / "summary.json", summary)
+    return DemoResult(out_dir=out, report=report, headline=headline(reports, timings["total"]), summary=summary)
+
+
+def headline(reports: dict[str, Any], seconds: float) -> list[str]:
+    """One line per method: held-out German CE change and the worst other-language change (nats)."""
+    lines = []
+    for name, rep in reports.items():
+        others = {k: v for k, v in rep.ce_delta.items() if k != "de"}
+        worst = max(others, key=lambda k: abs(others[k]))
+        lines.append(f"{name:>16}: German CE {rep.ce_delta['de']:+.3f} nats; worst other {worst} "
+                     f"{others[worst]:+.3f} (control: German {rep.control_ce_delta['de']:+.3f})")
+    lines.append(f"total time {seconds / 60:.1f} min")
+    return lines
+
