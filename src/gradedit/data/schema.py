@@ -79,6 +79,12 @@ def split_masked(text: str) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
+def fill_masked(text: str, word: str) -> str:
+    """``"he said [MASK] was"`` + ``" she"`` → ``"he said she was"`` (the word's leading space wins)."""
+    left, right = split_masked(text)
+    return ((left.rstrip() if word[:1].isspace() else left) + word + right).strip()
+
+
 def expected_labels(frame: pd.DataFrame, target_classes: Sequence[str]) -> Any:
     """+1 for ``a → b`` rows, −1 for ``b → a``, 0 for identity and third-class rows (numpy int64)."""
     import numpy as np

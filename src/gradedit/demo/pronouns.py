@@ -25,6 +25,7 @@ from typing import Any
 from .. import metrics
 from .._cache import write_json_atomic
 from ..data import corpora, features
+from ..data.schema import fill_masked
 from ..models import LanguageModel, load_model
 from ..train import TrainConfig, Trainer
 from .common import DemoResult, stage
@@ -78,6 +79,13 @@ def class_prompts(trainer: Trainer, cls: str) -> list[str]:
     return [p for p, c in zip(test.prompts("clm"), frame["factual_class"]) if c == cls]
 
 
+def class_sentences(trainer: Trainer) -> list[str]:
+    """The test split's sentences with their own pronoun filled in (blast-radius target text: the
+    pronoun positions are the target, every other position is 'surrounding')."""
+    frame = trainer.data.split("test").to_frame()
+    return [fill_masked(t, f) for t, f in zip(frame["text"], frame["factual"])]
+
+
 def train_gradiend(cfg: PronounDemoConfig, lm: LanguageModel, timings: dict[str, float]) -> Trainer:
     """Stages 1–2: data and training (reuses a finished run in ``out_dir/run`` with the same config)."""
     with stage("feature data", timings):
@@ -127,6 +135,7 @@ def run(cfg: PronounDemoConfig | None = None) -> DemoResult:
     chosen = {"strengthen fem": dec["fem"], "weaken masc": weak["masc_weaken"]}
     edits = {name: mwg.as_edit(sel.learning_rate, sel.feature_factor) for name, sel in chosen.items()}
     masc_prompts = class_prompts(trainer, "masc")
+    sentences = class_sentences(trainer)
     held = held_out_corpora(cfg, trainer)
     examples = list(EXAMPLE_PROMPTS)
     rewrites: dict[str, Any] = {}
@@ -138,7 +147,7 @@ def run(cfg: PronounDemoConfig | None = None) -> DemoResult:
             with edit.applied(lm.model):
                 ex = probe_prompts(lm, examples)
                 masc = probe_prompts(lm, masc_prompts)
-            report = blast_radius(lm, edit, held, target=TargetSpec(masc_prompts, [" he", " she"]), control=True)
+            report = blast_radius(lm, edit, held, target=TargetSpec(sentences, [" he", " she"]), control=True)
             report.save(out / f"blast_{name.replace(' ', '_')}.json", tokens=False)
             rewrites[name] = {
                 "feature_factor": sel.feature_factor, "learning_rate": sel.learning_rate,

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._cache import write_json_atomic, write_text_atomic
-from ..data.schema import MASK, PairDataset, expected_labels, split_masked
+from ..data.schema import MASK, PairDataset, expected_labels, fill_masked
 from ..models import LanguageModel
 from ..train.encode import encode_rows
 from ..train.loop import Rows, pearson
@@ -46,12 +46,6 @@ QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 MIN_LEFT_WORDS = 3
 DEFAULT_NEUTRAL_CAP = 64
 _WORD = re.compile(r"[^\W\d_]+")
-
-
-def _fill(text: str, factual: str) -> str:
-    """``"he said [MASK] was"`` + ``" she"`` → ``"he said she was"`` (the factual's leading space wins)."""
-    left, right = split_masked(text)
-    return ((left.rstrip() if factual[:1].isspace() else left) + factual + right).strip()
 
 
 def mask_other_word(text: str, lm: LanguageModel, exclude: set[str], seed: int = 0) -> tuple[str, str] | None:
@@ -129,7 +123,7 @@ def _groups(lm: LanguageModel, data: PairDataset, classes: tuple[str, str], neut
     full = data.to_frame()
     ours = full["factual_class"].isin(classes) | full["alternative_class"].isin(classes)
     exclude = {w.strip().lower() for w in [*full.loc[ours, "factual"], *full.loc[ours, "alternative"]]}
-    masked = [mask_other_word(_fill(t, f), lm, exclude, seed) for t, f in zip(out["training"]["text"],
+    masked = [mask_other_word(fill_masked(t, f), lm, exclude, seed) for t, f in zip(out["training"]["text"],
                                                                               out["training"]["factual"])]
     recs = [_neutral_record(m, w, split, "neutral_masked") for m, w in (x for x in masked if x is not None)]
     if len(recs) < len(masked):
