@@ -35,7 +35,7 @@ from .terms import EditError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Component", "ComponentSet", "clear_svd_cache", "linear_modules", "svd_components"]
+__all__ = ["Component", "ComponentSet", "clear_svd_cache", "linear_modules", "logical_weight", "svd_components"]
 
 ModulePatterns = str | re.Pattern[str] | Sequence[str | re.Pattern[str]]
 
