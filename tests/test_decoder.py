@@ -154,3 +154,15 @@ def test_weaken_sweep_reuses_strengthen_points(trained, monkeypatch):
     monkeypatch.setattr(D.DecoderProbe, "score", lambda self: scored.append(1) or real(self))
     trained.evaluate_decoder(learning_rates=[2e-3, 2e-2], refine_steps=0, increase_target_probabilities=False)
     assert scored == [], "the weaken sweep re-scored grid points the strengthen sweep had already scored"
+
+
+def test_parameterised_selector_names():
+    from gradedit.evaluate.results import resolve_selector
+
+    base = {"perplexity": 100.0, "lms": 0.5, "metrics": {"fem": 0.1}}
+    points = [{"perplexity": 100.5, "lms": 0.5, "metrics": {"fem": 0.2}},
+              {"perplexity": 101.5, "lms": 0.5, "metrics": {"fem": 0.3}}]
+    assert resolve_selector("perplexity:0.01")(points, "fem", base) is points[0]
+    assert resolve_selector("perplexity:0.02")(points, "fem", base) is points[1]
+    with pytest.raises(ValueError, match="not a number"):
+        resolve_selector("perplexity:abc")

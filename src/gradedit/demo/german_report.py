@@ -47,7 +47,8 @@ def data_frame(methods: list[Method]) -> pd.DataFrame:
 
 
 def write_german_report(path: Path, *, lm: LanguageModel, cfg: GermanDemoConfig, methods: list[Method],
-                        reports: dict[str, Any], frames: dict[str, pd.DataFrame], texts: Texts) -> Path:
+                        reports: dict[str, Any], frames: dict[str, pd.DataFrame], texts: Texts,
+                        failed: dict[str, str] | None = None) -> Path:
     """Write the self-contained report page; returns its path."""
     from ..viz.html import token_heatmap_html, write_html_report
     from ..viz.pareto import plot_pareto
@@ -58,6 +59,8 @@ def write_german_report(path: Path, *, lm: LanguageModel, cfg: GermanDemoConfig,
              f"not used elsewhere), then evaluated on the last {cfg.eval_texts} Bible sentences of each "
              "language, which no method saw. ΔCE is the change in mean cross-entropy (nats/token); the "
              "control is a random edit of the same structure and per-parameter norm.</p>")
+    for name, why in (failed or {}).items():
+        intro += f"<p><b>{html.escape(name)} did not run:</b> {html.escape(why)}</p>"
     fig = plot_pareto(frames, x="on_target", y="off_target")
     fig.axes[0].set_xlabel("German CE increase (nats, held-out)")
     fig.axes[0].set_ylabel("largest |CE change| on fr/es/it/en (nats, held-out)")

@@ -64,10 +64,18 @@ def resolve_selector(selector: str | Selector | None) -> Selector:
     if selector is None:
         return SELECTORS["lms"]
     if isinstance(selector, str):
+        name, _, arg = selector.partition(":")
+        if arg and name in ("lms", "perplexity"):  # "perplexity:0.01" = at most +1% perplexity
+            try:
+                value = float(arg)
+            except ValueError:
+                raise ValueError(f"selector {selector!r}: {arg!r} is not a number") from None
+            return lms_constraint(value) if name == "lms" else perplexity_constraint(value)
         try:
             return SELECTORS[selector]
         except KeyError:
-            raise ValueError(f"unknown selector {selector!r}; use one of {list(SELECTORS)} or a callable") from None
+            raise ValueError(f"unknown selector {selector!r}; use one of {list(SELECTORS)}, 'lms:RATIO', "
+                             "'perplexity:MAX_INCREASE' or a callable") from None
     if not callable(selector):
         raise TypeError("selector must be a name, a callable(points, key, base) or None")
     return selector
