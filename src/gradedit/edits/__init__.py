@@ -3,15 +3,40 @@
 ``WeightEdit.dense / low_rank / rank_one / component_scale / indexed`` build edits; ``+`` combines
 them, ``alpha * edit`` scales them; ``with edit.applied(model):`` applies in place and restores
 bit-exactly; ``edit.save(dir)`` / ``WeightEdit.load(dir)``; ``edit.export_lora(dir, model)``.
+
+Methods that produce edits: ``svd_components`` + ``selectivity`` (which rank-1 components fire on
+target text), ``tune_scalar`` (scale a few components, fitted on a handful of target tokens),
+``replace_write_vector`` / ``suppress_token`` / ``train_write_vector``, and ``train_lora`` (the
+LoRA baseline: CE on targets + KL elsewhere).
 """
 
 from __future__ import annotations
 
+from .activations import component_activations, selectivity, top_selective
 from .base import EditHandle, WeightEdit
+from .components import Component, ComponentSet, svd_components
+from .lora import LoraConfig, LoraResult, train_lora
+from .lora_data import TargetData
 from .lora_export import LoraExport, choose_rank, export_lora
+from .scalar import tune_scalar
 from .terms import DenseTerm, EditError, EditTerm, IndexedTerm, LowRankTerm
+from .write_vector import replace_write_vector, suppress_token, train_write_vector
 
 __all__ = [
+    "Component",
+    "ComponentSet",
+    "LoraConfig",
+    "LoraResult",
+    "TargetData",
+    "component_activations",
+    "replace_write_vector",
+    "selectivity",
+    "suppress_token",
+    "svd_components",
+    "top_selective",
+    "train_lora",
+    "train_write_vector",
+    "tune_scalar",
     "DenseTerm",
     "EditError",
     "EditHandle",
