@@ -71,3 +71,22 @@ def test_evaluate_and_rewrite_commands(tmp_path, capsys):
     assert main(["rewrite", str(run), "--target-class", "masc", "--weaken", "--out", str(out)]) == 0
     info = json.loads((out / "rewrite_info.json").read_text())
     assert info["direction"] == "weaken" and info["target_class"] == "masc"
+
+
+def test_edit_then_blast_commands(tmp_path, capsys):
+    from gradedit.edits import WeightEdit
+
+    out = tmp_path / "lora"
+    assert main(["edit", "lora", "--model", "tiny-llama", "--tokens", "8", "--n-texts", "4", "--steps", "2",
+                 "--out", str(out)]) == 0
+    edit = WeightEdit.load(out)
+    assert edit.metadata["target_language"] == "de" and edit.metadata["remove"] is True and len(edit) > 0
+    assert "gradedit blast" in capsys.readouterr().out
+    assert main(["edit", "scalar", "--model", "tiny-llama", "--tokens", "8", "--n-texts", "4",
+                 "--out", str(tmp_path / "scalar")]) == 0
+    assert WeightEdit.load(tmp_path / "scalar").metadata["components"]
+    assert main(["blast", str(out), "--model", "tiny-llama", "--langs", "en,de", "--n-texts", "3", "--target", "de",
+                 "--out", str(tmp_path / "blast")]) == 0
+    assert (tmp_path / "blast" / "report.json").is_file()
+    assert main(["edit", "lora", "--model", "tiny-llama", "--tokens", "0", "--out", str(tmp_path / "x")]) == 2
+    assert "--tokens" in capsys.readouterr().err

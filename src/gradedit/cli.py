@@ -274,8 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int, default=0)
     build.set_defaults(func=_cmd_data_build)
 
-    from . import cli_blast
+    from . import cli_blast, cli_edit
 
+    cli_edit.register(sub)
     cli_blast.register(sub)
 
     demo = sub.add_parser("demo", help="the main job: GRADIEND he/she on smollm2-135m (or the German-removal study)")
