@@ -66,3 +66,20 @@ def test_german_study_runs_and_reports(tmp_path, tiny_llama: ge.LanguageModel) -
     assert res.report.is_file() and "Pareto" in res.report.read_text()
     after = tiny_llama.model.state_dict()  # every edit was applied in place and restored
     assert all(bool((before[k] == after[k]).all()) for k in before)
+
+
+def test_match_strength_brackets_an_edit_far_too_strong(tiny_llama: ge.LanguageModel) -> None:
+    """An edit whose unit strength overshoots the target by orders of magnitude is still matched (the
+    GRADIEND language edit on gemma3 was ~30x too strong at alpha 1)."""
+    name = "model.norm.weight"  # scaling the final norm scales the logits: CE grows with the scale
+    p = dict(tiny_llama.model.named_parameters())[name]
+    texts = ["Und Gott sprach: Es werde Licht.", "Der Herr ist mein Hirte."]
+    base = metrics.cross_entropy(tiny_llama, texts)
+    edit = ge.WeightEdit.dense({name: p.detach() * 1000.0})
+    with (edit * 3e-3).applied(tiny_llama.model):
+        target = metrics.cross_entropy(tiny_llama, texts) - base
+    with edit.applied(tiny_llama.model):
+        assert metrics.cross_entropy(tiny_llama, texts) - base > 10 * target > 0
+    m = match_strength(tiny_llama, lambda a: edit * a, texts, target, base_ce=base)
+    assert m.reached, m.probes
+    assert 1e-3 < m.alpha < 1e-2 and len(m.probes) <= 24

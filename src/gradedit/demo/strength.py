@@ -41,14 +41,18 @@ def ce_delta(lm: LanguageModel, edit: WeightEdit, texts: Sequence[str], base_ce:
 
 
 def match_strength(lm: LanguageModel, make_edit: Callable[[float], WeightEdit], texts: Sequence[str],
-                   target: float, *, alpha0: float = 1.0, iters: int = 7, max_doublings: int = 5,
+                   target: float, *, alpha0: float = 1.0, iters: int = 8, max_steps: int = 24,
                    base_ce: float | None = None) -> StrengthMatch:
     """``α`` with ``CE(texts | make_edit(α)) − CE(texts) ≈ target`` (nats), assuming ΔCE grows with ``α``.
 
-    Brackets by doubling/halving from ``alpha0``, then bisects ``iters`` times (on ``log α``).
+    Brackets the target by doubling (or halving) from ``alpha0`` — at most ``max_steps`` probes, so
+    edits many orders of magnitude too strong or too weak are still bracketed — then bisects ``iters``
+    times on ``log α``. When the target is never reached, returns the strongest probe (``reached`` False).
     """
     if target <= 0:
         raise ValueError(f"target must be a positive CE increase in nats, got {target}")
+    if alpha0 <= 0:
+        raise ValueError(f"alpha0 must be positive, got {alpha0}")
     base = metrics.cross_entropy(lm, list(texts)) if base_ce is None else base_ce
     probes: list[tuple[float, float]] = []
 
@@ -58,24 +62,27 @@ def match_strength(lm: LanguageModel, make_edit: Callable[[float], WeightEdit], 
         logger.info("strength α=%.4g: ΔCE %+.3f (target %+.3f)", alpha, d, target)
         return d
 
-    lo, hi = 0.0, alpha0
-    d_hi = f(hi)
-    for _ in range(max_doublings):
-        if d_hi >= target:
+    a, d = alpha0, f(alpha0)
+    factor = 0.5 if d >= target else 2.0
+    lo = hi = None
+    for _ in range(max_steps):
+        if d >= target:
+            hi = a
+        else:
+            lo = a
+        if lo is not None and hi is not None:
             break
-        lo, hi = hi, hi * 2
-        d_hi = f(hi)
-    else:
-        if d_hi < target:
-            return StrengthMatch(alpha=hi, delta=d_hi, target=target, probes=probes)
-    if lo == 0.0:  # alpha0 already overshoots: halve down to a lower bracket
-        lo = hi / 2
-        for _ in range(max_doublings):
-            if f(lo) < target:
-                break
-            hi, lo = lo, lo / 2
+        a *= factor
+        d = f(a)
     best = min(probes, key=lambda p: abs(p[1] - target))
+    if lo is None or hi is None:
+        strongest = max(probes, key=lambda p: p[1]) if hi is None else best
+        logger.warning("strength target %+.3f not bracketed in %d probes; using α=%.4g (ΔCE %+.3f)",
+                       target, len(probes), strongest[0], strongest[1])
+        return StrengthMatch(alpha=strongest[0], delta=strongest[1], target=target, probes=probes)
     for _ in range(iters):
+        if abs(best[1] - target) <= 0.03 * target:
+            break
         mid = (lo * hi) ** 0.5
         d = f(mid)
         if abs(d - target) < abs(best[1] - target):
@@ -84,6 +91,4 @@ def match_strength(lm: LanguageModel, make_edit: Callable[[float], WeightEdit], 
             lo = mid
         else:
             hi = mid
-        if abs(d - target) <= 0.03 * target:
-            break
     return StrengthMatch(alpha=best[0], delta=best[1], target=target, probes=probes)
