@@ -243,6 +243,7 @@ def run(cfg: GermanDemoConfig | None = None, lm: LanguageModel | None = None) ->
             frame = pareto_sweep(lm, lambda a, m=m, alpha=alpha: m.at(alpha * a), list(cfg.pareto_alphas),
                                  texts.evaluation, "de", method=m.name)
             frames[m.name] = with_matched_point(frame, reports[m.name], m.name)
+            frames[m.name].to_csv(out / f"pareto_{m.name}.csv", index=False)
     with stage("report", timings):
         report = write_german_report(out / "report.html", lm=lm, cfg=cfg, methods=methods, reports=reports,
                                      frames=frames, texts=texts, failed=failed)

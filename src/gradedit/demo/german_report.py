@@ -64,6 +64,7 @@ def write_german_report(path: Path, *, lm: LanguageModel, cfg: GermanDemoConfig,
     fig = plot_pareto(frames, x="on_target", y="off_target")
     fig.axes[0].set_xlabel("German CE increase (nats, held-out)")
     fig.axes[0].set_ylabel("largest |CE change| on fr/es/it/en (nats, held-out)")
+    fig.savefig(path.parent / "pareto.png", dpi=120, bbox_inches="tight")
     sections: list[tuple[str, Any]] = [
         ("Summary", intro),
         ("Per-language CE change at matched German CE (held-out)", comparison_frame(methods, reports)),
