@@ -43,7 +43,6 @@ import gc
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -61,6 +60,7 @@ from bench_train import (  # noqa: E402
     export_data,
     fmt,
     input_space,
+    launch,
     source_fingerprint,
 )
 
@@ -205,21 +205,10 @@ def run_side(side: str, rep: int, args: argparse.Namespace, model_dir: Path, pat
     else:
         cmd = [str(GRADIEND_PY), str(HERE / "_gradiend_decoder_side.py"), "--train-csv", str(paths["gradiend"]),
                *common]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
-               TOKENIZERS_PARALLELISM="false", GRADEDIT_NO_PROGRESS="1", TQDM_DISABLE="1")
-    load = os.getloadavg()
-    print(f"[{time.strftime('%H:%M:%S')}] {tag}: load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
-    log = runs / f"{tag}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    with open(log, "w") as fh:
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
-    if proc.returncode != 0:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-40:])
-        print(f"  FAILED ({proc.returncode}) after {time.time() - t0:.0f} s; log {log}:\n{tail}", flush=True)
-        return {"side": side, "rep": rep, "failed": True, "returncode": proc.returncode, "log": str(log)}
-    res = json.loads(out_json.read_text())
-    res.update(rep=rep, load_before=load, log=str(log))
+    res, log, t0 = launch(cmd, tag, runs, out_json, args.threads)
+    if res is None:
+        return {"side": side, "rep": rep, "failed": True, "log": str(log)}
+    res.update(rep=rep)
     print(f"  decoder eval {res['eval_wall_s']} s ({res.get('grid_points')} points, base {res.get('base_eval_s')} s,"
           f" point median {res.get('point_median_s')} s), {res['rows_scored']} rows / {res['neutral_scored']} neutral,"
           f" eval peak {gib(res['eval_peak_rss_mib'])} GiB, run {time.time() - t0:.0f} s", flush=True)

@@ -122,6 +122,29 @@ def input_space(model_dir: Path, folder: Path) -> tuple[Path, int, int]:
 # -------------------------------------------------------------------------------------------------
 # runs
 # -------------------------------------------------------------------------------------------------
+def launch(cmd: list[str], tag: str, runs: Path, out_json: Path, threads: int) -> tuple[dict | None, Path, float]:
+    """Run one side's process with ``threads`` OpenMP threads, its output in ``runs/<tag>.log``.
+
+    Returns (its JSON result with ``load_before``/``log`` added, or None when it failed; the log; start time).
+    """
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               TOKENIZERS_PARALLELISM="false", GRADEDIT_NO_PROGRESS="1", TQDM_DISABLE="1")
+    load = os.getloadavg()
+    print(f"[{time.strftime('%H:%M:%S')}] {tag}: load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
+    log = runs / f"{tag}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with open(log, "w") as fh:
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    if proc.returncode != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-40:])
+        print(f"  FAILED ({proc.returncode}) after {time.time() - t0:.0f} s; log {log}:\n{tail}", flush=True)
+        return None, log, t0
+    res = json.loads(out_json.read_text())
+    res.update(load_before=load, log=str(log))
+    return res, log, t0
+
+
 def run_side(side: str, prune: float | None, rep: int, args: argparse.Namespace, model_dir: Path,
              paths: dict[str, Path], params_json: Path) -> dict:
     tag = f"{side}_{'unpruned' if prune is None else f'prune{prune:g}'}_r{rep}"
@@ -142,22 +165,10 @@ def run_side(side: str, prune: float | None, rep: int, args: argparse.Namespace,
     else:
         cmd = [str(GRADIEND_PY), str(HERE / "_gradiend_side.py"), "--train-csv", str(paths["gradiend"]),
                "--neutral-csv", str(paths["neutral"]), *common]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
-               TOKENIZERS_PARALLELISM="false", GRADEDIT_NO_PROGRESS="1", TQDM_DISABLE="1")
-    load = os.getloadavg()
-    print(f"[{time.strftime('%H:%M:%S')}] {tag}: load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
-    log = runs / f"{tag}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    with open(log, "w") as fh:
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
-    if proc.returncode != 0:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-40:])
-        print(f"  FAILED ({proc.returncode}) after {time.time() - t0:.0f} s; log {log}:\n{tail}", flush=True)
-        return {"side": side, "pre_prune": prune, "rep": rep, "failed": True, "returncode": proc.returncode,
-                "log": str(log)}
-    res = json.loads(out_json.read_text())
-    res.update(rep=rep, load_before=load, log=str(log))
+    res, log, t0 = launch(cmd, tag, runs, out_json, args.threads)
+    if res is None:
+        return {"side": side, "pre_prune": prune, "rep": rep, "failed": True, "log": str(log)}
+    res.update(rep=rep)
     print(f"  step median {res.get('step_median_s')} s (min {res.get('step_min_s')}, max {res.get('step_max_s')},"
           f" {res['timed_steps']} timed), peak RSS {res['peak_rss_mib'] / 1024:.2f} GiB,"
           f" run {time.time() - t0:.0f} s", flush=True)
