@@ -124,7 +124,7 @@ def component_method(lm: LanguageModel, cfg: GermanDemoConfig, texts: Texts) -> 
             "selection_german_sentences": len(texts.selection["de"]),
             "selection_other_sentences": sum(len(v) for k, v in texts.selection.items() if k != "de"),
             "kl_other_sentences": sum(len(v) for v in others.values()),
-            "components": meta.get("components"), "scales": meta.get("scales")}
+            "components": meta.get("components"), "scales": meta.get("s")}
     return Method("component", edit, data, time.perf_counter() - t0)
 
 

@@ -68,7 +68,8 @@ def write_german_report(path: Path, *, lm: LanguageModel, cfg: GermanDemoConfig,
     sections: list[tuple[str, Any]] = [
         ("Summary", intro),
         ("Per-language CE change at matched German CE (held-out)", comparison_frame(methods, reports)),
-        ("Pareto: German removed vs damage elsewhere (strength 0.25–1.25 × matched)", fig),
+        (f"Pareto: German removed vs damage elsewhere (strength {', '.join(f'{a:g}' for a in sorted({*cfg.pareto_alphas, 1.0}))}"
+         " × matched)", fig),
         ("Data each method consumed", data_frame(methods)),
     ]
     best = min(reports, key=lambda k: max(abs(v) for lang, v in reports[k].ce_delta.items() if lang != "de"))
