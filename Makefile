@@ -26,7 +26,7 @@ install: $(STAMP)
 # The HTML tests drive Debian's chromium with playwright (never `playwright install`: no downloads).
 chromium:
 	@if [ -x /usr/bin/chromium ]; then :; \
-	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	else echo "NOTE: /usr/bin/chromium is missing; tests/test_html.py needs it: sudo apt-get install -y chromium"; fi
 
 demo: $(STAMP)
