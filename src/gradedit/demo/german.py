@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import metrics
-from .._cache import write_json_atomic
+from .._cache import write_json_atomic, write_text_atomic
 from ..data import corpora
 from ..edits import WeightEdit
 from ..models import LanguageModel, load_model
@@ -243,7 +243,7 @@ def run(cfg: GermanDemoConfig | None = None, lm: LanguageModel | None = None) ->
             frame = pareto_sweep(lm, lambda a, m=m, alpha=alpha: m.at(alpha * a), list(cfg.pareto_alphas),
                                  texts.evaluation, "de", method=m.name)
             frames[m.name] = with_matched_point(frame, reports[m.name], m.name)
-            frames[m.name].to_csv(out / f"pareto_{m.name}.csv", index=False)
+            write_text_atomic(out / f"pareto_{m.name}.csv", frames[m.name].to_csv(index=False))
     with stage("report", timings):
         report = write_german_report(out / "report.html", lm=lm, cfg=cfg, methods=methods, reports=reports,
                                      frames=frames, texts=texts, failed=failed)
