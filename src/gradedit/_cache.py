@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,21 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_folder(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(folder)`` so that ``path`` is never seen half-written.
+
+    A new folder is written into a temp folder and renamed into place in one step (``atomic_dir``);
+    into an existing folder ``write`` writes directly (each of its files should be atomic itself).
+    """
+    if path.exists():
+        if not path.is_dir():
+            raise NotADirectoryError(f"{path} exists and is not a folder")
+        write(path)
+    else:
+        with atomic_dir(path) as tmp:
+            write(tmp)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

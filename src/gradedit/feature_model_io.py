@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from ._artifacts import ArtifactError, read_json_object, save_safetensors_atomic
-from ._cache import atomic_dir, write_json_atomic
+from ._cache import write_folder, write_json_atomic
 from .feature_model import CONFIG_NAME, FORMAT_VERSION, PARAM_MAP_NAME, WEIGHTS_NAME, _as_dtype, _dtype_name
 from .param_map import ParamMap
 
@@ -55,13 +55,7 @@ def save_feature_model(self: FeatureModel, path: Path) -> Path:
                 os.unlink(folder / PARAM_MAP_NAME)  # a stale map from an earlier save
         write_json_atomic(folder / CONFIG_NAME, json.loads(config_text))
 
-    if path.exists():
-        if not path.is_dir():
-            raise NotADirectoryError(f"{path} exists and is not a folder")
-        write(path)
-    else:
-        with atomic_dir(path) as tmp:
-            write(tmp)
+    write_folder(path, write)
     logger.info("saved FeatureModel (n=%d, k=%d) to %s", self.input_dim, self.latent_dim, path)
     return path
 

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from .._artifacts import ArtifactError, read_json_object, save_safetensors_atomic
-from .._cache import atomic_dir, write_json_atomic
+from .._cache import write_folder, write_json_atomic
 from .base import WeightEdit
 from .terms import TERM_TYPES
 
@@ -69,13 +69,7 @@ def save_edit(edit: WeightEdit, directory: Path) -> Path:
                                  {"format": "pt", "gradedit_format_version": str(FORMAT_VERSION)})
         write_json_atomic(folder / JSON_NAME, json.loads(text))
 
-    if directory.exists():
-        if not directory.is_dir():
-            raise NotADirectoryError(f"{directory} exists and is not a folder")
-        write(directory)
-    else:
-        with atomic_dir(directory) as tmp:
-            write(tmp)
+    write_folder(directory, write)
     logger.info("saved %s to %s", edit, directory)
     return directory
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from .._cache import atomic_dir, write_json_atomic
+from .._cache import write_folder, write_json_atomic
 from .._progress import progress as progress_bar
 from ..models import LanguageModel
 from .base import WeightEdit
@@ -161,11 +161,7 @@ class LoraResult:
                               [{k: (None if v != v else v) for k, v in r.items()} for r in self.history])
             write_json_atomic(folder / "lora_config.json", info)
 
-        if directory.exists():
-            write(directory)
-        else:
-            with atomic_dir(directory) as tmp:
-                write(tmp)
+        write_folder(directory, write)
         logger.info("saved LoRA result to %s", directory)
         return directory
 
