@@ -1,0 +1,13 @@
+"""Every public gradedit exception, under one base class :class:`GradeditError`."""
+
+from __future__ import annotations
+
+__all__ = ["GradeditError", "DecompositionError"]
+
+
+class GradeditError(Exception):
+    """Base class of every error gradedit raises on purpose (bad input, corrupt artefact, ...)."""
+
+
+class DecompositionError(GradeditError, ValueError):
+    """A parameter decomposition got bad input, or a saved one is corrupt or belongs to another model."""
