@@ -247,6 +247,62 @@ def test_tune_scalar_direction_and_token_budget(remove: bool) -> None:
     assert -8.0 <= meta["s"][0] <= 8.0 and meta["s"][0] != 1.0
 
 
+def _target_tokens_by_phase(lm: ge.LanguageModel, monkeypatch: pytest.MonkeyPatch, edit_fn) -> tuple[object, dict]:
+    """Run ``edit_fn`` counting, per phase (selection = inside ``selectivity``, else fit), the DE tokens
+    the input embedding looked up: per text the longest non-special prefix read; ``total`` = union."""
+    from gradedit.edits import scalar
+
+    phase, real = ["fit"], scalar.selectivity
+
+    def ranked(*a, **k):  # type: ignore[no-untyped-def]
+        phase[0] = "selection"
+        try:
+            return real(*a, **k)
+        finally:
+            phase[0] = "fit"
+
+    monkeypatch.setattr(scalar, "selectivity", ranked)
+    special, pad = set(lm.tokenizer.all_special_ids), lm.tokenizer.pad_token_id
+    targets = [lm.tokenizer(t)["input_ids"] for t in DE]
+    seen: dict[str, dict[int, int]] = {"selection": {}, "fit": {}}
+
+    def look(_m, a) -> None:  # type: ignore[no-untyped-def]
+        for row in a[0].tolist():
+            while row and row[-1] == pad:
+                row = row[:-1]
+            for ti, t in enumerate(targets):
+                if row and t[: len(row)] == row:
+                    n = sum(i not in special for i in row)
+                    seen[phase[0]][ti] = max(seen[phase[0]].get(ti, 0), n)
+    hook = lm.model.get_input_embeddings().register_forward_pre_hook(look)
+    try:
+        out = edit_fn()
+    finally:
+        hook.remove()
+    union = {ti: max(seen["selection"].get(ti, 0), seen["fit"].get(ti, 0)) for ti in range(len(DE))}
+    return out, {"selection": sum(seen["selection"].values()), "fit": sum(seen["fit"].values()),
+                 "total": sum(union.values())}
+
+
+@pytest.mark.parametrize("selection_tokens", [None, 5, 11])
+def test_tune_scalar_auto_counts_selection_tokens(tiny_llama: ge.LanguageModel, monkeypatch: pytest.MonkeyPatch,
+                                                  selection_tokens: int | None) -> None:
+    """components='auto' reads target text to rank components: those tokens count, and obey selection_tokens."""
+    kw = {} if selection_tokens is None else {"selection_tokens": selection_tokens}
+    edit, seen = _target_tokens_by_phase(tiny_llama, monkeypatch, lambda: tune_scalar(
+        tiny_llama, DE, {"en": EN, "fr": FR}, components="auto", max_target_tokens=2, grid=3, golden_iters=0,
+        modules=[GATE], **kw))
+    meta = edit.metadata
+    n_all = sum(sum(i not in tiny_llama.tokenizer.all_special_ids for i in tiny_llama.tokenizer(t)["input_ids"])
+                for t in DE)
+    assert seen["fit"] == 2 and seen["selection"] == (n_all if selection_tokens is None else selection_tokens)
+    assert meta.get("target_tokens_used") == seen, f"metadata {meta.get('target_tokens_used')} vs measured {seen}"
+    assert meta["selection"]["n_tokens"] == seen["selection"]
+    assert meta["selection"]["max_tokens"] == selection_tokens
+    if selection_tokens is not None:
+        assert seen["total"] <= selection_tokens + 2
+
+
 def test_tune_scalar_auto_several_components_with_leak_constraint(tiny_llama: ge.LanguageModel) -> None:
     edit = tune_scalar(tiny_llama, DE, {"en": EN, "fr": FR}, n_components=2, max_target_tokens=5,
                        selection_texts=DE[2:], steps=4, lr=0.5, max_leak=0.0, s_range=(-3.0, 3.0))
