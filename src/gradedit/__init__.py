@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
-__version__ = "0.1.0"
-
-from . import metrics, zoo  # noqa: E402
+from . import metrics  # noqa: E402
+from ._version import __version__  # noqa: E402
+from .models import zoo  # noqa: E402
 from .blast import BlastReport, TargetSpec, blast_radius, pareto_sweep  # noqa: E402
 from .data import features  # noqa: E402
 from .data.schema import DataError, PairDataset  # noqa: E402

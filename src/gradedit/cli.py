@@ -13,7 +13,7 @@ logger = logging.getLogger(__name__)
 
 
 def _cmd_models_list(args: argparse.Namespace) -> int:
-    from . import zoo
+    from .models import zoo
 
     rows = [("name", "kind", "status", "description")]
     for e in zoo.entries():
@@ -32,7 +32,7 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_models_prepare(args: argparse.Namespace) -> int:
-    from . import zoo
+    from .models import zoo
 
     for name in args.names:
         path = zoo.prepare(name, force=args.force)
@@ -41,7 +41,7 @@ def _cmd_models_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_models_info(args: argparse.Namespace) -> int:
-    from . import zoo
+    from .models import zoo
 
     e = zoo.entry(args.name)
     info: dict[str, object] = {"name": e.name, "kind": e.kind, "description": e.description, "source": e.source,
@@ -298,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (KeyError, ValueError, FileNotFoundError, RuntimeError) as err:
-        from .zoo import ModelPackageMissing
+        from .models.zoo import ModelPackageMissing
 
         if args.verbose and not isinstance(err, ModelPackageMissing):
             raise

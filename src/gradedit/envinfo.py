@@ -9,7 +9,8 @@ import sys
 
 import torch
 
-from . import __version__, zoo
+from ._version import __version__
+from .models import zoo
 from ._cache import cache_dir
 
 _PACKAGES = [

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["GradeditError", "DecompositionError"]
+__all__ = ["GradeditError", "DecompositionError", "TokenError"]
 
 
 class GradeditError(Exception):
@@ -11,3 +11,7 @@ class GradeditError(Exception):
 
 class DecompositionError(GradeditError, ValueError):
     """A parameter decomposition got bad input, or a saved one is corrupt or belongs to another model."""
+
+
+class TokenError(GradeditError, ValueError):
+    """A target word is not exactly one token of the model's vocabulary."""

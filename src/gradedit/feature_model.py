@@ -284,7 +284,7 @@ class FeatureModel(nn.Module):
 
     def to_config(self) -> dict[str, Any]:
         """What ``config.json`` holds."""
-        from . import __version__
+        from ._version import __version__
 
         return {
             "model_type": "gradedit-feature-model", "format_version": FORMAT_VERSION,

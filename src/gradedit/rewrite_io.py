@@ -7,7 +7,7 @@ from typing import Any
 
 from transformers import PreTrainedModel
 
-from . import __version__
+from ._version import __version__
 from ._cache import atomic_dir, write_json_atomic
 from .models import LanguageModel
 

@@ -40,7 +40,7 @@ def save_edit(edit: WeightEdit, directory: Path) -> Path:
     Raises:
         TypeError: ``edit.metadata`` is not JSON-serialisable.
     """
-    from .. import __version__
+    from .._version import __version__
 
     metas, tensors = [], {}
     for i, term in enumerate(edit.terms):

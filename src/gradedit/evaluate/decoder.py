@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__, metrics
+from .. import metrics
+from .._version import __version__
 from .._cache import write_json_atomic
 from .._progress import progress
 from ..data.schema import PairDataset

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__
+from .._version import __version__
 from .._cache import write_json_atomic
 from ..data.schema import PairDataset
 from ..feature_model import FeatureModel

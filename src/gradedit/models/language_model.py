@@ -1,4 +1,4 @@
-"""Language models: one wrapper around an HF model + tokenizer, target-token ids, parameter selection."""
+"""The language-model wrapper: an HF model + tokenizer, target-token ids, batched logits."""
 
 from __future__ import annotations
 
@@ -14,13 +14,11 @@ from typing import Literal
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..errors import TokenError
+
 logger = logging.getLogger(__name__)
 
 ModelKind = Literal["mlm", "clm"]
-
-
-class TokenError(ValueError):
-    """A target word is not exactly one token of the model's vocabulary."""
 
 
 @dataclass
@@ -210,107 +208,3 @@ def infer_kind(model: PreTrainedModel) -> ModelKind:
     raise ValueError(
         f"{arch} is neither a masked nor a causal LM; load a *ForMaskedLM or *ForCausalLM model"
     )
-
-
-def load_model(
-    name_or_path: str | Path,
-    *,
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
-    kind: ModelKind | None = None,
-) -> LanguageModel:
-    """Load a zoo model (``gradedit models list``), a local HF folder, or a hub id.
-
-    Zoo models that need preparing (``smollm2-135m``, ``gemma3-270m``, ``minilm-mlm``) are prepared
-    on first use. ``kind`` overrides the MLM/CLM detection for a folder or hub id.
-    """
-    from . import zoo
-
-    name = str(name_or_path)
-    if zoo.is_zoo_name(name):
-        lm = zoo.load(name, dtype=dtype)
-    else:
-        lm = _load_hf(name, dtype=dtype, kind=kind)
-    lm.model.to(device)
-    lm.model.eval()
-    return lm
-
-
-def _load_hf(name: str, *, dtype: torch.dtype, kind: ModelKind | None) -> LanguageModel:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
-
-    path = Path(name)
-    if not path.exists() and ("/" not in name or name.startswith((".", "/"))):
-        from . import zoo
-
-        raise FileNotFoundError(
-            f"{name!r} is neither a zoo model ({', '.join(zoo.names())}) nor an existing folder"
-        )
-    config = AutoConfig.from_pretrained(name)
-    if kind is None:
-        archs = getattr(config, "architectures", None) or []
-        kind = "mlm" if any(a.endswith("ForMaskedLM") for a in archs) else "clm"
-    auto = AutoModelForMaskedLM if kind == "mlm" else AutoModelForCausalLM
-    model = auto.from_pretrained(name, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(name)
-    return LanguageModel(model=model, tokenizer=tokenizer, kind=kind, name=name)
-
-
-# ---------------------------------------------------------------------------------------------
-# Parameter selection
-# ---------------------------------------------------------------------------------------------
-
-BLOCK_PATTERN = re.compile(r"(^|\.)(layers|layer|h|blocks)\.\d+\.")
-
-
-def select_parameters(
-    model: torch.nn.Module,
-    patterns: Sequence[str] | None = None,
-    *,
-    include_embeddings: bool = False,
-    weights_only: bool = True,
-) -> dict[str, torch.nn.Parameter]:
-    """Parameters by name, in model order.
-
-    Args:
-        patterns: glob patterns (``fnmatch``) on parameter names, e.g. ``["*.mlp.*"]``. ``None``
-            selects every transformer-block parameter.
-        include_embeddings: also select input/output embedding matrices.
-        weights_only: skip 1-D parameters (biases, norms) when ``patterns`` is ``None``.
-
-    Raises:
-        ValueError: a pattern matches nothing (the message lists a few real names).
-    """
-    named = dict(model.named_parameters())
-    emb_names = _embedding_param_names(model)
-    chosen: dict[str, torch.nn.Parameter] = {}
-    if patterns is None:
-        for n, p in named.items():
-            if BLOCK_PATTERN.search(n) and (p.ndim >= 2 or not weights_only):
-                chosen[n] = p
-    else:
-        for pat in patterns:
-            hits = [n for n in named if fnmatch.fnmatchcase(n, pat)]
-            if not hits:
-                sample = ", ".join(list(named)[:4])
-                raise ValueError(f"parameter pattern {pat!r} matches nothing (names look like: {sample}, ...)")
-            for n in hits:
-                chosen[n] = named[n]
-    if include_embeddings:
-        for n in emb_names:
-            chosen[n] = named[n]
-    elif patterns is None:
-        for n in emb_names:
-            chosen.pop(n, None)
-    if not chosen:
-        raise ValueError("no parameters selected; pass patterns such as ['*.mlp.*']")
-    return {n: named[n] for n in named if n in chosen}
-
-
-def _embedding_param_names(model: torch.nn.Module) -> list[str]:
-    ids = set()
-    for getter in ("get_input_embeddings", "get_output_embeddings"):
-        mod = getattr(model, getter, lambda: None)()
-        if mod is not None and getattr(mod, "weight", None) is not None:
-            ids.add(id(mod.weight))
-    return [n for n, p in model.named_parameters() if id(p) in ids]

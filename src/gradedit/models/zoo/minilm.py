@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerBase
 
-from .._progress import progress
+from ..._progress import progress
 from .gguf import ModelPackageMissing
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def _minilm_path() -> Path:
 
 def default_texts() -> list[str]:
     """English training text: World English Bible + Bible in Basic English verses."""
-    from ..data.bible import bible_verses
+    from ...data.bible import bible_verses
 
     return [v for code in DEFAULT_TRANSLATIONS for v in bible_verses(code)]
 

@@ -24,7 +24,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from ..models import LanguageModel
+from ..language_model import LanguageModel
 
 _SUBJECTS = ["he", "she", "they", "it", "the doctor", "the nurse", "my friend", "the teacher", "er", "sie"]
 _VERBS = ["said", "thinks", "knows", "wrote", "believes", "saw", "hopes", "sagte", "dit", "dijo"]

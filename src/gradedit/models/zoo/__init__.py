@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .._cache import atomic_dir, cache_dir, locked, write_json_atomic
-from ..models import LanguageModel, ModelKind
+from ..._cache import atomic_dir, cache_dir, locked, write_json_atomic
+from ..language_model import LanguageModel, ModelKind
 from .gguf import ModelPackageMissing, convert, package_dir
 from .tiny import TINY_BUILDERS
 
@@ -155,7 +155,7 @@ def prepare(name: str, *, force: bool = False) -> Path:
         t0 = time.time()
         with atomic_dir(final) as tmp:
             meta = e.build(tmp)
-            from .. import __version__
+            from ..._version import __version__
 
             meta.update({"name": name, "gradedit_version": __version__, "torch": torch.__version__,
                          "seconds": round(time.time() - t0, 1)})
