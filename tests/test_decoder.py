@@ -38,9 +38,15 @@ def test_sweep_restores_weights_bit_exactly_and_selects(trained):
         assert torch.equal(p, before[n]), f"{n} changed after the sweep"
     assert set(dec) == {"masc", "fem"}
     for key, sel in dec.items():
-        assert sel.lms >= 0.99 * sel.base_lms
-        feasible = [p["metrics"][key] for p in dec.grid if p["lms"] >= 0.99 * dec.base["lms"]]
-        assert sel.value == max([dec.base["metrics"][key], *feasible]) or sel.value == max(feasible)
+        base_value = dec.base["metrics"][key]
+        # admissible: keeps LMS >= 0.99 x base AND moves the metric the requested way (above the base)
+        admissible = [p["metrics"][key] for p in dec.grid
+                      if p["lms"] >= 0.99 * dec.base["lms"] and p["metrics"][key] > base_value]
+        if admissible:
+            assert sel.admissible and sel.value == max(admissible) and sel.value > sel.base_value
+            assert sel.lms >= 0.99 * sel.base_lms
+        else:
+            assert not sel.admissible and sel.learning_rate == 0.0 and sel.value == base_value
     assert any(p.get("refined") for p in dec.grid)
     assert len(dec.to_frame()) == len(dec.grid) + 1
 
@@ -126,8 +132,9 @@ def test_trainer_evaluate_encoder(trained, tmp_path):
 
 def test_perplexity_selector_respects_its_bound(trained):
     dec = trained.evaluate_decoder(use_cache=False, refine_steps=1, selector="perplexity")
-    for sel in dec.values():
+    for key, sel in dec.items():
         assert sel.perplexity <= 1.02 * sel.base_perplexity
+        assert (sel.value > sel.base_value) == sel.admissible, "a selection must raise the metric or be inadmissible"
 
 
 def test_as_edit_equals_applied_rewrite(trained):
@@ -166,3 +173,68 @@ def test_parameterised_selector_names():
     assert resolve_selector("perplexity:0.02")(points, "fem", base) is points[1]
     with pytest.raises(ValueError, match="not a number"):
         resolve_selector("perplexity:abc")
+
+
+def _sweep(trained, **kw):
+    """A sweep that leaves the run's decoder_results.json alone (synthetic scores must not leak)."""
+    from gradedit.evaluate.decoder import evaluate_decoder
+
+    return evaluate_decoder(trained.get_model(), trained.data.split("val"), trained.classes, NEUTRAL, **kw)
+
+
+def _wrong_way_scores(monkeypatch, lms_of_points: float = 0.5):
+    """Base scores 0.30 for every metric; every edited point scores 0.10 (the target went DOWN)."""
+    import gradedit.evaluate.decoder as D
+
+    calls = []
+
+    def score(self):
+        calls.append(1)
+        value = 0.30 if len(calls) == 1 else 0.10
+        return {"lms": 0.5 if len(calls) == 1 else lms_of_points, "perplexity": 10.0,
+                "metrics": {k: value for c in self.classes for k in (c, f"{c}_weaken")}, "probs": {}}
+
+    monkeypatch.setattr(D.DecoderProbe, "score", score)
+
+
+@pytest.mark.parametrize("selector", ["lms", "perplexity", "product"])
+def test_selector_never_picks_a_point_that_moves_the_target_the_wrong_way(selector):
+    from gradedit.evaluate.results import resolve_selector
+
+    base = {"feature_factor": 0.0, "learning_rate": 0.0, "lms": 0.5, "perplexity": 10.0, "metrics": {"fem": 0.30}}
+    wrong = {"feature_factor": 1.0, "learning_rate": 1e-3, "lms": 0.6, "perplexity": 9.0, "metrics": {"fem": 0.10}}
+    chosen = resolve_selector(selector)([wrong], "fem", base)
+    assert chosen is base, f"{selector} picked a 'strengthen' point that lowers the target (0.30 -> 0.10)"
+
+
+def test_no_admissible_point_is_reported_and_rewrite_refuses(trained, monkeypatch, caplog, tmp_path):
+    _wrong_way_scores(monkeypatch)
+    with caplog.at_level("WARNING", logger="gradedit.evaluate"):
+        dec = _sweep(trained, refine_steps=2, learning_rates=[1e-3, 1e-2], target_class="fem")
+    sel = dec["fem"]
+    assert not sel.admissible and sel.value == sel.base_value == 0.30 and sel.learning_rate == 0.0
+    assert "no admissible" in sel.reason and "raise" in sel.reason
+    assert any("no admissible" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError, match="no admissible.*fem"):
+        trained.rewrite_base_model(dec, target_class="fem", output_dir=tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+
+
+def test_refusal_names_the_lms_constraint_when_it_binds(trained, monkeypatch):
+    from gradedit.evaluate.results import lms_constraint
+
+    import gradedit.evaluate.decoder as D
+
+    calls = []
+
+    def score(self):  # every edited point raises the target but loses half the LMS
+        calls.append(1)
+        first = len(calls) == 1
+        return {"lms": 0.5 if first else 0.25, "perplexity": 10.0, "probs": {},
+                "metrics": {k: 0.30 if first else 0.60 for c in self.classes for k in (c, f"{c}_weaken")}}
+
+    monkeypatch.setattr(D.DecoderProbe, "score", score)
+    dec = _sweep(trained, refine_steps=0, learning_rates=[1e-3], target_class="fem", selector=lms_constraint(0.99))
+    assert not dec["fem"].admissible
+    with pytest.raises(ValueError, match=r"LMS >= 0\.99"):
+        trained.rewrite_base_model(dec, target_class="fem")
