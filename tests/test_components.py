@@ -247,12 +247,15 @@ def test_tune_scalar_direction_and_token_budget(remove: bool) -> None:
     assert -8.0 <= meta["s"][0] <= 8.0 and meta["s"][0] != 1.0
 
 
-def _target_tokens_by_phase(lm: ge.LanguageModel, monkeypatch: pytest.MonkeyPatch, edit_fn) -> tuple[object, dict]:
-    """Run ``edit_fn`` counting, per phase (selection = inside ``selectivity``, else fit), the DE tokens
+def _target_tokens_by_phase(lm: ge.LanguageModel, monkeypatch: pytest.MonkeyPatch, edit_fn,
+                            where: str = "scalar.selectivity") -> tuple[object, dict]:
+    """Run ``edit_fn`` counting, per phase (selection = inside ``where``, else fit), the DE tokens
     the input embedding looked up: per text the longest non-special prefix read; ``total`` = union."""
-    from gradedit.edits import scalar
+    import importlib
 
-    phase, real = ["fit"], scalar.selectivity
+    module, name = where.split(".")
+    module = importlib.import_module(f"gradedit.edits.{module}")
+    phase, real = ["fit"], getattr(module, name)
 
     def ranked(*a, **k):  # type: ignore[no-untyped-def]
         phase[0] = "selection"
@@ -261,8 +264,8 @@ def _target_tokens_by_phase(lm: ge.LanguageModel, monkeypatch: pytest.MonkeyPatc
         finally:
             phase[0] = "fit"
 
-    monkeypatch.setattr(scalar, "selectivity", ranked)
-    special, pad = set(lm.tokenizer.all_special_ids), lm.tokenizer.pad_token_id
+    monkeypatch.setattr(module, name, ranked)
+    special, pad = set(lm.tokenizer.all_special_ids) - {lm.tokenizer.unk_token_id}, lm.tokenizer.pad_token_id
     targets = [lm.tokenizer(t)["input_ids"] for t in DE]
     seen: dict[str, dict[int, int]] = {"selection": {}, "fit": {}}
 
@@ -293,8 +296,7 @@ def test_tune_scalar_auto_counts_selection_tokens(tiny_llama: ge.LanguageModel, 
         tiny_llama, DE, {"en": EN, "fr": FR}, components="auto", max_target_tokens=2, grid=3, golden_iters=0,
         modules=[GATE], **kw))
     meta = edit.metadata
-    n_all = sum(sum(i not in tiny_llama.tokenizer.all_special_ids for i in tiny_llama.tokenizer(t)["input_ids"])
-                for t in DE)
+    n_all = sum(len(e) - sum(e) for e in tiny_llama.tokenizer(DE, return_special_tokens_mask=True)["special_tokens_mask"])
     assert seen["fit"] == 2 and seen["selection"] == (n_all if selection_tokens is None else selection_tokens)
     assert meta.get("target_tokens_used") == seen, f"metadata {meta.get('target_tokens_used')} vs measured {seen}"
     assert meta["selection"]["n_tokens"] == seen["selection"]
@@ -372,11 +374,13 @@ def test_suppress_token_lowers_that_token_where_the_component_fires(tiny_llama: 
 
 
 @pytest.mark.parametrize("remove", [False, True])
-def test_train_write_vector_lowers_its_loss_and_touches_one_weight(tiny_llama: ge.LanguageModel,
-                                                                   remove: bool) -> None:
+def test_train_write_vector_lowers_its_loss_and_touches_one_weight(tiny_llama: ge.LanguageModel, remove: bool,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     lm = tiny_llama
     c = svd_components(lm, "model.layers.1.mlp.down_proj")[1]
-    edit, hist = train_write_vector(lm, c, DE, EN, steps=6, lr=0.05, quantile=0.5, remove=remove)
+    (edit, hist), seen = _target_tokens_by_phase(lm, monkeypatch, lambda: train_write_vector(
+        lm, c, DE, EN, steps=6, lr=0.05, quantile=0.5, remove=remove), where="write_vector.component_activations")
+    assert edit.metadata["target_tokens_used"] == seen and seen["selection"] == seen["total"] >= seen["fit"] > 0
     assert len(hist) == 7 and hist[0]["kl"] == pytest.approx(0.0, abs=1e-6)
     assert hist[-1]["fire_loss"] < hist[0]["fire_loss"]
     assert edit.param_names == ["model.layers.1.mlp.down_proj.weight"]

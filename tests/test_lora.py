@@ -180,9 +180,56 @@ def test_bad_module_pattern_names_close_matches(tiny_llama: ge.LanguageModel, ti
         lora_modules(tiny_llama.model, ["*.act_fn"])
     assert list(lora_modules(tiny_llama.model, ["*.mlp.*"])) == [
         f"model.layers.{i}.mlp.{p}" for i in range(2) for p in ("gate_proj", "up_proj", "down_proj")]
-    assert "lm_head" not in lora_modules(tiny_llama.model, ["*"]) or not tiny_llama.model.config.tie_word_embeddings
+    assert "lm_head" in lora_modules(tiny_llama.model, ["*"])  # untied: the head is an ordinary Linear
     with pytest.raises(EditError, match="causal LMs"):
         train_lora(tiny_bert, TEXTS, LoraConfig(steps=1), progress=False)
+
+
+def _tied_llama(tiny_llama: ge.LanguageModel) -> ge.LanguageModel:
+    """tiny-llama's architecture with the output head tied to the input embedding (one shared weight)."""
+    from transformers import LlamaForCausalLM
+
+    cfg = tiny_llama.model.config.__class__.from_dict({**tiny_llama.model.config.to_dict(), "tie_word_embeddings": True})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(cfg).eval()
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    return ge.LanguageModel(model=model, tokenizer=tiny_llama.tokenizer, kind="clm", name="tiny-llama-tied")
+
+
+def test_tied_output_head_gets_no_adapter(tiny_llama: ge.LanguageModel) -> None:
+    """An adapter on a tied head would also move the input embedding; ``lora_modules`` leaves it out."""
+    tied = _tied_llama(tiny_llama)
+    assert "lm_head" not in lora_modules(tied.model, ["*"])
+    assert "model.layers.0.mlp.up_proj" in lora_modules(tied.model, ["*"])
+    with pytest.raises(EditError, match="cannot carry an adapter"):
+        lora_modules(tied.model, ["lm_head"])
+    res = _train(tied, modules=["*"], steps=2)
+    assert not any(t.param.startswith(("lm_head", "model.embed_tokens")) for t in res.edit.terms)
+
+
+def test_target_tokens_used_counts_what_the_model_read(tiny_llama: ge.LanguageModel) -> None:
+    """``target_tokens_used`` equals the target-text tokens the input embedding looked up (hook count)."""
+    special = set(tiny_llama.tokenizer.all_special_ids) - {tiny_llama.tokenizer.unk_token_id}
+    targets = [tiny_llama.tokenizer(t)["input_ids"] for t in TEXTS]
+    longest = [0] * len(TEXTS)
+
+    def look(_m, a) -> None:  # type: ignore[no-untyped-def]
+        for row in a[0].tolist():
+            while row and row[-1] == tiny_llama.tokenizer.pad_token_id:
+                row = row[:-1]
+            for ti, t in enumerate(targets):
+                if row and t[: len(row)] == row:
+                    longest[ti] = max(longest[ti], sum(i not in special for i in row))
+    for cap, kw in ((5, {}), (None, {"kl_topk": 8})):
+        longest[:] = [0] * len(TEXTS)
+        hook = tiny_llama.model.get_input_embeddings().register_forward_pre_hook(look)
+        try:
+            res = _train(tiny_llama, steps=2, max_target_tokens=cap, **kw)
+        finally:
+            hook.remove()
+        assert res.edit.metadata["target_tokens_used"] == {"fit": sum(longest), "total": sum(longest)}
+        assert sum(longest) == (5 if cap else sum(len(t) - 1 for t in targets))
 
 
 def test_save(tiny_gpt2: ge.LanguageModel, tmp_path: Path) -> None:

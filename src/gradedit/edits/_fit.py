@@ -75,6 +75,49 @@ class Positions:
         return out
 
 
+def text_tokens(lm: LanguageModel, ids: Sequence[int]) -> int:
+    """How many of ``ids`` are text tokens: not BOS/EOS/padding or another special token (``<unk>``
+    stands for text and counts), as in the tokenizer's ``special_tokens_mask``."""
+    special = set(lm.tokenizer.all_special_ids) - {lm.tokenizer.unk_token_id}
+    return sum(int(i) not in special for i in ids)
+
+
+class TokenLedger:
+    """Target-text tokens the model read while an edit was built, by purpose (``"selection"``, ``"fit"``, ...).
+
+    Every use reads a prefix of a text, so a use is recorded as (text, text tokens of the prefix read).
+    :meth:`counts` gives per purpose the tokens read (each text counted once per purpose) and
+    ``"total"``: the distinct tokens over all purposes (per text, the longest prefix any purpose read).
+    """
+
+    def __init__(self) -> None:
+        self._reads: dict[str, dict[str, int]] = {}
+
+    def add(self, purpose: str, text: str, n_tokens: int) -> None:
+        """Record that ``purpose`` read the first ``n_tokens`` text tokens of ``text``."""
+        if n_tokens > 0:
+            seen = self._reads.setdefault(purpose, {})
+            seen[text] = max(seen.get(text, 0), int(n_tokens))
+        else:
+            self._reads.setdefault(purpose, {})
+
+    def add_positions(self, lm: LanguageModel, purpose: str, texts: Sequence[str], pos: Positions) -> None:
+        """Record the rows of ``pos`` (prefixes of ``texts``) as read by ``purpose``."""
+        self._reads.setdefault(purpose, {})
+        for row, ti in zip(pos.rows, pos.text_index):
+            self.add(purpose, texts[ti], text_tokens(lm, row))
+
+    def counts(self) -> dict[str, int]:
+        """``{purpose: tokens, ..., "total": distinct tokens}``."""
+        out = {p: sum(d.values()) for p, d in self._reads.items()}
+        union: dict[str, int] = {}
+        for d in self._reads.values():
+            for text, n in d.items():
+                union[text] = max(union.get(text, 0), n)
+        out["total"] = sum(union.values())
+        return out
+
+
 @dataclass
 class Batch:
     """Right-padded rows with flat indices of their scored positions.

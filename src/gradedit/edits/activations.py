@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -95,11 +95,18 @@ def _as_set(components: ComponentSet | Sequence[Component]) -> ComponentSet:
 
 def component_activations(lm: LanguageModel, components: ComponentSet | Sequence[Component],
                           texts: Sequence[str], *, batch_size: int | None = None, per_token: bool = False,
-                          include_special: bool = False) -> ComponentActivations:
-    """Activations ``V_c·x`` of every component at every counted token of every text (no gradients)."""
+                          include_special: bool = False, max_tokens: int | None = None) -> ComponentActivations:
+    """Activations ``V_c·x`` of every component at every counted token of every text (no gradients).
+
+    ``max_tokens``: read only the first that many counted tokens, in text order; the text where the
+    budget ends is cut after its last counted token and later texts are not fed at all (their
+    ``n_tokens`` is 0), so the model never sees more of the texts than is counted.
+    """
     cs = _as_set(components)
     if isinstance(texts, str) or not list(texts):
         raise EditError("texts must be a non-empty list of strings")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise EditError(f"max_tokens must be None or a positive int, got {max_tokens!r}")
     texts = list(texts)
     mods = linear_modules(lm, cs.modules)
     groups = cs.groups()
@@ -116,13 +123,13 @@ def component_activations(lm: LanguageModel, components: ComponentSet | Sequence
     def grab(name: str, x: torch.Tensor) -> None:
         buf[name] = (x.detach() @ reads[name][1].T).float()  # [B, T, k]
 
-    lengths = [len(lm.tokenizer(t)["input_ids"]) for t in texts]
-    order = sorted(range(n), key=lambda i: lengths[i])
+    ids, special = _budgeted_ids(lm, texts, include_special, max_tokens)
+    order = sorted((i for i in range(n) if ids[i]), key=lambda i: len(ids[i]))
     step = batch_size or DEFAULT_BATCH
-    batches = [order[s : s + step] for s in range(0, n, step)]
+    batches = [order[s : s + step] for s in range(0, len(order), step)]
     with read_inputs(mods, grab, stop_when_done=True), torch.no_grad():
         for group in progress(batches, desc="activations", disable=len(batches) < 2, leave=False):
-            enc = lm.tokenize([texts[i] for i in group], padding_side="right")
+            enc = _pad(lm, [ids[i] for i in group], [special[i] for i in group])
             buf.clear()
             try:
                 lm.forward_logits(enc["input_ids"], enc["attention_mask"])
@@ -151,6 +158,34 @@ def component_activations(lm: LanguageModel, components: ComponentSet | Sequence
                                 rows if per_token else None, where if per_token else None)
 
 
+def _budgeted_ids(lm: LanguageModel, texts: Sequence[str], include_special: bool,
+                  max_tokens: int | None) -> tuple[list[list[int]], list[list[int]]]:
+    """Token ids and special-token masks per text, cut to the first ``max_tokens`` counted tokens."""
+    ids, special, left = [], [], max_tokens
+    for text in texts:
+        enc = lm.tokenizer(text, return_special_tokens_mask=True)
+        row, sp = list(enc["input_ids"]), list(enc["special_tokens_mask"])
+        if left is not None:
+            counted = [p for p, s in enumerate(sp) if include_special or not s][:max(left, 0)]
+            left -= len(counted)
+            cut = counted[-1] + 1 if counted else 0
+            row, sp = row[:cut], sp[:cut]
+        ids.append(row)
+        special.append(sp)
+    return ids, special
+
+
+def _pad(lm: LanguageModel, rows: list[list[int]], special: list[list[int]]) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``special_tokens_mask`` [B, T] on the model's device."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), int(lm.tokenizer.pad_token_id), dtype=torch.long)
+    att, sp = torch.zeros_like(ids), torch.ones_like(ids)
+    for b, (r, s) in enumerate(zip(rows, special)):
+        ids[b, : len(r)], att[b, : len(r)], sp[b, : len(r)] = torch.tensor(r), 1, torch.tensor(s)
+    return {"input_ids": ids.to(lm.device), "attention_mask": att.to(lm.device),
+            "special_tokens_mask": sp.to(lm.device)}
+
+
 @dataclass
 class Selectivity:
     """Activation selectivity of each component for a target set against other sets.
@@ -163,6 +198,7 @@ class Selectivity:
         other_mean / other_std: per other set, ``[C]`` each.
         strongest_other: per component, the other set with the largest mean ``|a|``.
         n_tokens: counted tokens per set (``"target"`` and each other set).
+        target_counts: counted tokens per target text (0 for texts beyond ``max_target_tokens``).
     """
 
     components: ComponentSet
@@ -174,6 +210,7 @@ class Selectivity:
     strongest_other: list[str]
     n_tokens: dict[str, int]
     kind: str = "d"
+    target_counts: list[int] = field(default_factory=list)
 
     def order(self) -> torch.Tensor:
         """Component positions by decreasing score ``[C]``."""
@@ -222,17 +259,20 @@ def _other_sets(other_texts: Mapping[str, Sequence[str]] | Sequence[str]) -> dic
 
 def selectivity(lm: LanguageModel, components: ComponentSet | Sequence[Component], target_texts: Sequence[str],
                 other_texts: Mapping[str, Sequence[str]] | Sequence[str], *, score: str = "d",
-                batch_size: int | None = None, include_special: bool = False) -> Selectivity:
+                batch_size: int | None = None, include_special: bool = False,
+                max_target_tokens: int | None = None) -> Selectivity:
     """Score every component by how much more it fires on the target than on any other set.
 
-    ``score`` is ``"d"``, ``"z"``, ``"ratio"`` or ``"impact"`` (module docstring).
+    ``score`` is ``"d"``, ``"z"``, ``"ratio"`` or ``"impact"`` (module docstring). ``max_target_tokens``:
+    rank on only the first that many target tokens (the rest of the target texts is never fed).
     """
     if score not in SCORES:
         raise EditError(f"score must be one of {SCORES}, got {score!r}")
     cs = _as_set(components)
     sets = _other_sets(other_texts)
     kw: dict[str, Any] = {"batch_size": batch_size, "include_special": include_special}
-    mt, vt, nt = component_activations(lm, cs, target_texts, **kw).pooled()
+    target_acts = component_activations(lm, cs, target_texts, max_tokens=max_target_tokens, **kw)
+    mt, vt, nt = target_acts.pooled()
     om, ov, counts = {}, {}, {"target": nt}
     for name, texts in sets.items():
         om[name], ov[name], counts[name] = component_activations(lm, cs, texts, **kw).pooled()
@@ -251,7 +291,8 @@ def selectivity(lm: LanguageModel, components: ComponentSet | Sequence[Component
         sigma = torch.tensor([c.sigma for c in cs], dtype=mt.dtype)
         values = (mt - m_o) / torch.sqrt((vt + v_o) / 2 + EPS) * sigma * (mt - m_o).abs()
     sel = Selectivity(cs, values.float(), mt.float(), vt.sqrt().float(), {k: v.float() for k, v in om.items()},
-                      {k: v.sqrt().float() for k, v in ov.items()}, [names[i] for i in best.tolist()], counts, score)
+                      {k: v.sqrt().float() for k, v in ov.items()}, [names[i] for i in best.tolist()], counts, score,
+                      [int(x) for x in target_acts.n_tokens.tolist()])
     top = sel.rows(3)
     logger.info("selectivity (%s) over %d components (%d target tokens); best: %s", score, len(cs), nt,
                 ", ".join(f"{r['module']}#{r['index']} ({r['score']:.2f})" for r in top))

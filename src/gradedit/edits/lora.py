@@ -34,6 +34,7 @@ import torch
 from .._cache import write_folder, write_json_atomic
 from .._progress import progress as progress_bar
 from ..models import LanguageModel
+from ._fit import TokenLedger, text_tokens
 from .base import WeightEdit
 from .lora_data import (
     BatchCycler,
@@ -136,6 +137,8 @@ class LoraResult:
             step's batch before its update (``kl`` is nan when ``kl_weight`` is 0: it is not computed).
         config: the settings used.
         n_target_tokens: scored target tokens used for training.
+            ``edit.metadata["target_tokens_used"]`` counts every target-text token read in training
+            (``{"fit": n, "total": n}``; with ``target_words`` also the KL positions of those texts).
         target_tokens: exactly which ones (text index, position, token).
         adapters: trained factors per module in the nn.Linear convention, ``B [out, r]``, ``A [r, in]``.
         remove: whether the target probabilities were pushed down.
@@ -153,6 +156,7 @@ class LoraResult:
         """Write ``edit.json`` + ``edit.safetensors``, ``history.json`` and ``lora_config.json`` (atomic)."""
         directory = Path(directory)
         info = {"config": self.config.to_dict(), "remove": self.remove, "n_target_tokens": self.n_target_tokens,
+                "target_tokens_used": self.edit.metadata.get("target_tokens_used"),
                 "target_tokens": [dataclasses.asdict(t) for t in self.target_tokens]}
 
         def write(folder: Path) -> None:
@@ -272,6 +276,9 @@ def train_lora(lm: LanguageModel, data: TargetData | Sequence[str], config: Lora
     model = lm.model
     modules = lora_modules(model, config.modules)
     targets, others, used = build_sequences(lm, data, other_texts, config.max_target_tokens)
+    ledger = TokenLedger()
+    for seq in targets:  # every token of a target text read in training (target and KL positions)
+        ledger.add("fit", data.texts[seq.text_index], text_tokens(lm, seq.ids.tolist()))
     need_kl = config.kl_weight > 0
     gen = torch.Generator().manual_seed(config.seed)
     adapters = _init_adapters(modules, config.rank, gen, lm.device)
@@ -323,18 +330,18 @@ def train_lora(lm: LanguageModel, data: TargetData | Sequence[str], config: Lora
         for p, flag in flags.items():
             p.requires_grad_(flag)
         model.train(was_training)
-    return _result(lm, modules, adapters, history, config, used, remove)
+    return _result(lm, modules, adapters, history, config, used, remove, ledger.counts())
 
 
 def _result(lm: LanguageModel, modules: Mapping[str, torch.nn.Module],
             adapters: Mapping[str, tuple[torch.Tensor, torch.Tensor]], history: list[dict[str, float]],
-            config: LoraConfig, used: list[TargetToken], remove: bool) -> LoraResult:
+            config: LoraConfig, used: list[TargetToken], remove: bool, tokens_used: dict[str, int]) -> LoraResult:
     """Detach the factors and express them as a ``WeightEdit.low_rank`` on the weights as stored."""
     final = {n: (B.detach().clone(), A.detach().clone()) for n, (B, A) in adapters.items()}
     factors = {n: ((A.T.contiguous(), B.T.contiguous()) if not isinstance(modules[n], torch.nn.Linear) else (B, A))
                for n, (B, A) in final.items()}  # Conv1D stores W as [in, out]: ΔW = Aᵀ Bᵀ
     meta = {"method": "lora", "base_model": lm.name, "remove": remove, "config": config.to_dict(),
-            "n_target_tokens": len(used)}
+            "n_target_tokens": len(used), "target_tokens_used": tokens_used}
     edit = WeightEdit.low_rank(factors, scale=config.scale, metadata=meta)
     if history:
         logger.info("LoRA done: loss %.4f -> %.4f, target CE %.3f -> %.3f", history[0]["loss"], history[-1]["loss"],

@@ -9,6 +9,10 @@ component, ``W' = W + (s_c − 1) σ_c U_c V_cᵀ``, by minimising::
 (``−CE`` when removing, ``+CE`` when strengthening). The target tokens are the first
 ``max_target_tokens`` scored tokens of ``target_texts`` in order; the texts are cut after the last of
 them, so no other target token is ever seen by the fit (they are listed in the edit's metadata).
+With ``components="auto"`` the components are first ranked on target text too; that text is
+counted as well: ``selection_tokens`` caps it (``None`` = all of it), and
+``metadata["target_tokens_used"]`` gives the target tokens read per purpose (``selection``, ``fit``)
+and their distinct ``total``.
 One component: the bounded scale is found by a grid over ``s_range`` (which includes ``s = 1``, so
 the result is never worse than no edit) refined by golden-section search. Several components: Adam
 steps on the vector of scales, projected into ``s_range``, keeping the best point seen.
@@ -26,7 +30,7 @@ from typing import Any, Literal
 import torch
 
 from ..models import LanguageModel
-from ._fit import Positions, base_logprobs, batches, frozen_params, kl_rows, logprobs_at
+from ._fit import Positions, TokenLedger, base_logprobs, batches, frozen_params, kl_rows, logprobs_at
 from ._hooks import add_to_outputs
 from .activations import _other_sets, selectivity
 from .base import WeightEdit
@@ -183,7 +187,8 @@ def tune_scalar(lm: LanguageModel, target_texts: Sequence[str],
                 s_range: tuple[float, float] = (-8.0, 8.0), selection_texts: Sequence[str] | None = None,
                 top: int | None = None, selection_score: str = "d", max_other_tokens: int = 256, max_leak: float | None = None,
                 leak_weight: float = 100.0, grid: int = 17, golden_iters: int = 12, steps: int = 40,
-                lr: float = 0.2, s_init: Sequence[float] | None = None, batch_size: int = 16) -> WeightEdit:
+                lr: float = 0.2, s_init: Sequence[float] | None = None, batch_size: int = 16,
+                selection_tokens: int | None = None) -> WeightEdit:
     """Fit component scales that raise (``remove=True``) or lower the target tokens' CE.
 
     Args:
@@ -193,6 +198,8 @@ def tune_scalar(lm: LanguageModel, target_texts: Sequence[str],
         components: ``"auto"`` (the ``n_components`` most selective SVD components of ``modules``,
             chosen on ``selection_texts`` or else ``target_texts`` vs ``other_texts``), or the
             components to scale.
+        selection_tokens: ``"auto"`` ranks components on only the first that many target tokens of
+            the selection text (``None``: all of it; the metadata states the count either way).
         modules: module patterns for ``"auto"`` (default: :func:`default_modules`); ``top`` keeps
             the largest-σ components per module only; ``selection_score`` is the selectivity score
             (see :mod:`gradedit.edits.activations`).
@@ -203,8 +210,10 @@ def tune_scalar(lm: LanguageModel, target_texts: Sequence[str],
         max_other_tokens: other tokens used for KL/leakage, split evenly across the other sets.
 
     Returns:
-        The edit, with ``metadata`` holding the components, scales, the exact target tokens used,
-        the losses before/after and the fitting history.
+        The edit, with ``metadata`` holding the components, scales, the exact target tokens of the
+        fit, ``target_tokens_used`` (target tokens read per purpose and in ``total``; components
+        passed in were chosen outside and are not counted), the losses before/after and the
+        fitting history.
     """
     if isinstance(target_texts, str) or not list(target_texts):
         raise EditError("target_texts must be a non-empty list of strings")
@@ -213,10 +222,14 @@ def tune_scalar(lm: LanguageModel, target_texts: Sequence[str],
     lo, hi = (float(x) for x in s_range)
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise EditError(f"s_range must be (low, high) with low < high, got {s_range}")
+    if selection_tokens is not None and (isinstance(selection_tokens, bool) or not isinstance(selection_tokens, int)
+                                         or selection_tokens < 1):
+        raise EditError(f"selection_tokens must be None (all selection text) or a positive int, got {selection_tokens!r}")
     if grid < 3:
         raise EditError(f"grid must be >= 3, got {grid}")
     sets = _other_sets(other_texts) if other_texts is not None else {}
     selection = None
+    ledger = TokenLedger()
     if isinstance(components, str):
         if components != "auto":
             raise EditError(f"components must be 'auto', a ComponentSet or a list of Components, got {components!r}")
@@ -224,10 +237,16 @@ def tune_scalar(lm: LanguageModel, target_texts: Sequence[str],
             raise EditError("components='auto' picks components by selectivity against other_texts; "
                             "pass other_texts (or the components to scale)")
         pool = svd_components(lm, modules if modules is not None else default_modules(lm), top=top)
-        sel = selectivity(lm, pool, list(selection_texts or target_texts), sets, score=selection_score,
-                          batch_size=batch_size)
+        sel_texts = list(selection_texts or target_texts)
+        sel = selectivity(lm, pool, sel_texts, sets, score=selection_score, batch_size=batch_size,
+                          max_target_tokens=selection_tokens)
+        for text, n in zip(sel_texts, sel.target_counts):
+            ledger.add("selection", text, n)
         cs = sel.top(n_components)
-        selection = {"texts": "selection_texts" if selection_texts else "target_texts", "n_tokens": sel.n_tokens,
+        selection = {"texts": "selection_texts" if selection_texts else "target_texts",
+                     "max_tokens": selection_tokens, "n_tokens": sel.n_tokens["target"],
+                     "n_texts": sum(n > 0 for n in sel.target_counts),
+                     "other_tokens": {k: v for k, v in sel.n_tokens.items() if k != "target"},
                      "pool": len(pool), "score": selection_score, "ranking": sel.rows(max(5, n_components))}
     else:
         cs = components if isinstance(components, ComponentSet) else ComponentSet(list(components))
@@ -239,6 +258,7 @@ def tune_scalar(lm: LanguageModel, target_texts: Sequence[str],
     target = Positions.from_texts(lm, list(target_texts), max_target_tokens)
     if target.n == 0:
         raise EditError("no target token could be scored: every target text is shorter than two tokens")
+    ledger.add_positions(lm, "fit", list(target_texts), target)
     per_set = max(1, max_other_tokens // max(1, len(sets)))
     others = {k: Positions.from_texts(lm, v, per_set) for k, v in sets.items()}
     with frozen_params(lm.model):
@@ -258,12 +278,13 @@ def tune_scalar(lm: LanguageModel, target_texts: Sequence[str],
         "method": "component_scalar", "base_model": lm.name, "remove": remove,
         "components": edit.metadata["components"], "s": [float(x) for x in s],
         "target_tokens": target.records(lm), "n_target_tokens": target.n, "max_target_tokens": max_target_tokens,
+        "target_tokens_used": ledger.counts(),
         "other_tokens": {k: p.n for k, p in others.items()}, "selection": selection,
         "losses": {"base": base_parts, "fitted": {k: v for k, v in best.items() if k != "s"}},
         "fit": {"method": how, "evaluations": obj.calls, "history": history},
         "kl_weight": kl_weight, "max_leak": max_leak, "leak_weight": leak_weight, "s_range": [lo, hi],
     }
-    logger.info("tune_scalar: %s s=%s target CE %.3f -> %.3f on %d tokens (%d evaluations)",
+    logger.info("tune_scalar: %s s=%s target CE %.3f -> %.3f on %d tokens (%d evaluations); target tokens read %s",
                 [c.label for c in cs], [round(float(x), 3) for x in s], base_parts["target_ce"],
-                best["target_ce"], target.n, obj.calls)
+                best["target_ce"], target.n, obj.calls, meta["target_tokens_used"])
     return WeightEdit(edit.terms, meta)

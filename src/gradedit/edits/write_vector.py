@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from ..models import LanguageModel
-from ._fit import Positions, base_logprobs, batches, frozen_params, kl_rows, logprobs_at
+from ._fit import Positions, TokenLedger, base_logprobs, batches, frozen_params, kl_rows, logprobs_at
 from ._hooks import add_to_outputs
 from .activations import component_activations
 from .base import WeightEdit
@@ -118,7 +118,9 @@ def train_write_vector(lm: LanguageModel, component: Component, fire_texts: Sequ
 
     Returns:
         ``(edit, history)``; ``history`` has one dict per step (``loss``, ``fire_loss``, ``kl``) before
-        the update, and a last entry for the final vector.
+        the update, and a last entry for the final vector. ``edit.metadata["target_tokens_used"]``
+        counts the ``fire_texts`` tokens read: ``selection`` (all of them, to find the firing
+        positions), ``fit`` (the rows trained on) and their distinct ``total``.
     """
     if not 0.0 <= quantile < 1.0:
         raise EditError(f"quantile must be in [0, 1), got {quantile}")
@@ -140,6 +142,11 @@ def train_write_vector(lm: LanguageModel, component: Component, fire_texts: Sequ
     other = Positions.from_texts(lm, other_texts, max_kl_tokens - quiet.n)
     if fire.n == 0:
         raise EditError("the component fires at no scorable position of fire_texts; lower the quantile")
+    ledger = TokenLedger()  # fire_texts are the target text: all of it is read to find where the component fires
+    for text, n in zip(fire_texts, acts.n_tokens.tolist()):
+        ledger.add("selection", text, int(n))
+    ledger.add_positions(lm, "fit", fire_texts, fire)
+    ledger.add_positions(lm, "fit", fire_texts, quiet)
     mods = linear_modules(lm, [component.module_name])
     dev, dtype = lm.device, next(lm.model.parameters()).dtype
     V, w0 = component.V.to(dev, dtype), component.write.to(dev, dtype)
@@ -173,6 +180,7 @@ def train_write_vector(lm: LanguageModel, component: Component, fire_texts: Sequ
     edit = replace_write_vector(component, w.detach())
     edit.metadata.update({"method": "write_vector_trained", "remove": remove, "quantile": quantile,
                           "threshold": thr, "n_fire_tokens": fire.n, "n_kl_tokens": n_kl, "steps": steps,
+                          "target_tokens_used": ledger.counts(),
                           "lr": lr, "kl_weight": kl_weight, "history": history})
     logger.info("train_write_vector %s: loss %.4f -> %.4f (%d fire, %d KL tokens)", component.label,
                 history[0]["loss"], history[-1]["loss"], fire.n, n_kl)
