@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import gradedit.data.io as data_io
-from gradedit.data.io import assign_splits
+from gradedit.data.splits import assign_splits
 from gradedit.data.schema import COLUMNS, DataError, PairDataset, PairRow, split_masked
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["GradeditError", "DecompositionError", "TokenError"]
+__all__ = ["GradeditError", "DecompositionError", "TokenError", "DataError"]
 
 
 class GradeditError(Exception):
@@ -15,3 +15,7 @@ class DecompositionError(GradeditError, ValueError):
 
 class TokenError(GradeditError, ValueError):
     """A target word is not exactly one token of the model's vocabulary."""
+
+
+class DataError(GradeditError, ValueError):
+    """Malformed pair data; the message names the problem, the row(s) and the fix."""

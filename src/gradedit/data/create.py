@@ -31,7 +31,6 @@ other text is kept verbatim, so a sentence with two matches yields two rows.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from collections import Counter
@@ -40,8 +39,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from .._progress import progress
-from .io import _match_case, _split_counts, assign_splits
-from .schema import MASK, SPLITS, DataError, PairDataset, require_pandas
+from ..errors import DataError
+from .columns import MASK, SPLITS, match_case, require_pandas
+from .schema import PairDataset
+from .splits import assign_splits, keep_first, stratified_splits
 
 if TYPE_CHECKING:
     from ..models import LanguageModel
@@ -98,43 +99,6 @@ def word_pattern(words: Iterable[str], *, case_sensitive: bool = False, contract
     if not contractions:
         right += r"(?!['’]\w)"
     return re.compile(f"{left}(?:{alts}){right}", 0 if case_sensitive else re.IGNORECASE)
-
-
-def _rank(seed: int, key: str) -> str:
-    return hashlib.sha256(f"{seed}\x00{key}".encode()).hexdigest()
-
-
-def stratified_splits(classes: Sequence[str], groups: Sequence[str], fractions: Sequence[float],
-                      seed: int) -> list[str]:
-    """Splits with each class's rows divided by ``fractions`` and every group in ONE split.
-
-    Per class, each split has a quota (largest-remainder rounding of ``fractions``). Groups are
-    placed largest first, then in ``sha256(seed, group)`` order, each into the split with the most
-    relative room left among those that can hold it (else the one with the most room), so splits
-    fill in proportion and the per-class counts are exact unless multi-row groups force an overflow.
-    """
-    members: dict[str, list[int]] = {}
-    for i, g in enumerate(groups):
-        members.setdefault(g, []).append(i)
-    quota = {c: dict(zip(SPLITS, _split_counts(n, fractions))) for c, n in Counter(classes).items()}
-    room = {c: dict(q) for c, q in quota.items()}
-    out = [""] * len(classes)
-    for g in sorted(members, key=lambda g: (-len(members[g]), _rank(seed, g))):
-        need = Counter(classes[i] for i in members[g])
-        fits = [s for s in SPLITS if all(room[c][s] >= k for c, k in need.items())]
-        score = {s: (sum(room[c][s] / quota[c][s] for c in need if quota[c][s]), -i) for i, s in enumerate(SPLITS)}
-        best = max(fits or SPLITS, key=score.__getitem__)
-        for c, k in need.items():
-            room[c][best] -= k
-        for i in members[g]:
-            out[i] = best
-    return out
-
-
-def _keep_first(indices: Sequence[int], n: int, keys: Sequence[str], seed: int) -> list[int]:
-    """``n`` of ``indices`` chosen by hash rank of their keys, returned in corpus order."""
-    chosen = sorted(indices, key=lambda i: (_rank(seed, keys[i]), i))[:n]
-    return sorted(chosen)
 
 
 class DataCreator:
@@ -271,7 +235,7 @@ class DataCreator:
                     rejected["filter"] += 1
                     continue
                 alt_word = self._alt[self._key(word)]
-                alt = alt_word if self.case_sensitive else _match_case(word, alt_word)
+                alt = alt_word if self.case_sensitive else match_case(word, alt_word)
                 lead = " " if left.endswith(" ") else ""
                 rows.append({
                     "text": f"{left}{MASK}{right}", "factual": lead + word, "alternative": lead + alt,
@@ -321,12 +285,12 @@ class DataCreator:
         if self.max_size_per_class is not None:
             for cid, idx in by_class.items():
                 rejected["max_size"] += max(0, len(idx) - self.max_size_per_class)
-                by_class[cid] = _keep_first(idx, self.max_size_per_class, keys, self.seed)
+                by_class[cid] = keep_first(idx, self.max_size_per_class, keys, self.seed)
         if self.balance:
             n = min(len(idx) for idx in by_class.values())
             for cid, idx in by_class.items():
                 rejected["balance"] += len(idx) - n
-                by_class[cid] = _keep_first(idx, n, keys, self.seed)
+                by_class[cid] = keep_first(idx, n, keys, self.seed)
         rows = [rows[i] for i in sorted(i for idx in by_class.values() for i in idx)]
         frame = self._frame(rows, sentences)
         ds = PairDataset.from_frame(frame, self.target_classes)

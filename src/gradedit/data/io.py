@@ -28,7 +28,6 @@ Per-class frames → pair rows (``class_frames_to_frame``). For each class ``c``
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -39,7 +38,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .schema import COLUMNS, DATA_EXTRA, SPLITS, DataError, require_pandas
+from ..errors import DataError
+from .columns import COLUMNS, DATA_EXTRA, match_case, require_pandas
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "FORMATS", "assign_splits", "canonical_value", "class_frames_to_frame", "read_class_dir", "read_table",
+    "FORMATS", "canonical_value", "class_frames_to_frame", "read_class_dir", "read_table",
     "write_table",
 ]
 
@@ -158,59 +158,6 @@ def canonical_value(value: Any) -> Any:
     return None if require_pandas().isna(value) else str(value)
 
 
-def _split_counts(n: int, fractions: Sequence[float]) -> list[int]:
-    """Row counts per split summing to ``n`` (largest-remainder rounding)."""
-    raw = [f * n for f in fractions]
-    counts = [math.floor(r + 1e-9) for r in raw]
-    order = sorted(range(len(raw)), key=lambda i: (-(raw[i] - counts[i]), i))
-    for i in order[: n - sum(counts)]:
-        counts[i] += 1
-    return counts
-
-
-def _rank(seed: int, key: object) -> str:
-    return hashlib.sha256(f"{seed}\x00{key}".encode()).hexdigest()
-
-
-def assign_splits(
-    n: int,
-    fractions: Sequence[float] = (0.8, 0.1, 0.1),
-    seed: int = 0,
-    groups: Sequence[object] | None = None,
-) -> list[str]:
-    """Deterministic ``"train"/"val"/"test"`` labels for ``n`` rows.
-
-    Rows (or, with ``groups``, distinct group values) are ordered by ``sha256(seed, key)``, so the
-    result is the same on every platform and Python/numpy version. Without groups the counts are
-    exact (largest remainder); with groups every row of a group lands in one split (for held-out
-    vocabulary or sentences) and the counts are as close to ``fractions`` as whole groups allow.
-    """
-    fr = [float(f) for f in fractions]
-    if len(fr) != 3 or any(f < 0 for f in fr) or not math.isclose(sum(fr), 1.0, abs_tol=1e-6):
-        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {tuple(fractions)}")
-    if groups is None:
-        order = sorted(range(n), key=lambda i: _rank(seed, i))
-        out = [""] * n
-        start = 0
-        for name, count in zip(SPLITS, _split_counts(n, fr)):
-            for i in order[start : start + count]:
-                out[i] = name
-            start += count
-        return out
-    keys = [str(g) for g in groups]
-    if len(keys) != n:
-        raise ValueError(f"groups has {len(keys)} values for {n} rows")
-    sizes = Counter(keys)
-    bounds = (fr[0] * n, (fr[0] + fr[1]) * n)
-    assigned: dict[str, str] = {}
-    done = 0
-    for key in sorted(sizes, key=lambda k: _rank(seed, k)):
-        middle = done + sizes[key] / 2
-        assigned[key] = SPLITS[0] if middle < bounds[0] else SPLITS[1] if middle < bounds[1] else SPLITS[2]
-        done += sizes[key]
-    return [assigned[k] for k in keys]
-
-
 def read_class_dir(path: Path) -> dict[str, pd.DataFrame]:
     """``{class: frame}`` from a folder of ``<class>.csv|.parquet|.jsonl`` files."""
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in FORMATS)
@@ -231,19 +178,6 @@ def _pick(frame: pd.DataFrame, cls: str, candidates: Sequence[str], what: str) -
         f"frame of class {cls!r} has no {what} column (tried {list(candidates)}); it has {list(frame.columns)}. "
         f"Fix: rename the column or pass {'text_col' if what == 'text' else 'token_col'}="
     )
-
-
-def _match_case(factual: str, alternative: str) -> str:
-    """``alternative`` with ``factual``'s leading whitespace and casing (lower, Title or UPPER)."""
-    lead = factual[: len(factual) - len(factual.lstrip())]
-    word, alt = factual.strip(), alternative.strip()
-    if len(word) > 1 and word.isupper():
-        alt = alt.upper()
-    elif word[:1].isupper():
-        alt = alt[:1].upper() + alt[1:]
-    elif word.islower():
-        alt = alt.lower()
-    return lead + alt
 
 
 def _most_common(tokens: Sequence[str]) -> str:
@@ -269,7 +203,7 @@ def _alternatives(frame: pd.DataFrame, cls: str, factual: pd.Series, other: str,
             if not isinstance(tok, str) or tok in table:
                 return table.get(tok)
             hit = folded.get(tok.strip().lower())
-            return None if hit is None else _match_case(tok, hit)
+            return None if hit is None else match_case(tok, hit)
 
         out = factual.map(look)
         unmapped = sorted(set(factual[out.isna()]))
@@ -283,7 +217,7 @@ def _alternatives(frame: pd.DataFrame, cls: str, factual: pd.Series, other: str,
         raise DataError(f"class {other!r} has no tokens to draw alternatives for class {cls!r} from")
     common = _most_common(pool)
     logger.info("class %r → %r: alternative is %r (the most frequent %r token)", cls, other, common, other)
-    return factual.map(lambda t: _match_case(t, common) if isinstance(t, str) else None)
+    return factual.map(lambda t: match_case(t, common) if isinstance(t, str) else None)
 
 
 def class_frames_to_frame(

@@ -17,13 +17,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import DataError
 from . import wordlists
+from .columns import MASK, match_case, require_pandas
 from .corpora import clean_sentences
 from .corpora import sentences as corpus_sentences
-from .create import DataCreator, FeatureClass, _keep_first, count_words, stratified_splits
+from .create import DataCreator, FeatureClass, count_words
 from .german import CELL_ARTICLE, CELLS
-from .io import _match_case, assign_splits
-from .schema import MASK, DataError, PairDataset, require_pandas
+from .schema import PairDataset
+from .splits import assign_splits, keep_first, stratified_splits
 
 if TYPE_CHECKING:
     from ..models import LanguageModel
@@ -69,12 +71,12 @@ def _finish(rows: list[dict[str, Any]], texts: Sequence[str], class_ids: Sequenc
     for cid, idx in by_class.items():
         if max_size_per_class is not None and len(idx) > max_size_per_class:
             rejected["max_size"] += len(idx) - max_size_per_class
-            by_class[cid] = _keep_first(idx, max_size_per_class, keys, seed)
+            by_class[cid] = keep_first(idx, max_size_per_class, keys, seed)
     if balance:
         n = min(len(idx) for idx in by_class.values())
         for cid, idx in by_class.items():
             rejected["balance"] += len(idx) - n
-            by_class[cid] = _keep_first(idx, n, keys, seed)
+            by_class[cid] = keep_first(idx, n, keys, seed)
     frame = require_pandas().DataFrame.from_records([rows[i] for i in sorted(i for v in by_class.values() for i in v)])
     if split == "vocab":
         frame["split"] = assign_splits(len(frame), FRACTIONS, seed, [f.strip().lower() for f in frame["factual"]])
@@ -137,7 +139,7 @@ def build_de_articles(spec: Any, *, lm: LanguageModel | None, sentences: Sequenc
                 continue
             lead = " " if left.endswith(" ") else ""
             rows.append({"text": f"{left}{MASK}{sentence[a.offset + len(a.article):]}", "factual": lead + a.article,
-                         "alternative": _match_case(lead + a.article, CELL_ARTICLE[partner[a.cell]]),
+                         "alternative": match_case(lead + a.article, CELL_ARTICLE[partner[a.cell]]),
                          "factual_class": a.cell, "alternative_class": partner[a.cell], "noun": a.noun,
                          "_sentence": sid})
     return _finish(rows, texts, cells, cells if len(cells) == 2 else None, rejected, name=spec.name, seed=seed,

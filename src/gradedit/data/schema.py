@@ -33,28 +33,14 @@ if TYPE_CHECKING:
 
     from ..models import LanguageModel
 
+from ..errors import DataError
+from .columns import COLUMNS, MASK, SPLITS, STRING_COLUMNS, require_pandas, split_masked
+from .io import canonical_value, load_class_frames, read_class_dir, read_table, require_datasets, write_table
+from .splits import assign_splits
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["COLUMNS", "MASK", "SPLITS", "DataError", "PairDataset", "PairRow", "split_masked"]
-
-MASK = "[MASK]"
-STRING_COLUMNS = ("text", "factual", "alternative", "factual_class", "alternative_class")
-COLUMNS = (*STRING_COLUMNS, "label", "split")
-SPLITS = ("train", "val", "test")
-DATA_EXTRA = "pip install 'gradedit[data]'"
-
-
-class DataError(ValueError):
-    """Malformed pair data; the message names the problem, the row(s) and the fix."""
-
-
-def require_pandas() -> Any:
-    """Import pandas or explain which extra to install."""
-    try:
-        import pandas
-    except ImportError as err:  # pragma: no cover - the test env has pandas
-        raise ImportError(f"PairDataset needs pandas: {DATA_EXTRA}") from err
-    return pandas
 
 
 @dataclass(frozen=True)
@@ -69,20 +55,6 @@ class PairRow:
     label: int
     split: str
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def split_masked(text: str) -> tuple[str, str]:
-    """``"a [MASK] b"`` → ``("a ", " b")``; raises DataError unless there is exactly one ``[MASK]``."""
-    parts = text.split(MASK)
-    if len(parts) != 2:
-        raise DataError(f"{text!r} has {len(parts) - 1} {MASK} markers; exactly one is needed")
-    return parts[0], parts[1]
-
-
-def fill_masked(text: str, word: str) -> str:
-    """``"he said [MASK] was"`` + ``" she"`` → ``"he said she was"`` (the word's leading space wins)."""
-    left, right = split_masked(text)
-    return ((left.rstrip() if word[:1].isspace() else left) + word + right).strip()
 
 
 def expected_labels(frame: pd.DataFrame, target_classes: Sequence[str]) -> Any:
@@ -208,7 +180,7 @@ class PairDataset:
         group_by: str | None = None,
     ) -> PairDataset:
         """From a DataFrame (copied). ``masked`` is accepted for ``text``; a missing ``label`` is
-        derived from ``target_classes``; a missing ``split`` is assigned with ``io.assign_splits``."""
+        derived from ``target_classes``; a missing ``split`` is assigned with ``splits.assign_splits``."""
         df = frame.copy()
         if "text" not in df.columns and "masked" in df.columns:
             df = df.rename(columns={"masked": "text"})
@@ -217,8 +189,6 @@ class PairDataset:
             if group_by is not None and group_by not in df.columns:
                 raise DataError(f"group_by column {group_by!r} not found; columns: {list(df.columns)}")
             groups = df[group_by].tolist() if group_by is not None else None
-            from .io import assign_splits
-
             df["split"] = assign_splits(len(df), fractions, seed, groups)
             logger.info("no 'split' column: assigned %s (seed=%d, group_by=%s)", tuple(fractions), seed, group_by)
         return cls(df, targets, derive_label=targets is not None and "label" not in df.columns)
@@ -237,8 +207,6 @@ class PairDataset:
                           **kwargs: Any) -> PairDataset:
         """From gradiend-style per-class frames ``{"masc": df, "fem": df}`` (or file paths); see
         ``gradedit.data.io.class_frames_to_frame`` for the column mapping."""
-        from .io import load_class_frames
-
         return load_class_frames(cls, frames, target_classes, **kwargs)
 
     @classmethod
@@ -246,8 +214,6 @@ class PairDataset:
              **kwargs: Any) -> PairDataset:
         """From a ``.csv`` / ``.parquet`` / ``.jsonl`` file, a folder of per-class files
         (``masc.csv``, ``fem.csv``, ...) or a dict of per-class frames."""
-        from .io import load_class_frames, read_class_dir, read_table
-
         if isinstance(source, Mapping):
             return load_class_frames(cls, source, target_classes, **kwargs)
         path = Path(source)
@@ -258,8 +224,6 @@ class PairDataset:
     def save(self, path: str | Path) -> Path:
         """Write atomically (temp file + ``os.replace``); the format follows the extension
         (``.csv``, ``.parquet``, ``.jsonl``). ``target_classes`` is not stored: pass it to ``load``."""
-        from .io import write_table
-
         return write_table(self._df, Path(path))
 
     def to_frame(self) -> pd.DataFrame:
@@ -268,8 +232,6 @@ class PairDataset:
 
     def to_hf_dataset(self) -> Any:
         """The rows as a Hugging Face ``datasets.Dataset`` (needs the ``data`` extra)."""
-        from .io import require_datasets
-
         return require_datasets().Dataset.from_pandas(self._df, preserve_index=False)
 
     @classmethod
@@ -347,8 +309,6 @@ class PairDataset:
         """sha256 over the canonical content: column names (extras sorted) and every row in order.
 
         Independent of the file format the rows went through (CSV, Parquet, JSONL)."""
-        from .io import canonical_value
-
         cols = [*COLUMNS, *sorted(c for c in self._df.columns if c not in COLUMNS)]
         h = hashlib.sha256(json.dumps(cols, ensure_ascii=False).encode())
         for row in zip(*(self._df[c].tolist() for c in cols)):

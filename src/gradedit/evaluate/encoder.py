@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._cache import write_json_atomic, write_text_atomic
-from ..data.schema import MASK, PairDataset, expected_labels, fill_masked
+from ..data.columns import MASK, fill_masked
+from ..data.schema import PairDataset, expected_labels
 from ..models import LanguageModel
 from ..train.encode import encode_rows
 from ..train.loop import Rows, pearson
