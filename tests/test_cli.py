@@ -84,7 +84,17 @@ def test_edit_then_blast_commands(tmp_path, capsys):
     assert "gradedit blast" in capsys.readouterr().out
     assert main(["edit", "scalar", "--model", "tiny-llama", "--tokens", "8", "--n-texts", "4",
                  "--out", str(tmp_path / "scalar")]) == 0
-    assert WeightEdit.load(tmp_path / "scalar").metadata["components"]
+    meta = WeightEdit.load(tmp_path / "scalar").metadata
+    assert meta["components"]
+    # --tokens 8 is the whole budget: selection reads the same first 8 German tokens the fit does
+    assert meta["target_tokens_used"] == {"selection": 8, "fit": 8, "total": 8}
+    assert "de tokens read: selection 8, fit 8; 8 distinct in total" in capsys.readouterr().out
+    assert main(["edit", "scalar", "--model", "tiny-llama", "--tokens", "8", "--n-texts", "4",
+                 "--selection-tokens", "all", "--out", str(tmp_path / "scalar-all")]) == 0
+    used = WeightEdit.load(tmp_path / "scalar-all").metadata["target_tokens_used"]
+    assert used["fit"] == 8 and used["selection"] == used["total"] > 8
+    assert WeightEdit.load(out).metadata["target_tokens_used"] == {"fit": 8, "total": 8}
+    assert main(["edit", "scalar", "--model", "tiny-llama", "--selection-tokens", "x", "--out", str(tmp_path / "y")]) == 2
     assert main(["blast", str(out), "--model", "tiny-llama", "--langs", "en,de", "--n-texts", "3", "--target", "de",
                  "--out", str(tmp_path / "blast")]) == 0
     assert (tmp_path / "blast" / "report.json").is_file()

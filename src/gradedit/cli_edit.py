@@ -3,6 +3,11 @@
 The target text is the FIRST ``--n-texts`` Bible sentences of ``--target``; other languages' first
 sentences are kept unchanged by a KL term. ``gradedit blast EDIT_DIR`` then measures it on the LAST
 sentences (held out). Wired into :mod:`gradedit.cli` by ``register(sub)``.
+
+``--tokens N`` is the whole target-language budget by default: ``edit scalar`` ranks components on
+the same first N target tokens it fits on (``--selection-tokens M`` states a separate selection
+budget, ``all`` = every token of the ``--n-texts`` sentences). The command prints, and the edit's
+metadata keeps, ``target_tokens_used``: the target tokens read per purpose and in total.
 """
 
 from __future__ import annotations
@@ -25,13 +30,18 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         e.add_argument("--model", required=True, help="zoo name, local HF folder or hub id")
         e.add_argument("--target", default="de", help="language whose text the edit acts on (default de)")
         e.add_argument("--others", default="fr,es,it,en", help="languages to keep (KL / leakage), comma-separated")
-        e.add_argument("--tokens", type=int, default=16, help="target tokens used to fit/train (default 16)")
+        e.add_argument("--tokens", type=int, default=16,
+                       help="target tokens used to fit/train (default 16); for scalar also the selection budget "
+                            "unless --selection-tokens says otherwise")
         e.add_argument("--n-texts", type=int, default=64, help="first n sentences per language to draw from")
         e.add_argument("--strengthen", action="store_true", help="lower the target CE instead of raising it")
         e.add_argument("--out", required=True, help="folder for the edit (WeightEdit.save)")
         if kind == "scalar":
             e.add_argument("--components", type=int, default=1, help="how many components to scale (default 1)")
             e.add_argument("--max-leak", type=float, default=0.1, help="allowed CE increase per other language")
+            e.add_argument("--selection-tokens", default=None, metavar="N|all",
+                           help="target tokens that rank the components (default: --tokens; 'all' = all of the "
+                                "--n-texts sentences)")
         else:
             e.add_argument("--rank", type=int, default=1)
             e.add_argument("--steps", type=int, default=24)
@@ -59,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     if args.edit_kind == "scalar":
         edit = tune_scalar(lm, target, other_texts=other, max_target_tokens=args.tokens, remove=remove,
                            n_components=args.components, max_leak=args.max_leak,
-                           s_range=(-8.0, 1.0) if remove else (1.0, 8.0), selection_score="impact")
+                           s_range=(-8.0, 1.0) if remove else (1.0, 8.0), selection_score="impact",
+                           selection_tokens=_selection_budget(args.selection_tokens, args.tokens))
     else:
         conf = LoraConfig(rank=args.rank, steps=args.steps, lr=args.lr, kl_weight=args.kl_weight,
                           max_target_tokens=args.tokens, batch_size=2, kl_topk=256)
@@ -69,5 +80,23 @@ def run(args: argparse.Namespace) -> int:
     print(f"saved {edit!r} to {out}")
     print(json.dumps({k: v for k, v in edit.metadata.items() if k in ("components", "scales", "base_model")},
                      default=str)[:600])
+    used = edit.metadata.get("target_tokens_used", {})
+    print(f"{args.target} tokens read: " + ", ".join(f"{k} {v}" for k, v in used.items() if k != "total")
+          + f"; {used.get('total')} distinct in total")
     print(f"measure it on held-out text: gradedit blast {out} --model {args.model} --target {args.target}")
     return 0
+
+
+def _selection_budget(value: str | None, tokens: int) -> int | None:
+    """``--selection-tokens``: ``None`` -> the ``--tokens`` budget, ``"all"`` -> no cap, else a positive int."""
+    if value is None:
+        return tokens
+    if value.strip().lower() == "all":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"--selection-tokens must be a positive integer or 'all', got {value!r}") from None
+    if n < 1:
+        raise ValueError(f"--selection-tokens must be a positive integer or 'all', got {value!r}")
+    return n
