@@ -22,7 +22,7 @@ from pathlib import Path
 
 import gradedit as ge
 from gradedit import metrics
-from gradedit._cache import write_json_atomic
+from gradedit._files import write_json_atomic
 from gradedit.data.corpora import sentences
 from gradedit.edits.activations import selectivity
 from gradedit.edits.components import svd_components

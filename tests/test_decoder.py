@@ -221,9 +221,8 @@ def test_no_admissible_point_is_reported_and_rewrite_refuses(trained, monkeypatc
 
 
 def test_refusal_names_the_lms_constraint_when_it_binds(trained, monkeypatch):
-    from gradedit.evaluate.results import lms_constraint
-
     import gradedit.evaluate.decoder as D
+    from gradedit.evaluate.results import lms_constraint
 
     calls = []
 

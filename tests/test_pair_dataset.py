@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
+import gradedit._files as files_mod
 import gradedit.data.io as data_io
-from gradedit.data.splits import assign_splits
 from gradedit.data.schema import COLUMNS, DataError, PairDataset, PairRow, split_masked
+from gradedit.data.splits import assign_splits
 
 
 def _rows() -> list[dict]:
@@ -142,7 +143,7 @@ def test_failed_rename_leaves_existing_file_intact(ds: PairDataset, tmp_path: Pa
     def no_replace(src, dst):
         raise OSError("rename failed")
 
-    monkeypatch.setattr(data_io.os, "replace", no_replace)
+    monkeypatch.setattr(files_mod.os, "replace", no_replace)
     with pytest.raises(OSError, match="rename failed"):
         ds.save(path)
     assert path.read_bytes() == before and len(list(tmp_path.iterdir())) == 1

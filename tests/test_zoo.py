@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 import gradedit as ge
+from gradedit._files import atomic_dir, write_json_atomic
 from gradedit.models import zoo
-from gradedit._cache import atomic_dir, write_json_atomic
 from gradedit.models.zoo import ZooEntry
 
 

@@ -9,9 +9,9 @@ import sys
 
 import torch
 
+from ._files import cache_dir
 from ._version import __version__
 from .models import zoo
-from ._cache import cache_dir
 
 _PACKAGES = [
     "torch", "transformers", "tokenizers", "safetensors", "numpy", "tqdm", "accelerate", "gguf",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["GradeditError", "DecompositionError", "TokenError", "DataError"]
+__all__ = ["GradeditError", "DecompositionError", "TokenError", "DataError", "ArtifactError"]
 
 
 class GradeditError(Exception):
@@ -19,3 +19,7 @@ class TokenError(GradeditError, ValueError):
 
 class DataError(GradeditError, ValueError):
     """Malformed pair data; the message names the problem, the row(s) and the fix."""
+
+
+class ArtifactError(GradeditError, ValueError):
+    """A saved artefact (feature model, edit, decomposition) is corrupt, truncated or inconsistent."""

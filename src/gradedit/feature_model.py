@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._artifacts import ArtifactError  # noqa: F401  (re-exported: callers catch it from here)
+from .errors import ArtifactError  # noqa: F401  (re-exported: callers catch it from here)
 from .param_map import ParamMap
 
 logger = logging.getLogger(__name__)

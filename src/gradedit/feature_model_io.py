@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors.torch import load_file
 
-from ._artifacts import ArtifactError, read_json_object, save_safetensors_atomic
-from ._cache import write_folder, write_json_atomic
+from ._files import read_json_object, save_safetensors_atomic, write_folder, write_json_atomic
+from .errors import ArtifactError
 from .feature_model import CONFIG_NAME, FORMAT_VERSION, PARAM_MAP_NAME, WEIGHTS_NAME, _as_dtype, _dtype_name
 from .param_map import ParamMap
 

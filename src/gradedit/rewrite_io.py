@@ -7,8 +7,8 @@ from typing import Any
 
 from transformers import PreTrainedModel
 
+from ._files import atomic_dir, write_json_atomic
 from ._version import __version__
-from ._cache import atomic_dir, write_json_atomic
 from .models import LanguageModel
 
 

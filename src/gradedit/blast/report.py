@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._cache import write_text_atomic
+from .._files import write_text_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -150,7 +150,7 @@ class BlastReport:
     @classmethod
     def load(cls, path: str | Path) -> BlastReport:
         """Read a file written by :meth:`save`."""
-        from .._artifacts import read_json_object
+        from .._files import read_json_object
 
         return cls.from_dict(read_json_object(Path(path), "write it again with BlastReport.save"))
 

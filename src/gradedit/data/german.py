@@ -35,10 +35,8 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
-import os
 import pickle
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,7 +186,7 @@ def _find_package_file(module: str, *parts: str) -> Path:
 def load_lexicon(cache: bool = True) -> NounLexicon:
     """The ``german-nouns`` lexicon (102k nouns), parsed once per process; with ``cache`` also kept as
     a pickle in ``<gradedit cache>/morphology/`` keyed by the package version."""
-    from .._cache import cache_dir
+    from .._files import cache_dir
 
     csv_path = _find_package_file("german_nouns", "nouns.csv")
     version = importlib.metadata.version("german-nouns")
@@ -209,18 +207,10 @@ def load_lexicon(cache: bool = True) -> NounLexicon:
 
 def _write_pickle(path: Path, obj: object) -> None:
     """Pickle ``obj`` to ``path`` atomically (temp file + rename) under a file lock."""
-    from .._cache import locked
+    from .._files import atomic_path, locked
 
-    with locked(path):
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    with locked(path), atomic_path(path) as tmp, tmp.open("wb") as fh:
+        pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 # -- tagging and assignment ----------------------------------------------------------------------
@@ -286,7 +276,7 @@ class GermanArticleTagger:
 
     @staticmethod
     def _cache_path(sentences: Sequence[str]) -> Path | None:
-        from .._cache import cache_dir
+        from .._files import cache_dir
 
         try:
             versions = [importlib.metadata.version(p) for p in ("hanta", "german-nouns")]

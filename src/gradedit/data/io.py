@@ -27,17 +27,15 @@ Per-class frames → pair rows (``class_frames_to_frame``). For each class ``c``
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import os
-import tempfile
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._files import atomic_path
 from ..errors import DataError
 from .columns import COLUMNS, DATA_EXTRA, match_case, require_pandas
 
@@ -101,27 +99,12 @@ def read_table(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype=strings, keep_default_na=False, na_values=na, encoding="utf-8")
 
 
-@contextlib.contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; renamed over it on success, removed on failure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def write_table(frame: pd.DataFrame, path: Path) -> Path:
     """Write ``frame`` as ``path``'s format, atomically; returns ``path``."""
     kind = _format(path)
     if kind == ".parquet":
         _require_pyarrow()
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         if kind == ".csv":
             frame.to_csv(tmp, index=False, encoding="utf-8")
         elif kind == ".parquet":

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import metrics
-from .._cache import write_json_atomic, write_text_atomic
+from .._files import write_json_atomic, write_text_atomic
 from ..data import corpora
 from ..edits import WeightEdit
 from ..models import LanguageModel, load_model

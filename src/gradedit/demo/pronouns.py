@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import metrics
-from .._cache import write_json_atomic
+from .._files import write_json_atomic
 from ..data import corpora, features
 from ..data.schema import fill_masked
 from ..models import LanguageModel, load_model

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from .._artifacts import ArtifactError, read_json_object, save_safetensors_atomic
-from .._cache import write_folder, write_json_atomic
+from .._files import read_json_object, save_safetensors_atomic, write_folder, write_json_atomic
+from ..errors import ArtifactError
 from .base import WeightEdit
 from .terms import TERM_TYPES
 

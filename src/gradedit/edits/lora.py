@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from .._cache import write_folder, write_json_atomic
+from .._files import write_folder, write_json_atomic
 from .._progress import progress as progress_bar
 from ..models import LanguageModel
 from ._fit import TokenLedger, text_tokens

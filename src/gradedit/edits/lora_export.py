@@ -25,8 +25,7 @@ from typing import Any
 
 import torch
 
-from .._artifacts import save_safetensors_atomic
-from .._cache import atomic_dir
+from .._files import atomic_dir, save_safetensors_atomic
 from .base import WeightEdit
 from .handle import param_table
 from .terms import EditError, EditTerm, LowRankTerm, compute_dtype

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from .. import metrics
-from .._version import __version__
-from .._cache import write_json_atomic
+from .._files import write_json_atomic
 from .._progress import progress
+from .._version import __version__
 from ..data.schema import PairDataset
 from ..model_with_gradiend import ModelWithGradiend
 from .results import DecoderResults, Selection, Selector, resolve_selector, result_key

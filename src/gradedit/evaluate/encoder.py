@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._cache import write_json_atomic, write_text_atomic
+from .._files import write_json_atomic, write_text_atomic
 from ..data.columns import MASK, fill_masked
 from ..data.schema import PairDataset, expected_labels
 from ..models import LanguageModel

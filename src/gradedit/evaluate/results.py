@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._cache import write_json_atomic
+from .._files import write_json_atomic
 
 logger = logging.getLogger(__name__)
 

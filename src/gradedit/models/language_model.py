@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import fnmatch
 import inspect
 import logging
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import torch

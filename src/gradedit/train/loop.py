@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._cache import atomic_dir, write_json_atomic
+from .._files import atomic_dir, write_json_atomic
 from .._progress import progress
 from ..feature_model import FeatureModel
 from ..gradients import GradientEngine

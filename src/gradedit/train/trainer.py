@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._files import write_json_atomic
 from .._version import __version__
-from .._cache import write_json_atomic
 from ..data.schema import PairDataset
 from ..feature_model import FeatureModel
 from ..gradients import GradientEngine

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._cache import write_text_atomic
+from .._files import write_text_atomic
 
 if TYPE_CHECKING:
     from ..blast import BlastReport

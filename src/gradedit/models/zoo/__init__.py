@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..._cache import atomic_dir, cache_dir, locked, write_json_atomic
+from ..._files import atomic_dir, cache_dir, locked, write_json_atomic
 from ..language_model import LanguageModel, ModelKind
 from .gguf import ModelPackageMissing, convert, package_dir
 from .tiny import TINY_BUILDERS
