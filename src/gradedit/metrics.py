@@ -26,7 +26,10 @@ from .models import LanguageModel
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ScoredChunk",
     "TokenScores",
+    "iter_scored",
+    "kl_rows",
     "token_logprobs",
     "cross_entropy",
     "perplexity",
@@ -75,7 +78,7 @@ class TokenScores:
 
 
 @dataclass
-class _Chunk:
+class ScoredChunk:
     """Scored positions of one text, one chunk: fp32 log-probs [n, V], targets [n], positions [n]."""
 
     text_index: int
@@ -125,7 +128,7 @@ def _log_softmax_chunks(logits: torch.Tensor) -> Iterator[tuple[int, torch.Tenso
 
 
 def _iter_clm(lm: LanguageModel, texts: list[str], batch_size: int | None, padding_side: str,
-              desc: str | None) -> Iterator[_Chunk]:
+              desc: str | None) -> Iterator[ScoredChunk]:
     lengths = [len(lm.tokenizer(t)["input_ids"]) for t in texts]
     groups = _length_sorted_batches(lengths, lm.vocab_size, batch_size)
     for group in progress(groups, desc=desc, disable=desc is None or len(groups) < 2, leave=False):
@@ -140,11 +143,11 @@ def _iter_clm(lm: LanguageModel, texts: list[str], batch_size: int | None, paddi
             targets = enc["input_ids"][b, tgt]
             for s, lp in _log_softmax_chunks(logits[b, src]):
                 m = lp.shape[0]
-                yield _Chunk(ti, lp, targets[s : s + m], tgt[s : s + m])
+                yield ScoredChunk(ti, lp, targets[s : s + m], tgt[s : s + m])
 
 
 def _iter_mlm(lm: LanguageModel, texts: list[str], batch_size: int | None, padding_side: str,
-              desc: str | None) -> Iterator[_Chunk]:
+              desc: str | None) -> Iterator[ScoredChunk]:
     # one masked copy per scorable (non-special) token of each text
     items: list[tuple[int, list[int], int]] = []  # (text index, ids, masked position)
     for ti, t in enumerate(texts):
@@ -172,11 +175,14 @@ def _iter_mlm(lm: LanguageModel, texts: list[str], batch_size: int | None, paddi
         picked = logits[torch.arange(len(group)), where.to(lm.device)]  # [G, V]
         for b, i in enumerate(group):
             lp = torch.log_softmax(picked[b : b + 1].float(), dim=-1)
-            yield _Chunk(items[i][0], lp, targets[b : b + 1].to(lm.device), torch.tensor([items[i][2]]))
+            yield ScoredChunk(items[i][0], lp, targets[b : b + 1].to(lm.device), torch.tensor([items[i][2]]))
 
 
-def _iter_scored(lm: LanguageModel, texts: Sequence[str] | str, batch_size: int | None = None,
-                 padding_side: str = "right", desc: str | None = None) -> Iterator[_Chunk]:
+def iter_scored(lm: LanguageModel, texts: Sequence[str] | str, batch_size: int | None = None,
+                padding_side: str = "right", desc: str | None = None) -> Iterator[ScoredChunk]:
+    """The scoring stream every metric is built on: one :class:`ScoredChunk` per text and chunk of
+    positions (CLM: each position predicts the next token; MLM: each token is masked in turn).
+    Batches are length-sorted and sized so one chunk's fp32 log-probs stay under the logit budget."""
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     texts = _as_list(texts)
@@ -211,7 +217,7 @@ def token_logprobs(lm: LanguageModel, texts: Sequence[str] | str, *, batch_size:
     texts = _as_list(texts)
     parts = [
         (c.text_index, c.logprobs.gather(-1, c.targets[:, None]).squeeze(-1), c.targets, c.positions)
-        for c in _iter_scored(lm, texts, batch_size, padding_side, desc="log-probs")
+        for c in iter_scored(lm, texts, batch_size, padding_side, desc="log-probs")
     ]
     return _collect(len(texts), parts)
 
@@ -239,7 +245,7 @@ def lm_scores(lm: LanguageModel, texts: Sequence[str] | str, *, batch_size: int 
     """LMS, cross-entropy and perplexity from ONE pass over the texts (same scored tokens as each
     function alone): ``{"lms", "cross_entropy", "perplexity", "tokens"}``."""
     hits, total, nll = 0, 0, 0.0
-    for c in _iter_scored(lm, texts, batch_size, desc="LMS"):
+    for c in iter_scored(lm, texts, batch_size, desc="LMS"):
         hits += int((c.logprobs.argmax(-1) == c.targets).sum())
         nll -= float(c.logprobs.gather(-1, c.targets[:, None]).double().sum())
         total += c.targets.numel()
@@ -256,12 +262,12 @@ def full_logprobs(lm: LanguageModel, texts: Sequence[str] | str, *, batch_size: 
     """
     texts = _as_list(texts)
     per_text: list[list[torch.Tensor]] = [[] for _ in texts]
-    for c in _iter_scored(lm, texts, batch_size, desc="reference"):
+    for c in iter_scored(lm, texts, batch_size, desc="reference"):
         per_text[c.text_index].append(c.logprobs.cpu())
     return [torch.cat(p) if p else torch.zeros(0, lm.vocab_size) for p in per_text]
 
 
-def _kl_rows(lp_base: torch.Tensor, lp_edit: torch.Tensor) -> torch.Tensor:
+def kl_rows(lp_base: torch.Tensor, lp_edit: torch.Tensor) -> torch.Tensor:
     """KL(p_base ‖ p_edit) per row of fp32 log-probs [n, V] -> [n], clamped at 0 against rounding."""
     kl = (lp_base.exp() * (lp_base - lp_edit)).sum(-1)
     return kl.clamp_min(0.0)
@@ -286,16 +292,16 @@ def kl_divergence(base: LanguageModel | Sequence[torch.Tensor], edit: LanguageMo
     if isinstance(other, LanguageModel):
         if other.tokenizer.get_vocab() != driver.tokenizer.get_vocab():
             raise ValueError("base and edit models have different tokenizers; KL needs one vocabulary")
-        pairs = zip(_iter_scored(other, texts, batch_size), _iter_scored(driver, texts, batch_size))
+        pairs = zip(iter_scored(other, texts, batch_size), iter_scored(driver, texts, batch_size))
         for co, cd in pairs:
             lb, le = (co.logprobs, cd.logprobs) if lm_e is not None else (cd.logprobs, co.logprobs)
-            parts.append((cd.text_index, _kl_rows(lb, le.to(lb.device)), cd.targets, cd.positions))
+            parts.append((cd.text_index, kl_rows(lb, le.to(lb.device)), cd.targets, cd.positions))
         return _collect(len(texts), parts)
     refs = list(other)
     if len(refs) != len(texts):
         raise ValueError(f"got log-probs for {len(refs)} texts but {len(texts)} texts")
     used = [0] * len(texts)
-    for c in _iter_scored(driver, texts, batch_size, desc="KL"):
+    for c in iter_scored(driver, texts, batch_size, desc="KL"):
         ref = refs[c.text_index]
         n = c.logprobs.shape[0]
         r = ref[used[c.text_index] : used[c.text_index] + n].to(c.logprobs.device, torch.float32)
@@ -303,7 +309,7 @@ def kl_divergence(base: LanguageModel | Sequence[torch.Tensor], edit: LanguageMo
             raise ValueError("reference log-probs do not match these texts (were they computed on other texts?)")
         used[c.text_index] += n
         lb, le = (r, c.logprobs) if lm_e is not None else (c.logprobs, r)
-        parts.append((c.text_index, _kl_rows(lb, le), c.targets, c.positions))
+        parts.append((c.text_index, kl_rows(lb, le), c.targets, c.positions))
     return _collect(len(texts), parts)
 
 
@@ -314,7 +320,7 @@ def _kl_from_refs(base: list[torch.Tensor], edit: list[torch.Tensor], texts: lis
     for b, e in zip(base, edit):
         if b.shape != e.shape:
             raise ValueError(f"log-prob shapes differ: {tuple(b.shape)} vs {tuple(e.shape)}")
-        values.append(torch.cat([_kl_rows(b[s : s + CHUNK_POSITIONS].float(), e[s : s + CHUNK_POSITIONS].float())
+        values.append(torch.cat([kl_rows(b[s : s + CHUNK_POSITIONS].float(), e[s : s + CHUNK_POSITIONS].float())
                                  for s in range(0, b.shape[0], CHUNK_POSITIONS)]) if b.shape[0] else torch.zeros(0))
     empty = [torch.zeros(0, dtype=torch.long) for _ in texts]
     return TokenScores(values=values, token_ids=empty, positions=list(empty))

@@ -17,7 +17,7 @@ import torch
 
 from .._progress import progress
 from ..edits import WeightEdit
-from ..metrics import LOGIT_BUDGET_BYTES, _Chunk, _iter_scored, _kl_rows
+from ..metrics import LOGIT_BUDGET_BYTES, ScoredChunk, iter_scored, kl_rows
 from ..models import LanguageModel
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def _pairs(values: torch.Tensor, ids: torch.Tensor, dec: _Decoder) -> list[list[
             for vr, ir in zip(values.tolist(), ids.tolist())]
 
 
-def _record_chunk(rec: dict[str, Any], cb: _Chunk, ce: _Chunk, kl: torch.Tensor, dlp: torch.Tensor,
+def _record_chunk(rec: dict[str, Any], cb: ScoredChunk, ce: ScoredChunk, kl: torch.Tensor, dlp: torch.Tensor,
                   k: int, dec: _Decoder) -> None:
     """Append per-position values of one chunk to a text's record (top-k on the fly, no [n, V] kept)."""
     pb, pe = cb.logprobs.exp(), ce.logprobs.exp()
@@ -130,19 +130,19 @@ def _sort_record(rec: dict[str, Any]) -> None:
         rec[key] = [rec[key][i] for i in order]
 
 
-def _row_slices(cb: _Chunk, ce: _Chunk) -> Iterator[tuple[_Chunk, _Chunk]]:
+def _row_slices(cb: ScoredChunk, ce: ScoredChunk) -> Iterator[tuple[ScoredChunk, ScoredChunk]]:
     """Both chunks cut into ``ROWS``-row pieces, so the [rows, V] temporaries of KL and top-k stay small."""
     for s in range(0, cb.targets.numel(), ROWS):
         sl = slice(s, s + ROWS)
-        yield (_Chunk(cb.text_index, cb.logprobs[sl], cb.targets[sl], cb.positions[sl]),
-               _Chunk(ce.text_index, ce.logprobs[sl], ce.targets[sl], ce.positions[sl]))
+        yield (ScoredChunk(cb.text_index, cb.logprobs[sl], cb.targets[sl], cb.positions[sl]),
+               ScoredChunk(ce.text_index, ce.logprobs[sl], ce.targets[sl], ce.positions[sl]))
 
 
-def _accumulate(tot: EditTotals, cb: _Chunk, ce: _Chunk, tids: torch.Tensor | None) -> torch.Tensor:
+def _accumulate(tot: EditTotals, cb: ScoredChunk, ce: ScoredChunk, tids: torch.Tensor | None) -> torch.Tensor:
     """Add one chunk pair (base, edit) to the totals; returns the per-position KL [n]."""
     lp_b = cb.logprobs.gather(-1, cb.targets[:, None]).squeeze(-1)
     lp_e = ce.logprobs.gather(-1, ce.targets[:, None]).squeeze(-1)
-    kl = _kl_rows(cb.logprobs, ce.logprobs)
+    kl = kl_rows(cb.logprobs, ce.logprobs)
     tot.nll -= float(lp_e.double().sum())
     tot.kl += float(kl.double().sum())
     if tids is not None:
@@ -180,7 +180,7 @@ def compare_stream(lm: LanguageModel, texts: Sequence[str], edits: Sequence[Weig
     groups = _groups(lm, texts, batch_size)
     for group in progress(groups, desc=desc, disable=desc is None or len(groups) < 2, leave=False):
         sub = [texts[i] for i in group]
-        base = list(_iter_scored(lm, sub, batch_size))
+        base = list(iter_scored(lm, sub, batch_size))
         for cb in base:
             out.n += cb.targets.numel()
             out.nll_base -= float(cb.logprobs.gather(-1, cb.targets[:, None]).double().sum())
@@ -188,7 +188,7 @@ def compare_stream(lm: LanguageModel, texts: Sequence[str], edits: Sequence[Weig
             tot = out.edits[e]
             n_seen = 0
             with edit.applied(lm.model):
-                for cb_all, ce_all in zip(base, _iter_scored(lm, sub, batch_size)):
+                for cb_all, ce_all in zip(base, iter_scored(lm, sub, batch_size)):
                     n_seen += 1
                     if cb_all.text_index != ce_all.text_index or not torch.equal(cb_all.positions, ce_all.positions):
                         raise RuntimeError("base and edited passes are misaligned; this is a bug in gradedit")

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .plots import _pyplot
+from .plots import pyplot
 
 #: order of the non-class groups, below the two classes
 NEUTRAL_GROUPS = ("identity", "neutral_masked", "neutral")
@@ -34,7 +34,7 @@ def plot_encoder_distribution(results: Any, ax: Any = None) -> Any:
 
     Works for constant groups too (e.g. ``source="diff"`` neutral rows, all exactly ``tanh(b_e)``).
     """
-    plt = _pyplot()
+    plt = pyplot()
     groups = encoder_groups(results)
     if ax is None:
         fig, ax = plt.subplots(figsize=(7, 1.0 + 0.7 * max(1, len(groups))))

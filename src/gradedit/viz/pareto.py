@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .plots import _pyplot
+from .plots import pyplot
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -45,7 +45,7 @@ def plot_pareto(frames: Mapping[str, pd.DataFrame], x: str = "on_target", y: str
 
     if not frames:
         raise ValueError("frames is empty; pass {method: pareto_sweep(...)}")
-    plt = _pyplot()
+    plt = pyplot()
     if ax is None:
         fig, ax = plt.subplots(figsize=(7, 5))
     else:

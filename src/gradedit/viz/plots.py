@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend, or an ImportError naming the ``plot`` extra."""
     try:
         import matplotlib
 
@@ -19,7 +20,7 @@ def _pyplot() -> Any:
 
 def plot_convergence(history: Sequence[dict[str, Any]], threshold: float | None = None, ax: Any = None) -> Any:
     """Validation |r| (left axis) and training loss (right axis, log) per step, one line per seed."""
-    plt = _pyplot()
+    plt = pyplot()
     if ax is None:
         fig, ax = plt.subplots(figsize=(7, 4))
     else:
@@ -47,7 +48,7 @@ def plot_convergence(history: Sequence[dict[str, Any]], threshold: float | None 
 def plot_decoder(results: Any, ax: Any = None) -> Any:
     """The decoder figure: each selected metric vs learning rate (log x), one line per feature factor,
     with the LMS on a twin axis and the selected points marked."""
-    plt = _pyplot()
+    plt = pyplot()
     keys = list(results.selections) or sorted(results.base["metrics"])
     if ax is None:
         fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
