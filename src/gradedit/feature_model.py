@@ -25,14 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ArtifactError  # noqa: F401  (re-exported: callers catch it from here)
+from .feature_model_io import FORMAT_VERSION, as_dtype, dtype_name, load_feature_model, save_feature_model
 from .param_map import ParamMap
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-PARAM_MAP_NAME = "param_map.json"
 
 Part = Literal["encoder-weight", "decoder-weight", "decoder-bias", "decoder-sum"]
 PARTS: tuple[str, ...] = ("encoder-weight", "decoder-weight", "decoder-bias", "decoder-sum")
@@ -69,7 +66,7 @@ class FeatureModel(nn.Module):
     ) -> None:
         super().__init__()
         self._setup(input_dim, latent_dim, param_map, metadata)
-        dtype = _as_dtype(dtype)
+        dtype = as_dtype(dtype)
         n, k = self.input_dim, self.latent_dim
         # torch.empty + in-place init: no second copy of an n-sized weight is ever allocated.
         self.encoder_weight = nn.Parameter(torch.empty(k, n, dtype=dtype))
@@ -142,7 +139,7 @@ class FeatureModel(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"input_dim={self.input_dim:,}, latent_dim={self.latent_dim}, "
-                f"bias_decoder={self.bias_decoder}, dtype={_dtype_name(self.dtype)}")
+                f"bias_decoder={self.bias_decoder}, dtype={dtype_name(self.dtype)}")
 
     # -- forward ----------------------------------------------------------------------------------
 
@@ -290,15 +287,13 @@ class FeatureModel(nn.Module):
             "model_type": "gradedit-feature-model", "format_version": FORMAT_VERSION,
             "library": "gradedit", "library_version": __version__,
             "input_dim": self.input_dim, "latent_dim": self.latent_dim, "bias_decoder": self.bias_decoder,
-            "dtype": _dtype_name(self.dtype), "encoder_activation": "tanh", "decoder_activation": "identity",
+            "dtype": dtype_name(self.dtype), "encoder_activation": "tanh", "decoder_activation": "identity",
             "init_seed": self.init_seed, "has_param_map": self.param_map is not None, "metadata": self.metadata,
         }
 
     def save_pretrained(self, path: str | os.PathLike[str]) -> Path:
         """Write ``config.json``, ``model.safetensors`` and ``param_map.json`` into ``path`` (atomic;
         see :func:`gradedit.feature_model_io.save_feature_model`)."""
-        from .feature_model_io import save_feature_model
-
         return save_feature_model(self, Path(path))
 
     @classmethod
@@ -309,8 +304,6 @@ class FeatureModel(nn.Module):
             FileNotFoundError: the folder or one of its files is missing (named in the message).
             ArtifactError: a file is corrupt/truncated or disagrees with ``config.json``.
         """
-        from .feature_model_io import load_feature_model
-
         return load_feature_model(cls, Path(path), device=device)
 
 
@@ -326,20 +319,3 @@ def _topk_indices(values: torch.Tensor, count: int, chunk: int = 1 << 22) -> tor
         cand_v.append(v)
         cand_i.append(i + start)
     return torch.cat(cand_i)[torch.topk(torch.cat(cand_v), count, sorted=True).indices]
-
-
-def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    if isinstance(dtype, str):
-        resolved = getattr(torch, dtype.removeprefix("torch."), None)
-        if not isinstance(resolved, torch.dtype):
-            raise ValueError(f"unknown dtype {dtype!r}")
-        dtype = resolved
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating-point torch dtype, got {dtype!r}")
-    return dtype
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-

@@ -20,13 +20,35 @@ from safetensors.torch import load_file
 
 from ._files import read_json_object, save_safetensors_atomic, write_folder, write_json_atomic
 from .errors import ArtifactError
-from .feature_model import CONFIG_NAME, FORMAT_VERSION, PARAM_MAP_NAME, WEIGHTS_NAME, _as_dtype, _dtype_name
 from .param_map import ParamMap
 
 if TYPE_CHECKING:
     from .feature_model import FeatureModel
 
 logger = logging.getLogger(__name__)
+
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+PARAM_MAP_NAME = "param_map.json"
+
+
+def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """A floating-point torch dtype from a dtype or its name (``"float32"``, ``"torch.bfloat16"``)."""
+    if isinstance(dtype, str):
+        resolved = getattr(torch, dtype.removeprefix("torch."), None)
+        if not isinstance(resolved, torch.dtype):
+            raise ValueError(f"unknown dtype {dtype!r}")
+        dtype = resolved
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point torch dtype, got {dtype!r}")
+    return dtype
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` -> ``"float32"`` (as written to ``config.json``)."""
+    return str(dtype).removeprefix("torch.")
 
 
 def save_feature_model(self: FeatureModel, path: Path) -> Path:
@@ -77,7 +99,7 @@ def load_feature_model(cls: type[FeatureModel], path: Path, *, device: str | tor
                             f"(this gradedit reads <= {FORMAT_VERSION}); upgrade gradedit")
     try:
         n, k = int(config["input_dim"]), int(config["latent_dim"])
-        bias, dtype = bool(config["bias_decoder"]), _as_dtype(config["dtype"])
+        bias, dtype = bool(config["bias_decoder"]), as_dtype(config["dtype"])
     except (KeyError, TypeError, ValueError) as err:
         raise ArtifactError(f"{path / CONFIG_NAME} is incomplete or invalid ({err!r})") from None
     weights = path / WEIGHTS_NAME
@@ -98,8 +120,8 @@ def load_feature_model(cls: type[FeatureModel], path: Path, *, device: str | tor
     for key, shape in expected.items():
         t = tensors[key]
         if tuple(t.shape) != shape or t.dtype != dtype:
-            raise ArtifactError(f"{weights}: {key} is {tuple(t.shape)} {_dtype_name(t.dtype)} but config.json "
-                                f"says {shape} {_dtype_name(dtype)} (input_dim={n}, latent_dim={k})")
+            raise ArtifactError(f"{weights}: {key} is {tuple(t.shape)} {dtype_name(t.dtype)} but config.json "
+                                f"says {shape} {dtype_name(dtype)} (input_dim={n}, latent_dim={k})")
     param_map = None
     if config.get("has_param_map"):
         pm_state = read_json_object(path / PARAM_MAP_NAME, "save the model again with save_pretrained()")

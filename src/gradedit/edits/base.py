@@ -20,6 +20,8 @@ import torch
 
 from ..param_map import ParamMap
 from .handle import ACTIVE_HANDLES, Binding, EditHandle, param_table, resolve_name
+from .io import read_edit, save_edit
+from .lora_export import export_lora
 from .terms import DenseTerm, EditError, EditTerm, IndexedTerm, LowRankTerm, compute_dtype, weight_name
 
 if TYPE_CHECKING:
@@ -284,22 +286,17 @@ class WeightEdit:
 
     def save(self, directory: str | Path) -> Path:
         """Write ``edit.safetensors`` + ``edit.json`` (see :func:`gradedit.edits.io.save_edit`)."""
-        from .io import save_edit
-
         return save_edit(self, Path(directory))
 
     @classmethod
     def load(cls, directory: str | Path, *, device: str | torch.device = "cpu") -> WeightEdit:
         """Read a folder written by :meth:`save`."""
-        from .io import load_edit
-
-        return load_edit(Path(directory), device=device)
+        terms, metadata = read_edit(Path(directory), device=device)
+        return cls(terms, metadata)
 
     def export_lora(self, directory: str | Path, model: torch.nn.Module, *, rank: int | None = None,
                     energy: float | None = None) -> LoraExport:
         """Write a peft LoRA adapter equal to this edit (see :func:`gradedit.edits.lora_export.export_lora`)."""
-        from .lora_export import export_lora
-
         return export_lora(self, Path(directory), model, rank=rank, energy=energy)
 
 

@@ -10,14 +10,17 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file
 
 from .._files import read_json_object, save_safetensors_atomic, write_folder, write_json_atomic
 from ..errors import ArtifactError
-from .base import WeightEdit
-from .terms import TERM_TYPES
+from .terms import TERM_TYPES, EditTerm
+
+if TYPE_CHECKING:
+    from .base import WeightEdit
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +77,7 @@ def save_edit(edit: WeightEdit, directory: Path) -> Path:
     return directory
 
 
-def load_edit(directory: Path, *, device: str | torch.device = "cpu") -> WeightEdit:
+def read_edit(directory: Path, *, device: str | torch.device = "cpu") -> tuple[tuple[EditTerm, ...], dict[str, Any]]:
     """Read a folder written by :func:`save_edit`.
 
     Raises:
@@ -113,6 +116,6 @@ def load_edit(directory: Path, *, device: str | torch.device = "cpu") -> WeightE
                 raise ArtifactError(f"{directory}: term {i} on {name} has shape {terms[-1].shape_of(name)}, "
                                     f"edit.json says {want}")
     logger.info("loaded WeightEdit with %d terms from %s", len(terms), directory)
-    return WeightEdit(tuple(terms), doc.get("metadata") or {})
+    return tuple(terms), doc.get("metadata") or {}
 
 

@@ -21,14 +21,16 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .._files import atomic_dir, save_safetensors_atomic
-from .base import WeightEdit
 from .handle import param_table
 from .terms import EditError, EditTerm, LowRankTerm, compute_dtype
+
+if TYPE_CHECKING:
+    from .base import WeightEdit
 
 logger = logging.getLogger(__name__)
 
