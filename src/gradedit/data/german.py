@@ -41,6 +41,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import GermanMissing
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["ARTICLE_CELLS", "CASES", "CELLS", "CELL_ARTICLE", "GENDERS", "ArticleAnalysis", "GermanArticleTagger",
@@ -84,10 +86,6 @@ _NP_INSIDE = ("ADJ(A)", "ADJ(D)", "ADV", "CARD", "PIAT", "PTKNEG")  # may stand 
 _NOUN = ("NN", "NE")
 _FINITE = ("VV(FIN)", "VA(FIN)", "VM(FIN)")
 _TOKEN = re.compile(r"\w+(?:[-’']\w+)*|[^\w\s]")
-
-
-class GermanMissing(ImportError):
-    """HanTa or german-nouns is not installed."""
 
 
 def tokenize(sentence: str) -> list[tuple[str, int]]:

@@ -29,6 +29,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from ..errors import MorphologyUnavailable
 from .german import CELLS, GermanArticleTagger
 
 logger = logging.getLogger(__name__)
@@ -49,10 +50,6 @@ class MorphFilter(Protocol):
     """``filter(sentence, char_offset) -> bool``: does the word at ``char_offset`` belong to the class?"""
 
     def __call__(self, sentence: str, offset: int, /) -> bool: ...
-
-
-class MorphologyUnavailable(ImportError):
-    """The backend a filter needs (spaCy and a pipeline, HanTa, german-nouns) is not installed."""
 
 
 def all_of(*filters: Callable[[str, int], bool]) -> Callable[[str, int], bool]:

@@ -15,11 +15,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..errors import EditError
 from ..param_map import ParamMap
-
-
-class EditError(ValueError):
-    """An edit does not fit a model (unknown name, wrong shape) or is malformed."""
 
 
 def weight_name(name: str) -> str:

