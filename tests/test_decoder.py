@@ -132,7 +132,7 @@ def test_trainer_evaluate_encoder(trained, tmp_path):
 
 def test_perplexity_selector_respects_its_bound(trained):
     dec = trained.evaluate_decoder(use_cache=False, refine_steps=1, selector="perplexity")
-    for key, sel in dec.items():
+    for sel in dec.values():
         assert sel.perplexity <= 1.02 * sel.base_perplexity
         assert (sel.value > sel.base_value) == sel.admissible, "a selection must raise the metric or be inadmissible"
 

@@ -137,6 +137,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         dec = trainer.evaluate_decoder(target_class=args.target_class, increase_target_probabilities=not args.weaken,
                                        plot=args.plot)
         for key, sel in dec.items():
+            if not sel.admissible:
+                print(f"{key:<14} {sel.reason}")
+                continue
             print(f"{key:<14} value {sel.base_value:.4g} -> {sel.value:.4g} (x{sel.ratio:.2f})  "
                   f"lr {sel.learning_rate:.3g}  ff {sel.feature_factor:+g}  LMS {sel.base_lms:.4f} -> {sel.lms:.4f}")
     else:

@@ -25,7 +25,7 @@ from typing import Any
 from .. import metrics
 from .._files import write_json_atomic
 from ..data import corpora, features
-from ..data.schema import fill_masked
+from ..data.columns import fill_masked
 from ..models import LanguageModel, load_model
 from ..train import TrainConfig, Trainer
 from .common import DemoResult, stage
@@ -134,7 +134,11 @@ def run(cfg: PronounDemoConfig | None = None) -> DemoResult:
         dec = trainer.evaluate_decoder(target_class=list(CLASSES), **sweep)
         weak = trainer.evaluate_decoder(target_class="masc", increase_target_probabilities=False, **sweep)
     mwg = trainer.get_model()
-    chosen = {"strengthen fem": dec["fem"], "weaken masc": weak["masc_weaken"]}
+    candidates = {"strengthen fem": dec["fem"], "weaken masc": weak["masc_weaken"]}
+    skipped = {name: sel.reason for name, sel in candidates.items() if not sel.admissible}
+    for name, reason in skipped.items():
+        logger.warning("%s: not rewritten: %s", name, reason)
+    chosen = {name: sel for name, sel in candidates.items() if sel.admissible}
     edits = {name: mwg.as_edit(sel.learning_rate, sel.feature_factor) for name, sel in chosen.items()}
     masc_prompts = class_prompts(trainer, "masc")
     sentences = class_sentences(trainer)[: cfg.target_sentences]
@@ -166,14 +170,15 @@ def run(cfg: PronounDemoConfig | None = None) -> DemoResult:
         "training": trainer.seed_results[0].to_dict() if trainer.seed_results else {},
         "encoder": enc.to_dict(), "base": base,
         "rewrites": {k: {kk: (vv.to_dict(tokens=False) if kk == "blast" else vv) for kk, vv in v.items()} for k, v in rewrites.items()},
+        "not_rewritten": skipped,
     }
     with stage("report", timings):
         report_path = write_pronoun_report(out / "report.html", trainer=trainer, enc=enc, base=base,
-                                           rewrites=rewrites, held=held, lm=lm)
+                                           rewrites=rewrites, held=held, lm=lm, skipped=skipped)
     timings["total"] = round(time.perf_counter() - t_all, 1)
     summary["timings_s"] = timings
     write_json_atomic(out / "summary.json", summary)
-    headline = headline_lines(base, rewrites, enc.correlation, timings["total"])
+    headline = headline_lines(base, rewrites, enc.correlation, timings["total"], skipped)
     return DemoResult(out_dir=out, report=report_path, headline=headline, summary=summary)
 
 
@@ -181,9 +186,12 @@ def _mean(rows: list[dict[str, float]], key: str) -> float:
     return sum(r[key] for r in rows) / max(len(rows), 1)
 
 
-def headline_lines(base: dict[str, Any], rewrites: dict[str, Any], r: float, seconds: float) -> list[str]:
-    """The last lines the CLI prints: encoder r, the two rewrites' effects and their blast radius."""
+def headline_lines(base: dict[str, Any], rewrites: dict[str, Any], r: float, seconds: float,
+                   skipped: dict[str, str] | None = None) -> list[str]:
+    """The last lines the CLI prints: encoder r, the two rewrites' effects and their blast radius
+    (or why a rewrite was not made)."""
     lines = [f"encoder: Pearson r on held-out he/she rows = {r:+.3f}"]
+    lines += [f"{name}: not rewritten: {reason}" for name, reason in (skipped or {}).items()]
     for name, rw in rewrites.items():
         rep = rw["blast"]
         langs = ", ".join(f"{k} {v:+.3f}" for k, v in rep.ce_delta.items())

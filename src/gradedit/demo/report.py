@@ -39,6 +39,8 @@ def blast_frame(rewrites: dict[str, Any]) -> pd.DataFrame:
     """Per rewrite and language: CE before/after/change (nats), mean KL, and the random-edit control."""
     import pandas as pd
 
+    if not rewrites:
+        return pd.DataFrame({"rewrite": []})
     frames = []
     for name, rw in rewrites.items():
         f = rw["blast"].to_frame().reset_index()
@@ -56,8 +58,10 @@ def selection_frame(rewrites: dict[str, Any]) -> pd.DataFrame:
 
 
 def write_pronoun_report(path: Path, *, trainer: Trainer, enc: EncoderResults, base: dict[str, Any],
-                         rewrites: dict[str, Any], held: dict[str, list[str]], lm: LanguageModel) -> Path:
-    """Write the self-contained report page; returns its path."""
+                         rewrites: dict[str, Any], held: dict[str, list[str]], lm: LanguageModel,
+                         skipped: dict[str, str] | None = None) -> Path:
+    """Write the self-contained report page; returns its path. ``skipped``: rewrite name -> why the
+    decoder sweep found no admissible point for it."""
     from ..viz.html import token_heatmap_html, write_html_report
 
     run = trainer.experiment_dir
@@ -73,6 +77,8 @@ def write_pronoun_report(path: Path, *, trainer: Trainer, enc: EncoderResults, b
         ("Decoder sweep: strengthen", run / "decoder_strengthen.png"),
         ("Decoder sweep: weaken", run / "decoder_weaken.png"),
         ("Selected rewrites", selection_frame(rewrites)),
+        *([("Not rewritten (no admissible decoder point)", "".join(
+            f"<p><b>{html.escape(n)}</b>: {html.escape(r)}</p>" for n, r in skipped.items()))] if skipped else []),
         ("Before/after probabilities on example prompts", examples_frame(base, rewrites)),
         ("Blast radius per language (nats; control = random edit of equal norm)", blast_frame(rewrites)),
     ]

@@ -28,7 +28,8 @@ from .._progress import progress
 from .._version import __version__
 from ..data.schema import PairDataset
 from ..model_with_gradiend import ModelWithGradiend
-from .results import DecoderResults, Selection, Selector, resolve_selector, result_key
+from .results import DecoderResults, Selection
+from .selectors import Selector, constraint_of, explain_no_point, raises_metric, resolve_selector, result_key
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ def evaluate_decoder(mwg: ModelWithGradiend, data: PairDataset, classes: tuple[s
     sel_name = getattr(select, "__name__", repr(select))
     grid_key = {"ffs": ffs, "lrs": lrs, "targets": targets, "increase": increase_target_probabilities,
                 "selector": sel_name, "refine": refine_steps, "classes": list(classes),
-                "max_rows_per_class": max_rows_per_class}
+                "max_rows_per_class": max_rows_per_class, "rule": "admissible"}
     fp = fingerprint(mwg, data, neutral, grid_key)
     cached = cache_dir / f"decoder_{fp}.json" if cache_dir is not None else None
     if cached is not None and cached.is_file():
@@ -175,19 +176,32 @@ def evaluate_decoder(mwg: ModelWithGradiend, data: PairDataset, classes: tuple[s
     grid = [probe.score_at(ff, lr) for ff, lr in progress([(f, r) for f in ffs for r in lrs], desc="decoder grid")]
     for key in keys:
         grid += _refine(probe, grid, key, base, select, refine_steps)
-    selections = {}
-    for key, cls in zip(keys, targets):
-        best = select(grid, key, base)
-        selections[key] = Selection(key=key, target_class=cls, increase=increase_target_probabilities,
-                                    value=best["metrics"][key], base_value=base["metrics"][key],
-                                    feature_factor=best["feature_factor"], learning_rate=best["learning_rate"],
-                                    lms=best["lms"], base_lms=base["lms"], perplexity=best["perplexity"],
-                                    base_perplexity=base["perplexity"])
+    selections = {key: _select(select, grid, key, cls, base, increase_target_probabilities)
+                  for key, cls in zip(keys, targets)}
     info = {"lr_scale": scale, "selector": sel_name, "neutral_texts": len(neutral), "rows": len(probe.prompts)}
     results = DecoderResults(selections, grid, base, fp, info)
     if cached is not None:
         results.save(cached)
     return results
+
+
+def _select(select: Selector, grid: list[dict[str, Any]], key: str, cls: str, base: dict[str, Any],
+            increase: bool) -> Selection:
+    """The selector's choice as a ``Selection``; the base ("no admissible point", logged) when it chose
+    nothing or a point that does not raise the metric above its base value."""
+    best = select(grid, key, base)
+    admissible = best is not base and raises_metric(best, base, key)
+    reason = ""
+    if not admissible:
+        name = getattr(select, "__name__", repr(select))
+        reason = explain_no_point(grid, key, base, constraint_of(select), name)
+        logger.warning("%s (selector %s); keeping the base model for %s", reason, name, key)
+        best = base
+    return Selection(key=key, target_class=cls, increase=increase, value=best["metrics"][key],
+                     base_value=base["metrics"][key], feature_factor=best["feature_factor"],
+                     learning_rate=best["learning_rate"], lms=best["lms"], base_lms=base["lms"],
+                     perplexity=best["perplexity"], base_perplexity=base["perplexity"], admissible=admissible,
+                     reason=reason)
 
 
 def _targets(target_class: str | Sequence[str] | None, classes: tuple[str, str]) -> list[str]:

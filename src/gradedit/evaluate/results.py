@@ -1,89 +1,43 @@
-"""Decoder-evaluation results: the grid, the selected configuration per (class, direction), policies."""
+"""Decoder-evaluation results: the grid and the selected configuration per (class, direction).
+
+Selectors live in :mod:`.selectors` (re-exported here)."""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .._files import write_json_atomic
+from .selectors import (
+    SELECTORS,
+    Constraint,
+    NoAdmissiblePoint,
+    Selector,
+    lms_constraint,
+    metric_times_lms,
+    perplexity_constraint,
+    resolve_selector,
+    result_key,
+)
 
 logger = logging.getLogger(__name__)
 
-#: selector(points, key, base) -> chosen point; ``points`` are grid dicts, ``key`` e.g. "fem_weaken"
-Selector = Callable[[Sequence[dict[str, Any]], str, dict[str, Any]], dict[str, Any]]
-
-
-def result_key(cls: str, increase: bool) -> str:
-    """``"fem"`` for strengthening fem, ``"fem_weaken"`` for weakening it."""
-    return cls if increase else f"{cls}_weaken"
-
-
-def lms_constraint(ratio: float = 0.99) -> Selector:
-    """Maximise the metric among points whose LMS is at least ``ratio`` × the base LMS."""
-
-    def select(points: Sequence[dict[str, Any]], key: str, base: dict[str, Any]) -> dict[str, Any]:
-        ok = [p for p in points if p["lms"] >= ratio * base["lms"]]
-        if not ok:
-            logger.warning("no grid point keeps LMS >= %.2f x base for %s; keeping the base model", ratio, key)
-            return base
-        return max(ok, key=lambda p: p["metrics"][key])
-
-    select.__name__ = f"lms_constraint({ratio})"
-    return select
-
-
-def perplexity_constraint(max_increase: float = 0.02) -> Selector:
-    """Maximise the metric among points whose neutral perplexity rose at most ``max_increase`` (relative)."""
-
-    def select(points: Sequence[dict[str, Any]], key: str, base: dict[str, Any]) -> dict[str, Any]:
-        ok = [p for p in points if p["perplexity"] <= (1.0 + max_increase) * base["perplexity"]]
-        if not ok:
-            logger.warning("no grid point keeps perplexity within +%.0f%% for %s; keeping the base model",
-                           100 * max_increase, key)
-            return base
-        return max(ok, key=lambda p: p["metrics"][key])
-
-    select.__name__ = f"perplexity_constraint({max_increase})"
-    return select
-
-
-def metric_times_lms(points: Sequence[dict[str, Any]], key: str, base: dict[str, Any]) -> dict[str, Any]:
-    """Maximise metric × LMS (no hard constraint)."""
-    return max([base, *points], key=lambda p: p["metrics"][key] * p["lms"])
-
-
-SELECTORS: dict[str, Selector] = {"lms": lms_constraint(0.99), "perplexity": perplexity_constraint(0.02),
-                                  "product": metric_times_lms}
-
-
-def resolve_selector(selector: str | Selector | None) -> Selector:
-    if selector is None:
-        return SELECTORS["lms"]
-    if isinstance(selector, str):
-        name, _, arg = selector.partition(":")
-        if arg and name in ("lms", "perplexity"):  # "perplexity:0.01" = at most +1% perplexity
-            try:
-                value = float(arg)
-            except ValueError:
-                raise ValueError(f"selector {selector!r}: {arg!r} is not a number") from None
-            return lms_constraint(value) if name == "lms" else perplexity_constraint(value)
-        try:
-            return SELECTORS[selector]
-        except KeyError:
-            raise ValueError(f"unknown selector {selector!r}; use one of {list(SELECTORS)}, 'lms:RATIO', "
-                             "'perplexity:MAX_INCREASE' or a callable") from None
-    if not callable(selector):
-        raise TypeError("selector must be a name, a callable(points, key, base) or None")
-    return selector
+__all__ = ["SELECTORS", "Constraint", "DecoderResults", "NoAdmissiblePoint", "Selection", "Selector", "lms_constraint",
+           "metric_times_lms", "perplexity_constraint", "resolve_selector", "result_key"]
 
 
 @dataclass
 class Selection:
-    """The configuration chosen for one (class, direction)."""
+    """The configuration chosen for one (class, direction).
+
+    ``admissible`` is ``False`` when no grid point raised the metric above its base value within the
+    selector's constraint: then the fields describe the unedited base (lr 0) and ``reason`` names the
+    requirement that binds; ``rewrite_base_model`` refuses such a selection.
+    """
 
     key: str
     target_class: str
@@ -96,11 +50,21 @@ class Selection:
     base_lms: float
     perplexity: float = float("nan")
     base_perplexity: float = float("nan")
+    admissible: bool = True
+    reason: str = ""
 
     @property
     def ratio(self) -> float:
         """value / base_value (how many times the metric moved)."""
         return self.value / self.base_value if self.base_value else float("inf")
+
+    def require_admissible(self) -> Selection:
+        """``self``, or raise :class:`NoAdmissiblePoint` naming the constraint that binds."""
+        if not self.admissible:
+            direction = "strengthen" if self.increase else "weaken"
+            raise NoAdmissiblePoint(f"cannot {direction} {self.target_class!r}: {self.reason or 'no admissible point'}; "
+                                    "widen the grid (learning_rates=, feature_factors=) or relax the selector")
+        return self
 
 
 @dataclass

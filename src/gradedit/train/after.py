@@ -77,7 +77,12 @@ class AfterTraining:
                            output_dir: str | Path | None = None) -> PreTrainedModel | list[PreTrainedModel]:
         """The base model rewritten with the configuration selected for ``target_class``: a plain HF model
         (a list for several classes). With ``output_dir``: saved with tokenizer and ``rewrite_info.json``
-        (one sub-folder per class when several are given). The trainer's own base model is untouched."""
+        (one sub-folder per class when several are given). The trainer's own base model is untouched.
+
+        Raises:
+            NoAdmissiblePoint: a selection found no point that moves its metric the requested way
+                within its constraint (the message names the requirement that binds); nothing is written.
+        """
         if decoder_results is None:
             path = self.experiment_dir / DECODER_FILE
             if not path.is_file():
@@ -87,7 +92,8 @@ class AfterTraining:
             raise ValueError(f"give target_class: one of {list(self.classes)}")
         many = not isinstance(target_class, str)
         wanted = list(target_class) if many else [str(target_class)]
-        selections = [decoder_results[result_key(c, increase_target_probabilities)] for c in wanted]
+        selections = [decoder_results[result_key(c, increase_target_probabilities)].require_admissible()
+                      for c in wanted]
         mwg = self.get_model()
         models = []
         for cls, sel in zip(wanted, selections):
