@@ -156,3 +156,44 @@ def test_top_entries_matches_global_topk():
         chosen = torch.cat([scores[n].reshape(-1)[got[n]] for n in scores])
         want = torch.topk(flat, k).values
         torch.testing.assert_close(chosen.sort().values, want.sort().values)
+
+
+def _with_identity_rows() -> PairDataset:
+    """Pronoun rows plus identity rows (label 0: he -> he, she -> she) of both classes."""
+    recs = pronoun_records()
+    ident = [dict(r, alternative=r["factual"], alternative_class=r["factual_class"]) for r in recs[::3]]
+    return PairDataset.from_records(recs + ident, target_classes=["masc", "fem"])
+
+
+def test_rows_per_gradient_groups_one_class_and_label_sign(tiny_gpt2, tmp_path, monkeypatch):
+    """A gradient example averages rows of ONE factual class and ONE label (never +1 with -1 rows,
+    never an identity row with a real one); within an epoch no row is used twice."""
+    from gradedit.train.loop import SeedTrainer
+
+    data = _with_identity_rows()
+    seen: list[list[int]] = []
+    real = SeedTrainer._vectors
+
+    def spy(self, rows):
+        seen.append(list(rows))
+        return real(self, rows)
+
+    monkeypatch.setattr(SeedTrainer, "_vectors", spy)
+    tr = Trainer(tiny_gpt2, data, ["masc", "fem"],
+                 config=_cfg(tmp_path, rows_per_gradient=3, use_identity_rows=True, train_batch_size=2,
+                             max_steps=4, eval_steps=4))
+    tr.train()
+    train = data.split("train").to_frame().reset_index(drop=True)
+    assert set(train["label"]) == {-1, 0, 1}
+    assert len(seen) == 8
+    for rows in seen:
+        groups = {(train["label"][i], train["factual_class"][i]) for i in rows}
+        assert len(groups) == 1, f"a gradient mixed rows of {sorted(groups)}"
+    # one epoch of examples: every example has rows_per_gradient rows, and no row repeats
+    st = SeedTrainer(tr.engine, None, tr.config, 0, tr._rows("train"), tr._rows("val"), tr.classes, tmp_path / "x", {})
+    n = st.examples_per_epoch()
+    epoch = [st._example_rows(i) for i in range(n)]
+    flat = [i for rows in epoch for i in rows]
+    assert all(len(rows) == 3 for rows in epoch) and len(flat) == len(set(flat))
+    assert len(flat) > len(train) - 3 * 4, "an epoch must cover all but each group's remainder"
+    assert st._example_rows(n) != epoch[0], "the next epoch reshuffles"
