@@ -28,19 +28,52 @@ STATE_FILE = "trainer_state.pt"
 
 @dataclass
 class Rows:
-    """Model inputs of a set of data rows: texts [N], factual/alternative ids [N], labels [N]."""
+    """Model inputs of a set of data rows: texts [N], factual/alternative ids [N], labels [N] and
+    (optionally) each row's factual class [N]."""
 
     texts: list[str]
     factual: torch.Tensor
     alternative: torch.Tensor
     labels: torch.Tensor
+    classes: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def subset(self, idx: list[int] | np.ndarray) -> Rows:
         idx = [int(i) for i in idx]
-        return Rows([self.texts[i] for i in idx], self.factual[idx], self.alternative[idx], self.labels[idx])
+        classes = None if self.classes is None else [self.classes[i] for i in idx]
+        return Rows([self.texts[i] for i in idx], self.factual[idx], self.alternative[idx], self.labels[idx], classes)
+
+    def groups(self) -> list[list[int]]:
+        """Row indices per (label, factual class), in a fixed order: the rows one gradient may average.
+        Without ``classes`` the factual token id stands in for the class."""
+        keys = [(float(lab), self.classes[i] if self.classes is not None else int(self.factual[i]))
+                for i, lab in enumerate(self.labels.tolist())]
+        order: dict[tuple[float, object], list[int]] = {}
+        for i, k in enumerate(keys):
+            order.setdefault(k, []).append(i)
+        return [order[k] for k in sorted(order, key=str)]
+
+
+def grouped_examples(groups: list[list[int]], per: int, generator: torch.Generator) -> list[list[int]]:
+    """One epoch of gradient examples: each group's rows shuffled and cut into blocks of ``per``
+    (a group's remainder sits this epoch out; a group smaller than ``per`` is one block), then the
+    blocks shuffled. Every example holds rows of one group only."""
+    blocks: list[list[int]] = []
+    for g in groups:
+        perm = [g[int(j)] for j in torch.randperm(len(g), generator=generator)]
+        n = max(1, len(g) // per)
+        blocks += [perm[k * per:(k + 1) * per] for k in range(n)]
+    if len(groups) == 1:  # already in shuffled order (per=1: the same order as a plain permutation)
+        return blocks
+    order = torch.randperm(len(blocks), generator=generator).tolist()
+    return [blocks[k] for k in order]
+
+
+def examples_per_epoch(groups: list[list[int]], per: int) -> int:
+    """Gradient examples in one epoch of :func:`grouped_examples`."""
+    return sum(max(1, len(g) // per) for g in groups if g)
 
 
 @dataclass
@@ -95,15 +128,21 @@ class SeedTrainer:
         self.train_rows, self.val_rows, self.classes = train, val, classes
         self.dir = directory
         self.metadata = metadata
+        self._groups = train.groups() if cfg.rows_per_gradient > 1 else [list(range(len(train)))]
+        self._epoch: tuple[int, list[list[int]]] | None = None
 
-    # -- data order: a permutation per epoch derived from (seed, epoch), so resuming needs no RNG state
+    # -- data order: a shuffle per epoch derived from (seed, epoch), so resuming needs no RNG state.
+    # rows_per_gradient > 1 averages rows of one (label, factual class) group per gradient, as the
+    # gradiend package does: a +1 row averaged with a -1 row would cancel the feature it should show.
+    def examples_per_epoch(self) -> int:
+        return examples_per_epoch(self._groups, self.cfg.rows_per_gradient)
+
     def _example_rows(self, example: int) -> list[int]:
-        per = self.cfg.rows_per_gradient
-        n_ex = max(1, len(self.train_rows) // per)
-        epoch, pos = divmod(example, n_ex)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        perm = torch.randperm(len(self.train_rows), generator=g)
-        return perm[pos * per : (pos + 1) * per].tolist()
+        epoch, pos = divmod(example, self.examples_per_epoch())
+        if self._epoch is None or self._epoch[0] != epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch = (epoch, grouped_examples(self._groups, self.cfg.rows_per_gradient, g))
+        return list(self._epoch[1][pos])
 
     def _vectors(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         r = self.train_rows
@@ -222,5 +261,9 @@ def _replace_dir(target: Path, write: Any) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def steps_per_epoch(n_rows: int, cfg: TrainConfig) -> float:
-    return max(1, n_rows // cfg.rows_per_gradient) / cfg.train_batch_size if n_rows else math.inf
+def steps_per_epoch(rows: Rows, cfg: TrainConfig) -> float:
+    """Optimiser steps per pass over ``rows`` (gradient examples per epoch / ``train_batch_size``)."""
+    if not len(rows):
+        return math.inf
+    groups = rows.groups() if cfg.rows_per_gradient > 1 else [list(range(len(rows)))]
+    return examples_per_epoch(groups, cfg.rows_per_gradient) / cfg.train_batch_size

@@ -39,7 +39,7 @@ CONFIG_FILE = "train_config.json"
 
 def rows_of(ds: PairDataset, lm: LanguageModel) -> Rows:
     texts, f, a, labels = ds.model_inputs(lm)
-    return Rows(list(texts), f, a, labels.float())
+    return Rows(list(texts), f, a, labels.float(), [str(c) for c in ds.to_frame()["factual_class"]])
 
 
 def balanced_cap(rows: Rows, cap: int, seed: int) -> Rows:
