@@ -295,3 +295,35 @@ def test_export_lora_gpt2_conv1d_and_unsupported(tiny_gpt2: ge.LanguageModel, tm
     with pytest.raises(EditError, match=r"transformer\.ln_f\.weight \(LayerNorm\) is not supported"):
         norm.export_lora(tmp_path / "ln", model)
     assert not (tmp_path / "ln").exists()
+
+
+@pytest.mark.parametrize("writer", ["rewrite_inplace", "data_scatter", "weight_edit"])
+def test_svd_cache_sees_every_inplace_write(writer: str) -> None:
+    """``svd_components`` after an in-place write (``rewrite_base_model(inplace=True)`` writes through
+    ``.data``, which does not bump ``param._version``) must decompose the weight as it is now."""
+    from gradedit.edits import svd_components
+    from gradedit.model_with_gradiend import ModelWithGradiend
+
+    lm = ge.load_model("tiny-llama")  # a fresh instance: this test changes its weights
+    weight = dict(lm.model.named_parameters())[DOWN + ".weight"]
+    before = svd_components(lm, DOWN)  # fills the cache
+    pm = ge.ParamMap([DOWN + ".weight"], [tuple(weight.shape)], [None])
+    update = _randn(pm.size, seed=11, scale=1.0)
+    if writer == "rewrite_inplace":
+        fm = ge.FeatureModel(pm.size, 1, param_map=pm, seed=0)
+        with torch.no_grad():
+            fm.decoder_weight.copy_(update[:, None])
+            fm.decoder_bias.zero_()
+        ModelWithGradiend(lm, fm).rewrite_base_model(learning_rate=1.0, feature_factor=1.0, inplace=True)
+    elif writer == "data_scatter":
+        pm.scatter_add_({DOWN + ".weight": weight.data}, update)
+    else:
+        WeightEdit.dense({DOWN + ".weight": update.reshape(weight.shape)}).apply_(lm.model)
+    truth = torch.linalg.svdvals(weight.detach().double())
+    assert abs(truth[0].item() - before[0].sigma) > 0.5, "the write must change the spectrum for this test to bite"
+    after = svd_components(lm, DOWN)
+    got = torch.tensor([c.sigma for c in after], dtype=torch.float64)
+    torch.testing.assert_close(got, truth, rtol=1e-5, atol=1e-6)
+    U, _, Vh = torch.linalg.svd(weight.detach().double())
+    assert abs(float(after[0].U.double() @ U[:, 0])) == pytest.approx(1.0, abs=1e-5)
+    assert abs(float(after[0].V.double() @ Vh[0])) == pytest.approx(1.0, abs=1e-5)
