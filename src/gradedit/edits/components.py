@@ -11,13 +11,16 @@ Conventions (every function in ``gradedit.edits`` that takes a :class:`Component
   the component, and only that component's singular value changes (``σ → s·σ``; a negative ``s``
   flips its write direction).
 
-SVDs are computed in float64 once per weight and cached in memory (keyed by the parameter object and
-its in-place version counter, so a modified weight is decomposed again).
+SVDs are computed in float64 once per weight and cached in memory, keyed by the parameter object and
+a checksum of its current bytes: any change to the weight — including writes through ``.data`` (as
+``rewrite_base_model(inplace=True)`` does), which leave torch's version counter alone — is decomposed
+again. The checksum reads the weight once (much cheaper than the SVD it guards).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import logging
 import numbers
 import operator
@@ -39,9 +42,16 @@ __all__ = ["Component", "ComponentSet", "clear_svd_cache", "linear_modules", "lo
 
 ModulePatterns = str | re.Pattern[str] | Sequence[str | re.Pattern[str]]
 
-# id(parameter) -> (weak reference to it, version counter at decomposition, U [out, k], S [k], Vh [k, in]),
+# id(parameter) -> (weak reference to it, content checksum at decomposition, U [out, k], S [k], Vh [k, in]),
 # in [out, in] orientation; an entry is dropped when its parameter is garbage-collected
-_SVD_CACHE: dict[int, tuple[weakref.ref, int, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+_SVD_CACHE: dict[int, tuple[weakref.ref, tuple[Any, ...], torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
+def _checksum(t: torch.Tensor) -> tuple[Any, ...]:
+    """Shape, dtype and a BLAKE2b digest of the tensor's bytes: changes whenever any entry changes."""
+    flat = t.detach().reshape(-1).contiguous().cpu()
+    data = flat.view(torch.uint8).numpy()
+    return tuple(t.shape), str(t.dtype), hashlib.blake2b(data, digest_size=16).digest()
 
 
 def _conv1d_type() -> type | None:
@@ -239,14 +249,15 @@ def _svd(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     param = module.weight
     key = id(param)
     hit = _SVD_CACHE.get(key)
-    if hit is not None and hit[0]() is param and hit[1] == param._version:
+    checksum = _checksum(param)
+    if hit is not None and hit[0]() is param and hit[1] == checksum:
         return hit[2], hit[3], hit[4]
     with torch.no_grad():
         W = logical_weight(module).detach().to(torch.float64)
         U, S, Vh = torch.linalg.svd(W, full_matrices=False)
     dtype = param.dtype if param.dtype.is_floating_point else torch.float32
     out = (U.to(dtype), S.to(dtype), Vh.to(dtype))
-    _SVD_CACHE[key] = (weakref.ref(param, lambda _r, k=key: _SVD_CACHE.pop(k, None)), param._version, *out)
+    _SVD_CACHE[key] = (weakref.ref(param, lambda _r, k=key: _SVD_CACHE.pop(k, None)), checksum, *out)
     return out
 
 
