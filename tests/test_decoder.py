@@ -237,3 +237,52 @@ def test_refusal_names_the_lms_constraint_when_it_binds(trained, monkeypatch):
     assert not dec["fem"].admissible
     with pytest.raises(ValueError, match=r"LMS >= 0\.99"):
         trained.rewrite_base_model(dec, target_class="fem")
+
+
+def _figure_lines(fig):
+    return [(line.get_label(), list(line.get_ydata())) for ax in fig.axes for line in ax.get_lines()]
+
+
+@pytest.mark.parametrize("selector, measure, bound, label", [
+    ("lms", "lms", 0.99, "LMS >= 0.99 x base"),
+    ("perplexity", "perplexity", 1.02, "perplexity <= 1.02 x base"),
+    ("lms:0.9", "lms", 0.9, "LMS >= 0.9 x base"),
+])
+def test_decoder_plot_draws_the_constraint_that_was_used(trained, selector, measure, bound, label):
+    dec = trained.evaluate_decoder(use_cache=False, refine_steps=0, learning_rates=[1e-3, 1e-1], selector=selector)
+    assert dec.info["constraint"]["label"] == label
+    lines = _figure_lines(dec.plot())
+    drawn = [y for lab, y in lines if label in lab]
+    assert drawn and drawn[0][0] == pytest.approx(bound * dec.base[measure])
+    others = {"LMS >= 0.99 x base", "perplexity <= 1.02 x base", "LMS >= 0.9 x base"} - {label}
+    assert not [lab for lab, _ in lines if any(o in lab for o in others)], "a constraint that was not used is drawn"
+
+
+def test_decoder_plot_without_bound_draws_no_bound_line(trained):
+    dec = trained.evaluate_decoder(use_cache=False, refine_steps=0, learning_rates=[1e-3], selector="product")
+    assert dec.info["constraint"]["label"] == "metric x LMS > base"
+    bound = 0.99 * dec.base["lms"]
+    flat = [lab for lab, y in _figure_lines(dec.plot()) if len(set(y)) == 1 and y[0] == pytest.approx(bound)]
+    assert not flat, "the product selector has no LMS bound, yet a 0.99 x base LMS line is drawn"
+
+
+def test_decoder_selects_on_validation_rows_and_records_the_split(trained, monkeypatch, tmp_path):
+    """selected_value must not be measured on the test rows a report shows as held out."""
+    import gradedit.evaluate.decoder as D
+
+    scored = []
+    real = D.DecoderProbe.__init__
+
+    def spy(self, mwg, data, *a, **k):
+        scored.append(data.fingerprint())
+        real(self, mwg, data, *a, **k)
+
+    monkeypatch.setattr(D.DecoderProbe, "__init__", spy)
+    dec = trained.evaluate_decoder(use_cache=False, refine_steps=0, learning_rates=[1e-3, 1e-1])
+    assert scored == [trained.data.split("val").fingerprint()] != [trained.data.split("test").fingerprint()]
+    assert dec.info["split"] == "val" and all(s.split == "val" for s in dec.values())
+    sel = dec["fem"]
+    if sel.admissible:
+        trained.rewrite_base_model(dec, target_class="fem", output_dir=tmp_path / "fem")
+        info = json.loads((tmp_path / "fem" / "rewrite_info.json").read_text())
+        assert info["selection_split"] == "val" and info["selected_value"] == sel.value

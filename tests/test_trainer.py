@@ -197,3 +197,30 @@ def test_rows_per_gradient_groups_one_class_and_label_sign(tiny_gpt2, tmp_path, 
     assert all(len(rows) == 3 for rows in epoch) and len(flat) == len(set(flat))
     assert len(flat) > len(train) - 3 * 4, "an epoch must cover all but each group's remainder"
     assert st._example_rows(n) != epoch[0], "the next epoch reshuffles"
+
+
+@pytest.mark.parametrize("damage", ["missing_key", "corrupt_key", "missing_config"])
+def test_interrupted_pre_pruning_cache_is_recomputed(tiny_gpt2, pronouns, tmp_path, monkeypatch, damage):
+    """A pre_prune/ folder left by an interrupted run (map written, key.json not, or a half-written
+    folder) must be recomputed, not crash the next run."""
+    import gradedit.train.trainer as T
+
+    cfg = _cfg(tmp_path, max_steps=2, eval_steps=2, pre_prune_topk=300)
+    Trainer(tiny_gpt2, pronouns, ["masc", "fem"], config=cfg).train()
+    cache = tmp_path / "run" / "pre_prune"
+    assert (cache / "param_map.json").is_file() and (cache / "key.json").is_file()
+    if damage == "missing_key":
+        (cache / "key.json").unlink()
+    elif damage == "corrupt_key":
+        (cache / "key.json").write_text("{not json")
+    else:
+        (cache / "config.json").unlink()
+    calls = []
+    real = T.pre_prune
+    monkeypatch.setattr(T, "pre_prune", lambda *a, **k: calls.append(1) or real(*a, **k))
+    fm = Trainer(tiny_gpt2, pronouns, ["masc", "fem"], config=cfg.replace(max_steps=4, eval_steps=2)).train()
+    assert calls == [1] and fm.input_dim == 300
+    assert (cache / "key.json").is_file()
+    calls.clear()  # the repaired cache is reused
+    Trainer(tiny_gpt2, pronouns, ["masc", "fem"], config=cfg.replace(max_steps=4, eval_steps=2)).train()
+    assert calls == []
