@@ -1,4 +1,5 @@
-"""The German-removal study end to end on a tiny model: disjoint text sets, matched strength, artefacts."""
+"""The German-removal study end to end on a tiny model: disjoint text sets, matched strength, artefacts,
+and the German tokens each method read (measured here by a hook on the input embedding)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from gradedit.demo.strength import match_strength
 def _cfg(tmp: str) -> german.GermanDemoConfig:
     return german.GermanDemoConfig(model="tiny-llama", out_dir=tmp, eval_texts=5, calibration_texts=4,
                                    selection_texts=8, lora_ranks=(1,), lora_tokens=(16,), lora_steps=3,
-                                   gradiend=False, pareto_alphas=(0.5, 1.0))
+                                   gradiend=False, pareto_alphas=(0.5, 1.0), component_selection_tokens=(8, None))
 
 
 def test_text_sets_are_disjoint(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -52,13 +53,81 @@ def test_match_strength_hits_the_target(tiny_llama: ge.LanguageModel) -> None:
         match_strength(tiny_llama, lambda a: edit * a, texts, -1.0)
 
 
-def test_german_study_runs_and_reports(tmp_path, tiny_llama: ge.LanguageModel) -> None:  # type: ignore[no-untyped-def]
+def _german_reads(lm: ge.LanguageModel, monkeypatch: pytest.MonkeyPatch, german_texts: list[str],
+                  other_texts: list[str]) -> tuple:
+    """Attribute every embedding lookup during the study to (method, purpose) by wrapping its steps;
+    returns (``{method: {purpose: {text index: tokens}}}``, the hook handle): per German text the
+    longest prefix of its text tokens read (a row that also starts an ``other_texts`` text is not German)."""
+    from gradedit.edits import scalar
+
+    state: dict[str, str | None] = {"method": None, "purpose": None}
+
+    def wrap(module, name, method, purpose):  # type: ignore[no-untyped-def]
+        real = getattr(module, name)
+
+        def run(*a, **k):  # type: ignore[no-untyped-def]
+            old = dict(state)
+            state["method"] = method(a) if callable(method) else (method or state["method"])
+            state["purpose"] = purpose
+            try:
+                return real(*a, **k)
+            finally:
+                state.update(old)
+        monkeypatch.setattr(module, name, run)
+
+    wrap(german, "component_method", lambda a: f"component-sel{'all' if a[3] is None else a[3]}", "fit")
+    wrap(scalar, "selectivity", None, "selection")
+    wrap(german, "lora_methods", "lora-r1-16tok", "fit")
+    wrap(german, "match_strength", lambda a: a[1].__self__.name, "calibration")
+    special = set(lm.tokenizer.all_special_ids) - {lm.tokenizer.unk_token_id}
+    targets = [lm.tokenizer(t)["input_ids"] for t in german_texts]
+    others = [lm.tokenizer(t)["input_ids"] for t in other_texts]
+    longest: dict[str, dict[str, dict[int, int]]] = {}
+
+    def look(_m, a) -> None:  # type: ignore[no-untyped-def]
+        if state["method"] is None:
+            return
+        for row in a[0].tolist():
+            while row and row[-1] == lm.tokenizer.pad_token_id:
+                row = row[:-1]
+            if any(o[: len(row)] == row for o in others):
+                continue
+            for ti, t in enumerate(targets):
+                if row and t[: len(row)] == row:
+                    per = longest.setdefault(state["method"], {}).setdefault(state["purpose"], {})
+                    per[ti] = max(per.get(ti, 0), sum(i not in special for i in row))
+    return longest, lm.model.get_input_embeddings().register_forward_pre_hook(look)
+
+
+def test_german_study_counts_the_german_tokens_it_reads(tmp_path, tiny_llama: ge.LanguageModel,  # type: ignore[no-untyped-def]
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     before = {k: v.clone() for k, v in tiny_llama.model.state_dict().items()}
-    res = german.run(_cfg(str(tmp_path)), lm=tiny_llama)
+    cfg = _cfg(str(tmp_path))
+    texts = german.Texts.build(cfg)
+    reads, hook = _german_reads(tiny_llama, monkeypatch, texts.selection["de"] + texts.calibration,
+                                [s for lang, v in texts.selection.items() if lang != "de" for s in v])
+    try:
+        res = german.run(cfg, lm=tiny_llama)
+    finally:
+        hook.remove()
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary["methods"]) == {"component", "lora-r1-16tok"}
-    assert summary["methods"]["lora-r1-16tok"]["data"]["train_german_tokens"] == 16
-    assert summary["methods"]["component"]["data"]["fit_german_tokens"] == 16
+    assert set(summary["methods"]) == {"component-sel8", "component-selall", "lora-r1-16tok"}
+    measured = {}
+    for name, per in reads.items():
+        union = {ti: max(p.get(ti, 0) for p in per.values()) for p in per.values() for ti in p}
+        measured[name] = {**{k: sum(v.values()) for k, v in per.items()}, "total": sum(union.values())}
+    n_sel = sum(len(e) - sum(e) for e in tiny_llama.tokenizer(texts.selection["de"],
+                                                               return_special_tokens_mask=True)["special_tokens_mask"])
+    n_cal = sum(len(e) - sum(e) for e in tiny_llama.tokenizer(texts.calibration,
+                                                               return_special_tokens_mask=True)["special_tokens_mask"])
+    assert measured["component-sel8"]["selection"] == 8 and measured["component-selall"]["selection"] == n_sel > 16
+    assert measured["lora-r1-16tok"]["fit"] == 16 == measured["component-sel8"]["fit"]
+    for name, m in summary["methods"].items():
+        assert m["data"]["german_tokens"] == measured[name], name  # the study reports what was read
+        assert m["data"]["german_tokens_hook"]["total"] == measured[name]["total"], name  # its own hook agrees
+        assert measured[name]["calibration"] == n_cal
+        assert json.loads((tmp_path / "edits" / name / "edit.json").read_text())["metadata"][
+            "target_tokens_used"] == measured[name]
     for name in summary["methods"]:
         assert (tmp_path / "edits" / name / "edit.json").is_file()
         blast = summary["methods"][name]["blast"]

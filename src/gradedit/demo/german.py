@@ -4,9 +4,9 @@ Methods, each producing a :class:`~gradedit.edits.WeightEdit`:
 
 (a) ``gradiend``: the GRADIEND ``language`` feature (German word vs its translation) trained on the
     model, rewritten towards "not German" (``ModelWithGradiend.as_edit``);
-(b) ``component``: one (or a few) rank-1 SVD components of the MLP gate/up projections, chosen by
-    activation selectivity on selection text, with a scalar fitted on ≤16 German tokens
-    (:func:`gradedit.edits.scalar.tune_scalar`);
+(b) ``component-sel{N|all}``: one (or a few) rank-1 SVD components of the MLP gate/up projections,
+    chosen by activation selectivity on the first N German tokens of the selection text (or all of
+    it), with a scalar fitted on ``fit_tokens`` German tokens (:func:`gradedit.edits.scalar.tune_scalar`);
 (d) ``lora-r{1,4}-{n}tok``: rank-1 / rank-4 LoRA on the MLP projections trained on ``n`` German tokens
     with a KL penalty on other-language text (:func:`gradedit.edits.lora.train_lora`).
 
@@ -16,10 +16,16 @@ Text discipline (Bible sentences, per language): the first ``selection_texts`` s
 components and feed the fits; the next ``calibration_texts`` German sentences set each method's
 strength to the same German CE increase; the LAST ``eval_texts`` sentences of every language are
 the evaluation, used for nothing else.
+
+German tokens are accounted for by purpose (``selection``, ``fit``, ``calibration``) and in total:
+from each edit's ``metadata["target_tokens_used"]`` plus the calibration text, and, independently,
+from a hook on the input embedding while each method is built and calibrated (``german_tokens_hook``;
+GRADIEND has no own bookkeeping, so its numbers come from the hook).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,7 +38,7 @@ from ..data import corpora
 from ..edits import WeightEdit
 from ..models import LanguageModel, load_model
 from .common import DemoResult, stage
-from .strength import StrengthMatch, match_strength
+from .strength import StrengthMatch, TokenReads, match_strength
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +56,7 @@ class GermanDemoConfig:
     selection_texts: int = 64
     fit_tokens: int = 16
     n_components: int = 2
+    component_selection_tokens: tuple[int | None, ...] = (16, 64, 256, None)
     component_max_leak: float | None = 0.1
     component_score: str = "impact"
     lora_ranks: tuple[int, ...] = (1, 4)
@@ -66,6 +73,10 @@ class GermanDemoConfig:
     def __post_init__(self) -> None:
         if self.fit_tokens < 1 or self.eval_texts < 1 or self.calibration_texts < 1:
             raise ValueError("fit_tokens, eval_texts and calibration_texts must be positive")
+        if not self.component_selection_tokens or any(
+                n is not None and (not isinstance(n, int) or n < 1) for n in self.component_selection_tokens):
+            raise ValueError("component_selection_tokens must list positive ints or None (all selection text), "
+                             f"got {self.component_selection_tokens!r}")
 
 
 @dataclass
@@ -96,39 +107,50 @@ class Texts:
 
 @dataclass
 class Method:
-    """One edit method's result: the unit-strength edit, what data it consumed, and its matched strength."""
+    """One edit method's result: the unit-strength edit, what data it consumed, and its matched strength.
+
+    ``reads`` measures the German text the model read while building and calibrating this method."""
 
     name: str
     edit: WeightEdit
     data: dict[str, Any]
     seconds: float
     match: StrengthMatch | None = None
+    reads: TokenReads | None = field(default=None, repr=False)
 
     def at(self, alpha: float) -> WeightEdit:
         return self.edit * alpha
 
 
-def component_method(lm: LanguageModel, cfg: GermanDemoConfig, texts: Texts) -> Method:
-    """(b) scalar(s) on the most German-selective SVD components, fitted on ``fit_tokens`` German tokens."""
+def component_method(lm: LanguageModel, cfg: GermanDemoConfig, texts: Texts,
+                     selection_tokens: int | None = None, reads: TokenReads | None = None) -> Method:
+    """(b) scalar(s) on the SVD components most German-selective on the first ``selection_tokens``
+    German tokens (None: all selection text), fitted on ``fit_tokens`` German tokens."""
     from ..edits.scalar import tune_scalar
 
     t0 = time.perf_counter()
     others = {k: v for k, v in texts.fit.items()}
-    # s ≤ 1: removal flips or shrinks a component; a 16-token fit otherwise tends to amplify it (s > 1)
-    edit = tune_scalar(lm, texts.selection["de"], other_texts=others, components="auto",
-                       max_target_tokens=cfg.fit_tokens, remove=True, n_components=cfg.n_components,
-                       selection_texts=texts.selection["de"], max_leak=cfg.component_max_leak,
-                       s_range=(-8.0, 1.0), selection_score=cfg.component_score, max_other_tokens=512)
+    reads = reads.fresh() if reads is not None else None
+    with reads.record("build") if reads is not None else contextlib.nullcontext():
+        # s ≤ 1: removal flips or shrinks a component; a 16-token fit otherwise tends to amplify it (s > 1)
+        edit = tune_scalar(lm, texts.selection["de"], other_texts=others, components="auto",
+                           max_target_tokens=cfg.fit_tokens, remove=True, n_components=cfg.n_components,
+                           selection_texts=texts.selection["de"], max_leak=cfg.component_max_leak,
+                           s_range=(-8.0, 1.0), selection_score=cfg.component_score, max_other_tokens=512,
+                           selection_tokens=selection_tokens)
     meta = edit.metadata
-    data = {"fit_german_tokens": cfg.fit_tokens,
-            "selection_german_sentences": len(texts.selection["de"]),
-            "selection_other_sentences": sum(len(v) for k, v in texts.selection.items() if k != "de"),
+    sel = meta["selection"]
+    data = {"selection_tokens_budget": selection_tokens, "selection_german_sentences": sel["n_texts"],
+            "fit_german_tokens": meta["n_target_tokens"],
+            "selection_other_tokens": sel["other_tokens"],
             "kl_other_sentences": sum(len(v) for v in others.values()),
             "components": meta.get("components"), "scales": meta.get("s")}
-    return Method("component", edit, data, time.perf_counter() - t0)
+    name = f"component-sel{'all' if selection_tokens is None else selection_tokens}"
+    return Method(name, edit, data, time.perf_counter() - t0, reads=reads)
 
 
-def lora_methods(lm: LanguageModel, cfg: GermanDemoConfig, texts: Texts) -> list[Method]:
+def lora_methods(lm: LanguageModel, cfg: GermanDemoConfig, texts: Texts,
+                 reads: TokenReads | None = None) -> list[Method]:
     """(d) LoRA baselines: each rank × number of German training tokens."""
     from ..edits.lora import LoraConfig, train_lora
 
@@ -140,14 +162,17 @@ def lora_methods(lm: LanguageModel, cfg: GermanDemoConfig, texts: Texts) -> list
             lr = cfg.lora_lr[min(i, len(cfg.lora_lr) - 1)]
             conf = LoraConfig(rank=rank, steps=cfg.lora_steps, kl_weight=cfg.lora_kl_weight, max_target_tokens=n,
                               seed=cfg.seed, batch_size=2, lr=lr, kl_topk=256)
-            res = train_lora(lm, texts.selection["de"], conf, remove=True, other_texts=other)
-            data = {"train_german_tokens": res.n_target_tokens, "kl_other_sentences": len(other),
+            r = reads.fresh() if reads is not None else None
+            with r.record("build") if r is not None else contextlib.nullcontext():
+                res = train_lora(lm, texts.selection["de"], conf, remove=True, other_texts=other)
+            data = {"fit_german_tokens": res.n_target_tokens, "kl_other_sentences": len(other),
                     "steps": cfg.lora_steps, "final_loss": res.history[-1]["loss"] if res.history else None}
-            out.append(Method(f"lora-r{rank}-{n}tok", res.edit, data, time.perf_counter() - t0))
+            out.append(Method(f"lora-r{rank}-{n}tok", res.edit, data, time.perf_counter() - t0, reads=r))
     return out
 
 
-def gradiend_method(lm: LanguageModel, cfg: GermanDemoConfig, texts: Texts) -> Method:
+def gradiend_method(lm: LanguageModel, cfg: GermanDemoConfig, texts: Texts,
+                    reads: TokenReads | None = None) -> Method:
     """(a) GRADIEND on the ``language`` feature (German vs other languages' translation-equivalent words),
     trained only on sentences outside the calibration and evaluation sets."""
     from ..data import features
@@ -162,18 +187,43 @@ def gradiend_method(lm: LanguageModel, cfg: GermanDemoConfig, texts: Texts) -> M
                          max_steps=cfg.gradiend_steps, eval_steps=max(cfg.gradiend_steps // 2, 1),
                          pre_prune_topk=0.01, pre_prune_samples=16, eval_max_size=32, seed=cfg.seed)
     trainer = Trainer(lm, data, ["de", "other"], config=config)
-    trainer.train()
+    reads = reads.fresh() if reads is not None else None
+    with reads.record("fit") if reads is not None else contextlib.nullcontext():
+        trainer.train()
     mwg = trainer.get_model()
     # the sign that makes German LESS likely: decoder(ff) with ff towards "other" (class B, encoded −1)
     scale = lr_scale(mwg)
     cal = texts.calibration[:8]
-    base = metrics.cross_entropy(lm, cal)
-    sign = max((-1.0, 1.0), key=lambda ff: _ce_with(lm, mwg.as_edit(0.1 * scale, ff), cal) - base)
+    with reads.record("selection") if reads is not None else contextlib.nullcontext():  # the sign, on calibration text
+        base = metrics.cross_entropy(lm, cal)
+        sign = max((-1.0, 1.0), key=lambda ff: _ce_with(lm, mwg.as_edit(0.1 * scale, ff), cal) - base)
     edit = mwg.as_edit(scale, sign)
     info = {"train_rows": len(data.split("train")), "feature": "language (de vs other)",
             "feature_factor": sign, "lr_unit": scale, "steps": cfg.gradiend_steps,
             "correlation": trainer.seed_results[0].correlation if trainer.seed_results else None}
-    return Method("gradiend", edit, info, time.perf_counter() - t0)
+    return Method("gradiend", edit, info, time.perf_counter() - t0, reads=reads)
+
+
+def account_tokens(m: Method) -> dict[str, int]:
+    """German tokens ``m`` read, by purpose and in total (distinct), into ``m.data`` and the edit's metadata.
+
+    From the edit's own ``target_tokens_used`` plus the calibration text (disjoint from the selection
+    and fit text); for an edit without that bookkeeping (GRADIEND) from the hook. The hook's own
+    numbers go to ``m.data["german_tokens_hook"]`` as a cross-check."""
+    hook = m.reads.counts() if m.reads is not None else {}
+    own = dict(m.edit.metadata.get("target_tokens_used") or {})
+    calibration = m.match.n_tokens if m.match is not None else 0
+    if own:
+        used = {k: v for k, v in own.items() if k != "total"}
+        used.update(calibration=calibration, total=own["total"] + calibration)
+    else:
+        used = {k: v for k, v in hook.items() if k not in ("total", "calibration")}
+        used.update(calibration=calibration, total=hook.get("total", calibration))
+    m.data["german_tokens"] = used
+    if hook:
+        m.data["german_tokens_hook"] = hook
+    m.edit.metadata["target_tokens_used"] = used
+    return used
 
 
 def with_matched_point(frame: Any, report: Any, method: str) -> Any:
@@ -206,27 +256,31 @@ def run(cfg: GermanDemoConfig | None = None, lm: LanguageModel | None = None) ->
     t_all = time.perf_counter()
     lm = lm if lm is not None else load_model(cfg.model)
     texts = Texts.build(cfg)
+    reads = TokenReads(lm, corpora.sentences("de"), exclude=[s for v in texts.fit.values() for s in v])
     methods: list[Method] = []
     with stage("component scalar", timings):
-        methods.append(component_method(lm, cfg, texts))
+        for budget in cfg.component_selection_tokens:
+            methods.append(component_method(lm, cfg, texts, budget, reads))
     with stage("LoRA baselines", timings):
-        methods += lora_methods(lm, cfg, texts)
+        methods += lora_methods(lm, cfg, texts, reads)
     failed: dict[str, str] = {}
     if cfg.gradiend:
         with stage("GRADIEND language feature", timings):
             try:
-                methods.append(gradiend_method(lm, cfg, texts))
+                methods.append(gradiend_method(lm, cfg, texts, reads))
             except (ValueError, RuntimeError) as err:  # reported in the summary and the report, not hidden
                 logger.error("GRADIEND method failed, the study goes on without it: %s", err)
                 failed["gradiend"] = str(err)
     base_cal = metrics.cross_entropy(lm, texts.calibration)
     with stage("strength matching", timings):
-        comp = methods[0]
+        comp = next((m for m in methods if m.name == "component-selall"), methods[0])
         target = cfg.target_de_ce
         if target is None:  # the component's own effect on the calibration text
             target = max(_ce_with(lm, comp.edit, texts.calibration) - base_cal, 0.05)
         for m in methods:
-            m.match = match_strength(lm, m.at, texts.calibration, target, base_ce=base_cal)
+            with m.reads.record("calibration") if m.reads is not None else contextlib.nullcontext():
+                m.match = match_strength(lm, m.at, texts.calibration, target, base_ce=base_cal)
+            account_tokens(m)
     reports: dict[str, Any] = {}
     frames = {}
     with stage("blast radius on held-out text", timings):

@@ -18,16 +18,20 @@ logger = logging.getLogger(__name__)
 
 
 def comparison_frame(methods: list[Method], reports: dict[str, Any]) -> pd.DataFrame:
-    """One row per method at matched strength: held-out CE change per language (nats), the worst
-    non-German change, mean KL on non-German text, and the random-edit control's German change."""
+    """One row per method at matched strength: the German tokens it read (selection, fit, calibration,
+    distinct total), held-out CE change per language (nats), the worst non-German change, mean KL on
+    non-German text, and the random-edit control's German change."""
     import pandas as pd
 
     rows = []
     for m in methods:
         rep = reports[m.name]
         others = {k: v for k, v in rep.ce_delta.items() if k != "de"}
-        row: dict[str, Any] = {"method": m.name, "alpha": m.match.alpha if m.match else None,
-                               "calibration ΔCE de": m.match.delta if m.match else None}
+        row: dict[str, Any] = {"method": m.name}
+        used = m.data.get("german_tokens", {})
+        row.update({f"de tokens {k}": used.get(k, 0) for k in ("selection", "fit", "calibration", "total")})
+        row.update({"alpha": m.match.alpha if m.match else None,
+                    "calibration ΔCE de": m.match.delta if m.match else None})
         row.update({f"ΔCE {k}": v for k, v in rep.ce_delta.items()})
         row["max |ΔCE| other"] = max(abs(v) for v in others.values())
         row["KL other"] = rep.global_kl
@@ -58,7 +62,11 @@ def write_german_report(path: Path, *, lm: LanguageModel, cfg: GermanDemoConfig,
              f"increase on calibration text ({target:+.3f} nats on {len(texts.calibration)} German sentences "
              f"not used elsewhere), then evaluated on the last {cfg.eval_texts} Bible sentences of each "
              "language, which no method saw. ΔCE is the change in mean cross-entropy (nats/token); the "
-             "control is a random edit of the same structure and per-parameter norm.</p>")
+             "control is a random edit of the same structure and per-parameter norm. The <i>de tokens</i> "
+             "columns count every German token each method read: to choose components (selection), to fit "
+             "or train (fit), to set its strength (calibration), and the distinct total; "
+             "<code>german_tokens_hook</code> in summary.json is the same count measured by a hook on the "
+             "input embedding.</p>")
     for name, why in (failed or {}).items():
         intro += f"<p><b>{html.escape(name)} did not run:</b> {html.escape(why)}</p>"
     fig = plot_pareto(frames, x="on_target", y="off_target")

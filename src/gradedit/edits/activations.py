@@ -244,7 +244,8 @@ class Selectivity:
         return pd.DataFrame(self.rows(k))
 
 
-def _other_sets(other_texts: Mapping[str, Sequence[str]] | Sequence[str]) -> dict[str, list[str]]:
+def other_sets(other_texts: Mapping[str, Sequence[str]] | Sequence[str]) -> dict[str, list[str]]:
+    """``other_texts`` as named sets (a plain list becomes ``{"other": [...]}``); EditError if any set is empty."""
     if isinstance(other_texts, Mapping):
         sets = {str(k): list(v) for k, v in other_texts.items()}
     elif isinstance(other_texts, str):
@@ -269,7 +270,7 @@ def selectivity(lm: LanguageModel, components: ComponentSet | Sequence[Component
     if score not in SCORES:
         raise EditError(f"score must be one of {SCORES}, got {score!r}")
     cs = _as_set(components)
-    sets = _other_sets(other_texts)
+    sets = other_sets(other_texts)
     kw: dict[str, Any] = {"batch_size": batch_size, "include_special": include_special}
     target_acts = component_activations(lm, cs, target_texts, max_tokens=max_target_tokens, **kw)
     mt, vt, nt = target_acts.pooled()

@@ -32,7 +32,7 @@ import torch
 from ..models import LanguageModel
 from ._fit import Positions, TokenLedger, base_logprobs, batches, frozen_params, kl_rows, logprobs_at
 from ._hooks import add_to_outputs
-from .activations import _other_sets, selectivity
+from .activations import other_sets, selectivity
 from .base import WeightEdit
 from .components import Component, ComponentSet, ModulePatterns, linear_modules, svd_components
 from .terms import EditError
@@ -227,7 +227,7 @@ def tune_scalar(lm: LanguageModel, target_texts: Sequence[str],
         raise EditError(f"selection_tokens must be None (all selection text) or a positive int, got {selection_tokens!r}")
     if grid < 3:
         raise EditError(f"grid must be >= 3, got {grid}")
-    sets = _other_sets(other_texts) if other_texts is not None else {}
+    sets = other_sets(other_texts) if other_texts is not None else {}
     selection = None
     ledger = TokenLedger()
     if isinstance(components, str):
