@@ -3,12 +3,15 @@
     OMP_NUM_THREADS=1 python examples/german_components.py runs/german_components
 
 1. components: SVD of ``mlp.gate_proj`` / ``mlp.up_proj`` in the chosen layers (default 0, 14-17);
-2. selection: activation selectivity of ~1k German tokens vs ~1k tokens of FR/ES/IT/EN each, all
-   from the FIRST Bible sentences of each language;
+2. selection: activation selectivity of the first ``--selection-tokens`` (1000) German tokens vs ~1k
+   tokens of FR/ES/IT/EN each, all from the FIRST Bible sentences of each language;
 3. fitting: one scale per component on the first ``--fit-tokens`` (16) German tokens, with KL and a
    per-language leakage constraint on a few hundred FR/ES/IT/EN tokens (also first sentences);
 4. evaluation: full-vocabulary cross-entropy on the LAST ``--heldout`` (100) sentences of every
    language, never seen by selection or fitting; deltas in nats vs the unedited model.
+
+Every German token read is counted: selection (the ranking) and fit; the fit tokens are the first
+tokens of the same sentences, so the distinct total is the larger of the two.
 
 Prints a table (one row per number of components) and saves the best edit (largest German delta with
 every other language within ``--max-other``) with ``edit.save`` under RUN_DIR/best_edit, plus
@@ -79,9 +82,9 @@ def main() -> None:
 
     modules = [f"model.layers.{layer}.mlp.{p}" for layer in args.layers.split(",") for p in args.projections.split(",")]
     comps = svd_components(lm, modules)
-    sel = selectivity(lm, comps, select["de"], others, score=args.score)
+    sel = selectivity(lm, comps, pool["de"], others, score=args.score, max_target_tokens=args.selection_tokens)
     ranking = sel.rows(10)
-    print(f"{len(comps)} components; most German-selective ({args.score}):")
+    print(f"{len(comps)} components; most German-selective ({args.score}, on {sel.n_tokens['target']} German tokens):")
     for r in ranking[:5]:
         print(f"  {r['module']}#{r['index']:<4d} score {r['score']:.2f}  |a| de {r['target_mean']:.3f}  "
               f"max other {max(r[f'mean_{k}'] for k in others):.3f} ({r['strongest_other']})")
@@ -103,6 +106,8 @@ def main() -> None:
         leak = max(delta[lang] for lang in LANGS[1:])
         row = {"n_components": n, "components": [c["module"] + f"#{c['index']}" for c in edit.metadata["components"]],
                "s": edit.metadata["s"], "n_target_tokens": edit.metadata["n_target_tokens"],
+               "german_tokens": {"selection": sel.n_tokens["target"], "fit": edit.metadata["n_target_tokens"],
+                                 "total": max(sel.n_tokens["target"], edit.metadata["target_tokens_used"]["total"])},
                "delta": delta, "max_other_delta": leak, "fit_seconds": fit_s,
                "fit_target_ce": edit.metadata["losses"]["fitted"]["target_ce"],
                "fit_target_ce_base": edit.metadata["losses"]["base"]["target_ce"]}
@@ -110,7 +115,8 @@ def main() -> None:
         if leak <= args.max_other and (best is None or delta["de"] > best[0]["delta"]["de"]):
             best = (row, edit)
 
-    print(f"\nheld-out CE (last {args.heldout} sentences per language), base: "
+    print(f"\nGerman tokens read: {rows[0]['german_tokens']} (selection, fit, distinct total)")
+    print(f"held-out CE (last {args.heldout} sentences per language), base: "
           + "  ".join(f"{k} {v:.3f}" for k, v in base.items()))
     print(f"{'n':>2} {'s':>24} " + " ".join(f"{'Δ' + k:>7}" for k in LANGS) + "  max other")
     for r in rows:

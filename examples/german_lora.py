@@ -99,6 +99,7 @@ def main() -> None:
             kl_full, kl_topk = kl_check(lm, res.edit, kl_text, args.kl_topk or 256)
             res.save(Path(args.run_dir) / f"r{rank}_t{n_tokens}")
             rows.append({"rank": rank, "tokens": res.n_target_tokens, "sentences": len(texts),
+                         "german_tokens_read": res.edit.metadata["target_tokens_used"],
                          "train_de": ce_train - ce_train_base, "loss0": mean_loss(res.history[:4]),
                          "loss_end": mean_loss(res.history[-4:]), "kl_full": kl_full, "kl_topk": kl_topk,
                          "delta": {lang: edited[lang] - base[lang] for lang in LANGS}, "cpu_s": t_train})
