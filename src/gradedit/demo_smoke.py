@@ -1,5 +1,8 @@
-"""The placeholder main job (until the full GRADIEND demo lands): load the default model, generate,
-and score a few texts with ``gradedit.metrics``."""
+"""``gradedit demo --smoke``: a seconds-long check that a model loads, generates and scores.
+
+It loads the model, greedily continues three prompts, reads P(' he') / P(' she') after them and
+scores neutral English (cross-entropy, perplexity, LMS) with ``gradedit.metrics``. It edits nothing;
+the demo itself (GRADIEND he/she end to end) is ``gradedit demo``."""
 
 from __future__ import annotations
 
@@ -45,15 +48,20 @@ def smoke(lm: LanguageModel) -> dict[str, object]:
     }
 
 
-def run_smoke(model: str) -> int:
-    """CLI body of ``gradedit demo`` for now; prints a short report."""
+def smoke_lines(res: dict[str, object]) -> list[str]:
+    """The report of :func:`smoke` as text lines."""
+    lines = [f"model: {res['model']}"]
+    lines += [f"  {p!r} -> {c!r}" for p, c in res["continuations"].items()]  # type: ignore[attr-defined]
+    lines += [f"  P(' he' | {p!r}) = {h:.4f}   P(' she') = {s:.4f}"
+              for p, (h, s) in res["p_he_she"].items()]  # type: ignore[attr-defined]
+    lines.append(f"neutral English: CE {res['neutral_cross_entropy']:.3f} nats/token, "
+                 f"perplexity {res['neutral_perplexity']:.1f}, LMS {res['neutral_lms']:.3f}")
+    return lines
+
+
+def run_smoke(model: str) -> list[str]:
+    """Body of ``gradedit demo --smoke``: load ``model``, run :func:`smoke`; the report lines (the CLI prints them)."""
     lm = load_model(model)
     res = smoke(lm)
-    print(f"model: {res['model']}")
-    for p, c in res["continuations"].items():  # type: ignore[union-attr]
-        print(f"  {p!r} -> {c!r}")
-    for p, (h, s) in res["p_he_she"].items():  # type: ignore[union-attr]
-        print(f"  P(' he' | {p!r}) = {h:.4f}   P(' she') = {s:.4f}")
-    print(f"neutral English: CE {res['neutral_cross_entropy']:.3f} nats/token, "
-          f"perplexity {res['neutral_perplexity']:.1f}, LMS {res['neutral_lms']:.3f}")
-    return 0
+    logger.info("smoke check of %s done", lm.name)
+    return smoke_lines(res)

@@ -10,8 +10,9 @@ Stages (each logged with its wall time; progress bars inside):
 6. write ``report.html`` (self-contained) and ``summary.json``.
 
 Held-out discipline: decoder selection uses the first ``neutral_selection`` neutral sentences and a
-sample of test prompts; the report's perplexity/KL use neutral sentences after those, and other
-languages' text the selection never saw.
+sample of the validation split's prompts; the report's probabilities use the test split's prompts,
+its perplexity/KL neutral sentences after the selection ones and other languages' text the selection
+never saw. ``summary.json`` records the split behind each number.
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ def run(cfg: PronounDemoConfig | None = None) -> DemoResult:
             report.save(out / f"blast_{name.replace(' ', '_')}.json", tokens=False)
             rewrites[name] = {
                 "feature_factor": sel.feature_factor, "learning_rate": sel.learning_rate,
-                "selection_value": sel.value, "selection_base_value": sel.base_value,
+                "selection_split": sel.split, "selection_value": sel.value, "selection_base_value": sel.base_value,
                 "lms": sel.lms, "base_lms": sel.base_lms,
                 "p_he_masc": _mean(masc, "he"), "p_she_masc": _mean(masc, "she"),
                 "examples": ex, "blast": report,
@@ -167,6 +168,8 @@ def run(cfg: PronounDemoConfig | None = None) -> DemoResult:
     base = {"p_he_masc": _mean(base_masc, "he"), "p_she_masc": _mean(base_masc, "she"), "examples": base_examples}
     summary = {
         "config": asdict(cfg), "model": lm.name, "n_test_masc_prompts": len(masc_prompts),
+        "splits": {"decoder_selection": dec.info.get("split"), "probabilities (p_he_masc, p_she_masc)": "test",
+                   "encoder": "test", "blast target sentences": "test"},
         "training": trainer.seed_results[0].to_dict() if trainer.seed_results else {},
         "encoder": enc.to_dict(), "base": base,
         "rewrites": {k: {kk: (vv.to_dict(tokens=False) if kk == "blast" else vv) for kk, vv in v.items()} for k, v in rewrites.items()},

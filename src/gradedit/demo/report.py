@@ -53,8 +53,9 @@ def selection_frame(rewrites: dict[str, Any]) -> pd.DataFrame:
     """The decoder configuration chosen for each rewrite, with the metric and LMS it was chosen on."""
     import pandas as pd
 
-    keys = ["feature_factor", "learning_rate", "selection_base_value", "selection_value", "base_lms", "lms"]
-    return pd.DataFrame([{"rewrite": name, **{k: rw[k] for k in keys}} for name, rw in rewrites.items()])
+    keys = ["feature_factor", "learning_rate", "selection_split", "selection_base_value", "selection_value",
+            "base_lms", "lms"]
+    return pd.DataFrame([{"rewrite": name, **{k: rw.get(k) for k in keys}} for name, rw in rewrites.items()])
 
 
 def write_pronoun_report(path: Path, *, trainer: Trainer, enc: EncoderResults, base: dict[str, Any],
@@ -68,8 +69,9 @@ def write_pronoun_report(path: Path, *, trainer: Trainer, enc: EncoderResults, b
     intro = (f"<p>Model <code>{html.escape(lm.name)}</code>; feature <code>en-pronouns</code> "
              f"(classes masc = ' he', fem = ' she'). Encoder Pearson r on held-out rows: "
              f"<b>{enc.correlation:+.3f}</b> (binary accuracy {enc.accuracy_binary:.3f}). "
-             "Rewrites are chosen on selection data and evaluated here on held-out prompts and text "
-             "(neutral English after the selection sentences; German and French Bible text).</p>")
+             "Rewrites are chosen on selection data (the validation split's prompts and the first neutral "
+             "sentences) and evaluated here on held-out prompts and text (the test split's prompts; neutral "
+             "English after the selection sentences; German and French Bible text).</p>")
     sections: list[tuple[str, Any]] = [
         ("Summary", intro),
         ("Training convergence", run / "training_convergence.png"),

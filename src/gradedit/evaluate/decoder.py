@@ -16,6 +16,7 @@ import json
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -144,9 +145,11 @@ def evaluate_decoder(mwg: ModelWithGradiend, data: PairDataset, classes: tuple[s
                      feature_factors: Sequence[float] | None = None, learning_rates: Sequence[float] | None = None,
                      selector: str | Selector | None = None, refine_steps: int = 4,
                      batch_size: int = 16, max_rows_per_class: int | None = 64,
-                     cache_dir: Path | None = None) -> DecoderResults:
+                     cache_dir: Path | None = None, split: str = "") -> DecoderResults:
     """Sweep the grid, select per requested class and direction, refine by bisection on the lr.
 
+    ``split`` names the data split ``data`` comes from; it is recorded with every selection (the
+    selected value is measured on these rows, so report held-out figures on another split).
     With ``cache_dir``, results are stored under a fingerprint of every input (data hash, neutral
     text, grid, feature-model weights, model id, library version) and reused only on an exact match.
     ``max_rows_per_class`` caps the prompts scored per class (a seeded sample; ``None`` = all rows).
@@ -176,9 +179,12 @@ def evaluate_decoder(mwg: ModelWithGradiend, data: PairDataset, classes: tuple[s
     grid = [probe.score_at(ff, lr) for ff, lr in progress([(f, r) for f in ffs for r in lrs], desc="decoder grid")]
     for key in keys:
         grid += _refine(probe, grid, key, base, select, refine_steps)
-    selections = {key: _select(select, grid, key, cls, base, increase_target_probabilities)
+    selections = {key: _select(select, grid, key, cls, base, increase_target_probabilities, split)
                   for key, cls in zip(keys, targets)}
-    info = {"lr_scale": scale, "selector": sel_name, "neutral_texts": len(neutral), "rows": len(probe.prompts)}
+    constraint = constraint_of(select)
+    info = {"lr_scale": scale, "selector": sel_name, "neutral_texts": len(neutral), "rows": len(probe.prompts),
+            "split": split, "constraint": asdict(constraint) if constraint is not None
+            else {"measure": None, "factor": None, "upper": None, "label": f"selector {sel_name} (no stated bound)"}}
     results = DecoderResults(selections, grid, base, fp, info)
     if cached is not None:
         results.save(cached)
@@ -186,7 +192,7 @@ def evaluate_decoder(mwg: ModelWithGradiend, data: PairDataset, classes: tuple[s
 
 
 def _select(select: Selector, grid: list[dict[str, Any]], key: str, cls: str, base: dict[str, Any],
-            increase: bool) -> Selection:
+            increase: bool, split: str) -> Selection:
     """The selector's choice as a ``Selection``; the base ("no admissible point", logged) when it chose
     nothing or a point that does not raise the metric above its base value."""
     best = select(grid, key, base)
@@ -201,7 +207,7 @@ def _select(select: Selector, grid: list[dict[str, Any]], key: str, cls: str, ba
                      base_value=base["metrics"][key], feature_factor=best["feature_factor"],
                      learning_rate=best["learning_rate"], lms=best["lms"], base_lms=base["lms"],
                      perplexity=best["perplexity"], base_perplexity=base["perplexity"], admissible=admissible,
-                     reason=reason)
+                     reason=reason, split=split)
 
 
 def _targets(target_class: str | Sequence[str] | None, classes: tuple[str, str]) -> list[str]:

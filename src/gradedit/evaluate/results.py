@@ -36,7 +36,8 @@ class Selection:
 
     ``admissible`` is ``False`` when no grid point raised the metric above its base value within the
     selector's constraint: then the fields describe the unedited base (lr 0) and ``reason`` names the
-    requirement that binds; ``rewrite_base_model`` refuses such a selection.
+    requirement that binds; ``rewrite_base_model`` refuses such a selection. ``split`` names the data
+    split the values were measured on (the rows that chose this point: not a held-out figure).
     """
 
     key: str
@@ -52,6 +53,7 @@ class Selection:
     base_perplexity: float = float("nan")
     admissible: bool = True
     reason: str = ""
+    split: str = ""
 
     @property
     def ratio(self) -> float:

@@ -53,9 +53,12 @@ class AfterTraining:
     def evaluate_decoder(self: Trainer, target_class: str | Sequence[str] | None = None,
                          increase_target_probabilities: bool = True, feature_factors: Sequence[float] | None = None,
                          learning_rates: Sequence[float] | None = None, selector: str | Selector | None = None,
-                         plot: bool = False, split: str = "test", max_neutral: int = 64, refine_steps: int = 4,
+                         plot: bool = False, split: str = "val", max_neutral: int = 64, refine_steps: int = 4,
                          max_rows_per_class: int | None = 64, use_cache: bool = True) -> DecoderResults:
         """Sweep feature_factor × learning_rate; select the best point per class under the LMS constraint.
+
+        Selection scores the ``split`` rows (default ``"val"``), so the encoder's and a report's
+        ``"test"`` figures stay held out; every ``Selection`` records its split.
 
         Results are cached under ``experiment_dir/decoder/`` by a fingerprint of all inputs and merged
         into ``experiment_dir/decoder_results.json`` (what ``rewrite_base_model`` uses by default).
@@ -64,7 +67,8 @@ class AfterTraining:
             self.get_model(), self.data.split(split), self.classes, self._neutral_texts(max_neutral),
             target_class=target_class, increase_target_probabilities=increase_target_probabilities,
             feature_factors=feature_factors, learning_rates=learning_rates, selector=selector,
-            refine_steps=refine_steps, max_rows_per_class=max_rows_per_class, cache_dir=self.experiment_dir / "decoder" if use_cache else None)
+            refine_steps=refine_steps, max_rows_per_class=max_rows_per_class,
+            cache_dir=self.experiment_dir / "decoder" if use_cache else None, split=split)
         path = self.experiment_dir / DECODER_FILE
         merged = DecoderResults.load(path).merged(res) if path.is_file() else res
         merged.save(path)
@@ -99,7 +103,9 @@ class AfterTraining:
         for cls, sel in zip(wanted, selections):
             out = None if output_dir is None else (Path(output_dir) / cls if many else Path(output_dir))
             info: dict[str, Any] = {"target_class": cls, "direction": "strengthen" if sel.increase else "weaken",
-                                    "selected_value": sel.value, "base_value": sel.base_value, "lms": sel.lms,
+                                    "selected_value": sel.value, "base_value": sel.base_value,
+                                    "selection_split": sel.split, "selector": decoder_results.info.get("selector"),
+                                    "lms": sel.lms,
                                     "base_lms": sel.base_lms, "gradiend_id": str(self.experiment_dir / "model")}
             models.append(mwg.rewrite_base_model(sel.learning_rate, sel.feature_factor, output_dir=out, info=info))
             logger.info("rewrote %s (%s %s): lr=%.3g ff=%+g", self.lm.name, info["direction"], cls,

@@ -28,7 +28,8 @@ class TrainConfig:
         learning_rate: AdamW learning rate of the encoder–decoder.
         weight_decay: AdamW weight decay.
         train_batch_size: gradient examples per optimiser step.
-        rows_per_gradient: data rows averaged into one gradient example (1 = per-row gradients).
+        rows_per_gradient: data rows averaged into one gradient example (1 = per-row gradients); the
+            rows of one example share their label and factual class.
         max_steps: optimiser steps per seed.
         eval_steps: evaluate the encoder on the validation split every this many steps.
         eval_max_size: cap on validation rows per evaluation (balanced over classes).

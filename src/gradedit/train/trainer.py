@@ -54,6 +54,26 @@ def balanced_cap(rows: Rows, cap: int, seed: int) -> Rows:
     return rows.subset(keep)
 
 
+def _cached_pre_prune(path: Path, key: dict[str, Any]) -> ParamMap | None:
+    """The pre-pruned map saved in ``path`` for exactly ``key``; ``None`` when absent, made for another
+    key, or left incomplete/corrupt by an interrupted run (then it is recomputed)."""
+    if not (path / "key.json").is_file():
+        if path.exists():
+            logger.warning("pre-pruning cache %s has no key.json (interrupted run?); recomputing it", path)
+        return None
+    try:
+        if json.loads((path / "key.json").read_text()) != key:
+            return None
+        pmap = FeatureModel.from_pretrained(path).param_map
+    except (OSError, ValueError) as err:  # JSON, artefact and missing-file errors
+        logger.warning("pre-pruning cache %s is unreadable (%s); recomputing it", path, err)
+        return None
+    if pmap is None:
+        return None
+    logger.info("reusing the pre-pruned input space in %s", path)
+    return pmap
+
+
 class Trainer(AfterTraining):
     """Train a GRADIEND feature model for two target classes of a ``PairDataset``.
 
@@ -110,12 +130,13 @@ class Trainer(AfterTraining):
         key = {"fingerprint": cfg.training_fingerprint(), "data": self.data.fingerprint(), "model": self.lm.name}
         if cfg.pre_prune_topk is None:
             return ParamMap.from_params(self.engine.params)
-        if (path / "param_map.json").is_file() and json.loads((path / "key.json").read_text()) == key:
-            logger.info("reusing the pre-pruned input space in %s", path)
-            return FeatureModel.from_pretrained(path).param_map  # type: ignore[return-value]
+        cached = _cached_pre_prune(path, key)
+        if cached is not None:
+            return cached
         sample = balanced_cap(train, cfg.pre_prune_samples, cfg.seed)
         pmap = pre_prune(self.engine, sample.texts, sample.factual, sample.alternative, cfg.pre_prune_topk)
         holder = FeatureModel(pmap.size, 1, param_map=pmap, seed=0, metadata={"purpose": "pre-pruning map"})
+        (path / "key.json").unlink(missing_ok=True)  # the key is written last: no key beside a half-written map
         holder.save_pretrained(path)
         write_json_atomic(path / "key.json", key)
         return pmap

@@ -47,7 +47,8 @@ def plot_convergence(history: Sequence[dict[str, Any]], threshold: float | None 
 
 def plot_decoder(results: Any, ax: Any = None) -> Any:
     """The decoder figure: each selected metric vs learning rate (log x), one line per feature factor,
-    with the LMS on a twin axis and the selected points marked."""
+    the constrained measure (LMS or perplexity) dotted on a twin axis with the bound the selector
+    actually used (labelled; none for selectors without a bound), and the selected points marked."""
     plt = pyplot()
     keys = list(results.selections) or sorted(results.base["metrics"])
     if ax is None:
@@ -55,26 +56,35 @@ def plot_decoder(results: Any, ax: Any = None) -> Any:
         axes = list(axes[0])
     else:
         fig, axes = ax.figure, [ax] * len(keys)
-    grid = [p for p in results.grid]
+    grid = list(results.grid)
     ffs = sorted({p["feature_factor"] for p in grid})
+    constraint = results.info.get("constraint") or {}
+    measure = constraint.get("measure") if constraint.get("measure") in ("lms", "perplexity") else "lms"
+    name = "LMS" if measure == "lms" else "perplexity"
+    split = results.info.get("split")
     for a, key in zip(axes, keys):
-        lms_ax = a.twinx()
+        side = a.twinx()
         for ff in ffs:
             pts = sorted((p for p in grid if p["feature_factor"] == ff), key=lambda p: p["learning_rate"])
             xs = [p["learning_rate"] for p in pts]
             a.plot(xs, [p["metrics"][key] for p in pts], marker="o", label=f"ff={ff:+g}")
-            lms_ax.plot(xs, [p["lms"] for p in pts], linestyle=":", alpha=0.6)
+            side.plot(xs, [p[measure] for p in pts], linestyle=":", alpha=0.6, label=f"{name} ff={ff:+g}")
         a.axhline(results.base["metrics"][key], color="grey", linewidth=0.8, label="base")
-        lms_ax.axhline(0.99 * results.base["lms"], color="red", linewidth=0.6, linestyle="--")
+        if constraint.get("measure") == measure and constraint.get("factor") is not None:
+            side.axhline(constraint["factor"] * results.base[measure], color="red", linewidth=0.8, linestyle="--",
+                         label=f"selection bound: {constraint['label']}")
+            side.legend(fontsize=7, loc="upper right")
         if key in results.selections:
             s = results.selections[key]
             a.scatter([s.learning_rate], [s.value], s=120, facecolors="none", edgecolors="black", zorder=5,
-                      label="selected")
+                      label="selected" if getattr(s, "admissible", True) else "no admissible point (base)")
         a.set_xscale("log")
         a.set_xlabel("learning rate")
         a.set_ylabel(key if not key.endswith("_weaken") else f"1 - P({key[:-7]})")
-        lms_ax.set_ylabel("LMS (dotted); red: 0.99 x base")
-        a.set_title(f"decoder sweep: {key}")
+        side.set_ylabel(f"{name} (dotted)")
+        rule = constraint.get("label", results.info.get("selector", ""))
+        a.set_title(f"decoder sweep: {key}" + (f" ({split} rows)" if split else "") + (f"\n{rule}" if rule else ""),
+                    fontsize=9)
         a.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     return fig
