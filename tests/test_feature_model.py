@@ -215,7 +215,8 @@ def test_encode_decode_shapes_and_formula():
         m.decode(1.0)
     m1 = _model(n=30, k=1, seed=1)
     assert torch.allclose(m1.decode(-2.0), -2.0 * m1.decoder_weight[:, 0] + m1.decoder_bias)
-    assert torch.equal(m1.update_vector(-2.0, 0.5), 0.5 * m1.decode(-2.0))
+    want = 0.5 * (-2.0 * m1.decoder_weight[:, 0].double() + m1.decoder_bias.double())
+    torch.testing.assert_close(m1.update_vector(-2.0, 0.5).double(), want.detach(), atol=1e-7, rtol=1e-6)
     with pytest.raises(ValueError, match=r"\[\.\.\., 30\]"):
         m1.encode(torch.randn(29))
 
@@ -380,3 +381,4 @@ def test_large_model_is_memory_lean(tmp_path):
     loaded = FeatureModel.from_pretrained(tmp_path / "big")
     assert torch.equal(loaded.decoder_bias, m.decoder_bias)
     assert torch.equal(loaded.topk(5), m.topk(5))
+

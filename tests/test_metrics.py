@@ -1,5 +1,6 @@
 """Oracle and invariant tests for gradedit.metrics on tiny random models."""
 
+import contextlib
 import math
 
 import pytest
@@ -178,12 +179,49 @@ def test_next_token_logprobs_matches_token_logprobs(tiny_gpt2):
     assert float(nt[0, 0]) == pytest.approx(float(lp), abs=1e-5)
 
 
-def test_next_token_logprobs_mlm_needs_one_mask(tiny_bert):
-    he = tiny_bert.token_id("he")
-    out = M.next_token_logprobs(tiny_bert, ["[MASK] said that she would be late."], [he])
-    assert out.shape == (1, 1) and float(out[0, 0]) < 0
+def _manual_mask_logprobs(lm, prompt, ids):
+    """Oracle: the unpadded prompt alone through HF; log-softmax at the [MASK] position."""
+    enc = lm.tokenizer(prompt, return_tensors="pt")["input_ids"]
+    pos = (enc[0] == lm.tokenizer.mask_token_id).nonzero().flatten()
+    assert pos.numel() == 1
+    with torch.no_grad():
+        lp = torch.log_softmax(lm.model(input_ids=enc).logits[0, int(pos)].float(), -1)
+    return lp[ids], int(pos)
+
+
+def test_next_token_logprobs_mlm_reads_the_mask_position(tiny_bert):
+    """Masks at the start, middle and end of prompts of different lengths (batched, so padded): each
+    value must be the HF log-prob at that prompt's own [MASK] position, not another position's."""
+    ids = [tiny_bert.token_id(w) for w in ("he", "she", "the")]
+    prompts = ["[MASK] said that she would be late.", "The nurse said that [MASK] would be late.",
+               "The teacher knows the city is quiet and [MASK]", "ok [MASK] ok"]
+    got = M.next_token_logprobs(tiny_bert, prompts, ids, batch_size=3)
+    positions = []
+    for row, prompt in zip(got, prompts):
+        want, pos = _manual_mask_logprobs(tiny_bert, prompt, ids)
+        positions.append(pos)
+        torch.testing.assert_close(row, want, atol=2e-5, rtol=0)
+    assert len(set(positions)) == len(prompts), "the oracle must cover different mask positions"
+    # a neighbouring position gives different numbers, so the check above can tell positions apart
+    enc = tiny_bert.tokenizer(prompts[1], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        near = torch.log_softmax(tiny_bert.model(input_ids=enc).logits[0, positions[1] + 1].float(), -1)[ids]
+    assert (near - got[1]).abs().max() > 1e-3
     with pytest.raises(ValueError, match="exactly one"):
-        M.next_token_logprobs(tiny_bert, ["he said that she would be late."], [he])
+        M.next_token_logprobs(tiny_bert, ["he said that she would be late."], ids[:1])
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+def test_next_token_logprobs_clm_matches_hf_last_position(name):
+    lm = ge.load_model(name)
+    ids = [lm.token_id(w) for w in (" he", " she")]
+    prompts = ["He said that", "The nurse thinks the city is quiet and", "ok"]
+    got = M.next_token_logprobs(lm, prompts, ids)
+    for row, prompt in zip(got, prompts):
+        enc = lm.tokenizer(prompt, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            want = torch.log_softmax(lm.model(input_ids=enc).logits[0, -1].float(), -1)[ids]
+        torch.testing.assert_close(row, want, atol=2e-5, rtol=0)
 
 
 def test_unscorable_texts_raise(tiny_gpt2):
@@ -197,7 +235,7 @@ def test_metrics_never_leave_grad_mode_disabled(tiny_gpt2, texts):
     """Generators that suspend inside no_grad leak it to the caller; ours must not."""
     assert torch.is_grad_enabled()
     M.kl_divergence(tiny_gpt2, _perturbed(tiny_gpt2), texts)
-    it = M._iter_scored(tiny_gpt2, texts)
+    it = M.iter_scored(tiny_gpt2, texts)
     next(it)
     assert torch.is_grad_enabled()
     del it
@@ -205,8 +243,78 @@ def test_metrics_never_leave_grad_mode_disabled(tiny_gpt2, texts):
     assert torch.is_grad_enabled()
 
 
-def test_lm_scores_one_pass_matches_separate_functions(tiny_lm, texts):
-    sc = M.lm_scores(tiny_lm, texts)
-    assert sc["lms"] == pytest.approx(M.lms(tiny_lm, texts))
-    assert sc["cross_entropy"] == pytest.approx(M.cross_entropy(tiny_lm, texts), rel=1e-6)
-    assert sc["perplexity"] == pytest.approx(M.perplexity(tiny_lm, texts), rel=1e-6)
+def _manual_lms_and_ce(lm, texts):
+    """Oracle from plain HF forwards, one text at a time: (top-1 hits, scored tokens, summed NLL).
+    CLM: logits[t] vs token t+1; MLM: each non-special token masked in turn."""
+    hits, n, nll = 0, 0, 0.0
+    for text in texts:
+        if lm.kind == "clm":
+            ids = lm.tokenizer(text, return_tensors="pt")["input_ids"]
+            with torch.no_grad():
+                lp = torch.log_softmax(lm.model(input_ids=ids).logits[0, :-1].float(), -1)
+            targets = ids[0, 1:]
+        else:
+            enc = lm.tokenizer(text, return_tensors="pt", return_special_tokens_mask=True)
+            ids, special = enc["input_ids"][0], enc["special_tokens_mask"][0]
+            rows, tg = [], []
+            for p in range(len(ids)):
+                if special[p]:
+                    continue
+                masked = ids.clone()
+                masked[p] = lm.tokenizer.mask_token_id
+                with torch.no_grad():
+                    rows.append(torch.log_softmax(lm.model(input_ids=masked[None]).logits[0, p].float(), -1))
+                tg.append(ids[p])
+            if not rows:
+                continue
+            lp, targets = torch.stack(rows), torch.stack(tg)
+        hits += int((lp.argmax(-1) == targets).sum())
+        nll -= float(lp.gather(-1, targets[:, None]).double().sum())
+        n += targets.numel()
+    return hits, n, nll
+
+
+@contextlib.contextmanager
+def _bigram_steered(lm, texts):
+    """Steer the model to a position-specific guess: at each scored position it predicts the token that
+    followed the previous input token in ``texts`` (CLM: the token at t; MLM: at p-1, since p is
+    masked). Many predictions are then right and which ones depends on the position, so an LMS that
+    compares with the wrong position or target cannot agree with the oracle by luck."""
+    follow = torch.arange(lm.vocab_size)
+    for text in texts:
+        ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+        for u, v in zip(ids, ids[1:]):
+            follow[u] = v
+    seen = {}
+
+    def grab(module, args, kwargs):
+        seen["ids"] = kwargs.get("input_ids", args[0] if args else None)
+
+    def steer(module, inputs, out):
+        ids = seen["ids"]
+        prev = ids if lm.kind == "clm" else torch.cat([ids[:, :1], ids[:, :-1]], 1)
+        return out + 30.0 * torch.nn.functional.one_hot(follow[prev], out.shape[-1]).to(out.dtype)
+
+    hooks = [lm.model.register_forward_pre_hook(grab, with_kwargs=True),
+             lm.model.get_output_embeddings().register_forward_hook(steer)]
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def test_lm_scores_match_an_hf_oracle(tiny_lm, texts):
+    """LMS, CE and perplexity from one pass equal top-1 accuracy / mean NLL computed by hand from HF
+    logits, one text at a time (not from our own functions) — on the raw random model and on one
+    steered so that many, position-specific top-1 predictions are right."""
+    for steered in (False, True):
+        with _bigram_steered(tiny_lm, texts) if steered else contextlib.nullcontext():
+            sc = M.lm_scores(tiny_lm, texts)
+            hits, n, nll = _manual_lms_and_ce(tiny_lm, texts)
+        if steered:
+            assert hits >= 0.3 * n, "the steering must make the LMS check non-trivial"
+        assert sc["tokens"] == n
+        assert sc["lms"] == pytest.approx(hits / n, abs=1e-12)
+        assert sc["cross_entropy"] == pytest.approx(nll / n, rel=1e-5)
+        assert sc["perplexity"] == pytest.approx(math.exp(nll / n), rel=1e-5)
