@@ -219,8 +219,8 @@ class FeatureModel(nn.Module):
             return max(1, min(n, round(float(k) * n)))
         raise TypeError(f"top-k must be an int or a float, got {type(k).__name__}")
 
-    def topk(self, k: int | float, part: Part = "decoder-weight") -> torch.LongTensor:
-        """Input positions of the ``k`` most important entries, most important first.
+    def topk(self, k: int | float, part: Part = "decoder-weight") -> torch.Tensor:
+        """Input positions (int64) of the ``k`` most important entries, most important first.
 
         ``k``: an int count in ``[1, n]``, or a float fraction in ``(0, 1]`` (rounded, at least 1).
         """
@@ -244,15 +244,15 @@ class FeatureModel(nn.Module):
 
         Kept inputs stay in their original order, so ``param_map.select`` remains ordered.
         """
-        if (topk is None) == (threshold is None):
-            raise ValueError("pass exactly one of topk= or threshold=")
-        if topk is not None:
+        if topk is not None and threshold is None:
             idx = torch.sort(self.topk(topk, part)).values
-        else:
+        elif threshold is not None and topk is None:
             imp = self.importance(part)
             idx = torch.nonzero(imp > threshold).reshape(-1)
             if idx.numel() == 0:
                 raise ValueError(f"no input has {part} importance > {threshold} (max {float(imp.max()):.3g})")
+        else:
+            raise ValueError("pass exactly one of topk= or threshold=")
         return self.restrict(idx)
 
     @torch.no_grad()

@@ -130,6 +130,8 @@ class GradientEngine:
 
                 def take(p: torch.Tensor, name: str, vec: torch.Tensor = vec) -> None:
                     lo, hi, idx = spans[name]
+                    if p.grad is None:
+                        raise RuntimeError(f"autograd finished {name} without accumulating a gradient")
                     flat = p.grad.reshape(-1)
                     vec[lo:hi] = (flat if idx is None else flat[idx.to(flat.device)]).float().cpu()
                     p.grad = None
@@ -157,6 +159,8 @@ class GradientEngine:
             loss = row_losses(self.lm, texts, factual_ids, alternative_ids, source).mean()
 
             def take(p: torch.Tensor, name: str) -> None:
+                if p.grad is None:
+                    raise RuntimeError(f"autograd finished {name} without accumulating a gradient")
                 visit(name, p.grad)
                 p.grad = None
 
@@ -194,7 +198,7 @@ class GradientEngine:
 
         # the fused CPU attention kernels have no forward-mode derivative; the math kernel does
         with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]):
-            _, dots = jvp(losses, primals, tangents)
+            dots = jvp(losses, primals, tangents)[1]  # (losses, tangent of the losses); has_aux=False
         return dots.detach()
 
 

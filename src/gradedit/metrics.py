@@ -152,8 +152,8 @@ def _iter_mlm(lm: LanguageModel, texts: list[str], batch_size: int | None, paddi
     items: list[tuple[int, list[int], int]] = []  # (text index, ids, masked position)
     for ti, t in enumerate(texts):
         enc = lm.tokenizer(t, return_special_tokens_mask=True)
-        ids, special = list(enc["input_ids"]), list(enc["special_tokens_mask"])
-        items.extend((ti, ids, p) for p, sp in enumerate(special) if not sp)
+        text_ids, special = list(enc["input_ids"]), list(enc["special_tokens_mask"])
+        items.extend((ti, text_ids, p) for p, sp in enumerate(special) if not sp)
     groups = _length_sorted_batches([len(it[1]) for it in items], lm.vocab_size, batch_size)
     pad, mask_id = lm.tokenizer.pad_token_id, lm.tokenizer.mask_token_id
     for group in progress(groups, desc=desc, disable=desc is None or len(groups) < 2, leave=False):
@@ -222,17 +222,19 @@ def token_logprobs(lm: LanguageModel, texts: Sequence[str] | str, *, batch_size:
     return _collect(len(texts), parts)
 
 
-def cross_entropy(lm: LanguageModel, texts: Sequence[str] | str, **kwargs: object) -> float:
+def cross_entropy(lm: LanguageModel, texts: Sequence[str] | str, *, batch_size: int | None = None,
+                  padding_side: str = "right") -> float:
     """Mean NLL (nats) per scored token over all texts, token-weighted like HF's ``labels=`` loss."""
-    scores = token_logprobs(lm, texts, **kwargs)  # type: ignore[arg-type]
+    scores = token_logprobs(lm, texts, batch_size=batch_size, padding_side=padding_side)
     if scores.n_tokens == 0:
         raise ValueError("no token could be scored: every text is shorter than two tokens")
     return -scores.mean()
 
 
-def perplexity(lm: LanguageModel, texts: Sequence[str] | str, **kwargs: object) -> float:
+def perplexity(lm: LanguageModel, texts: Sequence[str] | str, *, batch_size: int | None = None,
+               padding_side: str = "right") -> float:
     """``exp(cross_entropy)``."""
-    return math.exp(cross_entropy(lm, texts, **kwargs))
+    return math.exp(cross_entropy(lm, texts, batch_size=batch_size, padding_side=padding_side))
 
 
 def lms(lm: LanguageModel, texts: Sequence[str] | str, *, batch_size: int | None = None) -> float:
@@ -281,10 +283,10 @@ def kl_divergence(base: LanguageModel | Sequence[torch.Tensor], edit: LanguageMo
     texts. Two models must share a tokenizer. ``.mean()`` of the result is the token-weighted mean KL.
     """
     texts = _as_list(texts)
+    if not isinstance(base, LanguageModel) and not isinstance(edit, LanguageModel):
+        return _kl_from_refs(list(base), list(edit), texts)
     lm_b = base if isinstance(base, LanguageModel) else None
     lm_e = edit if isinstance(edit, LanguageModel) else None
-    if lm_b is None and lm_e is None:
-        return _kl_from_refs(list(base), list(edit), texts)  # type: ignore[arg-type]
     driver = lm_e if lm_e is not None else lm_b
     assert driver is not None
     other = base if lm_e is not None else edit

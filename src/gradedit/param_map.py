@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,6 +31,9 @@ class ParamMap:
     names: list[str]
     shapes: list[tuple[int, ...]]
     indices: list[torch.Tensor | None]
+    # derived in __post_init__: selected entries per parameter and each block's start
+    _sizes: list[int] = field(init=False, repr=False)
+    _starts: list[int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         names = [str(n) for n in self.names]
@@ -170,7 +173,9 @@ class ParamMap:
             raise ValueError("select() got no positions")
         if g.numel() > 1 and not bool((g[1:] > g[:-1]).all()):
             raise ValueError("select() needs strictly increasing positions; pass torch.unique(idx)")
-        names, shapes, indices = [], [], []
+        names: list[str] = []
+        shapes: list[tuple[int, ...]] = []
+        indices: list[torch.Tensor | None] = []
         for name, shape, idx, start, size in zip(self.names, self.shapes, self.indices, self._starts, self._sizes):
             lo = int(torch.searchsorted(g, start))
             hi = int(torch.searchsorted(g, start + size))
@@ -240,7 +245,7 @@ class ParamMap:
             for a, b in zip(self.indices, other.indices)
         )
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # typeshed types object.__hash__ as a method; None marks unhashable
 
     def __repr__(self) -> str:
         return f"ParamMap({len(self.names)} params, n={self.size:,})"

@@ -84,13 +84,16 @@ class _Decoder:
         self.cache: dict[int, str] = {}
 
     def __call__(self, tid: int) -> str:
-        s = self.cache.get(tid)
-        if s is None:
-            s = self.tok.decode([tid])
-            piece = self.tok.convert_ids_to_tokens(tid)
-            if isinstance(piece, str) and piece.startswith("\u2581") and not s.startswith(" "):
-                s = " " + s
-            self.cache[tid] = s
+        cached = self.cache.get(tid)
+        if cached is not None:
+            return cached
+        s = self.tok.decode([tid])
+        if not isinstance(s, str):  # decode() returns a list only for a batch of sequences
+            raise TypeError(f"tokenizer.decode([{tid}]) returned {type(s).__name__}, not a string")
+        piece = self.tok.convert_ids_to_tokens(tid)
+        if isinstance(piece, str) and piece.startswith("\u2581") and not s.startswith(" "):
+            s = " " + s
+        self.cache[tid] = s
         return s
 
 

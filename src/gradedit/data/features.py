@@ -237,7 +237,7 @@ def creator(name: str, *, seed: int = 0, max_size_per_class: int | None = None,
     fcs = [FeatureClass(cid, list(words[cid]), spec.filters.get(cid)) for cid in ids]
     return DataCreator(fcs, alternatives=_alternatives(spec, ids), case_sensitive=spec.case_sensitive,
                        min_left_words=spec.min_left_words, max_size_per_class=max_size_per_class, balance=True,
-                       seed=seed, split=split or spec.split, fractions=FRACTIONS)  # type: ignore[arg-type]
+                       seed=seed, split=split or spec.split, fractions=FRACTIONS)  # type: ignore[arg-type]  # split is a plain str, checked by DataCreator
 
 
 def build(

@@ -139,7 +139,7 @@ class NounLexicon:
         with path.open(encoding="utf-8", newline="") as fh:
             reader = csv.reader(fh)
             header = next(reader)
-            columns = []  # (index, case, plural, variant number or None)
+            columns: list[tuple[int, str, bool, int | None]] = []  # (index, case, plural, variant number or None)
             for i, name in enumerate(header):
                 parts = name.split()
                 if len(parts) >= 2 and parts[0] in _CASE_COLUMNS and parts[1].rstrip("*") in ("singular", "plural"):
@@ -156,14 +156,15 @@ class NounLexicon:
                 main = _GENUS.get(row[genus_at])
                 by_variant = {n + 1: _GENUS.get(row[j]) for n, j in enumerate(numbered)}
                 all_genders = {g for g in [main, *by_variant.values()] if g}
-                for i, case, plural, variant in columns:
+                for i, case, plural, variant_no in columns:
                     form = row[i]
                     if not form or " " in form or not form[0].isalpha():
                         continue
                     if plural:
                         cells = {f"pl_{case}"}
                     else:
-                        genders = {main} if main else ({by_variant[variant]} if variant and by_variant.get(variant)
+                        genders = {main} if main else ({by_variant[variant_no]}
+                                                       if variant_no and by_variant.get(variant_no)
                                                        else all_genders)
                         cells = {f"{g}_{case}" for g in genders if g}
                     if cells:
@@ -310,7 +311,8 @@ class GermanArticleTagger:
 
         if tags[i] != "ART":
             return result((), None, "not_article")
-        j, adjectives = i + 1, []
+        j = i + 1
+        adjectives: list[str] = []
         while j < len(words) and j <= i + 6 and (tags[j] in _NP_INSIDE or (words[j] == "," and adjectives)):
             if tags[j] == "ADJ(A)":
                 adjectives.append(words[j].lower())
@@ -321,7 +323,7 @@ class GermanArticleTagger:
         noun_cells = self.lexicon.cells(noun)
         if noun_cells is None:
             return result((), noun, "unknown_noun")
-        cands = ARTICLE_CELLS[art] & noun_cells
+        cands: set[str] | frozenset[str] = ARTICLE_CELLS[art] & noun_cells
         for adj in adjectives:
             if adj.endswith("en"):
                 cands -= _WEAK_E

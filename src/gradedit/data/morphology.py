@@ -27,7 +27,7 @@ import importlib.util
 import logging
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, overload, runtime_checkable
 
 from ..errors import MorphologyUnavailable
 from .german import CELLS, GermanArticleTagger
@@ -161,6 +161,12 @@ class SpacyFilter:
         return all(feature in morph and bool(morph[feature] & wanted) for feature, wanted in self.morph.items())
 
 
+@overload
+def _as_set(value: str | Sequence[str]) -> frozenset[str]: ...
+@overload
+def _as_set(value: None) -> None: ...
+@overload
+def _as_set(value: str | Sequence[str] | None) -> frozenset[str] | None: ...
 def _as_set(value: str | Sequence[str] | None) -> frozenset[str] | None:
     if value is None:
         return None

@@ -13,7 +13,7 @@ import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -127,20 +127,21 @@ def build_de_articles(spec: Any, *, lm: LanguageModel | None, sentences: Sequenc
         if found and MASK in sentence:
             rejected["contains_mask"] += 1
             continue
-        for a in found:
-            if a.cell is None:
-                rejected[a.reason] += 1
+        for art in found:
+            if art.cell is None:
+                rejected[art.reason] += 1
                 continue
-            if a.cell not in partner:
+            if art.cell not in partner:
                 continue
-            left = sentence[:a.offset]
+            left = sentence[:art.offset]
             if count_words(left) < spec.min_left_words:
                 rejected["left_context"] += 1
                 continue
             lead = " " if left.endswith(" ") else ""
-            rows.append({"text": f"{left}{MASK}{sentence[a.offset + len(a.article):]}", "factual": lead + a.article,
-                         "alternative": match_case(lead + a.article, CELL_ARTICLE[partner[a.cell]]),
-                         "factual_class": a.cell, "alternative_class": partner[a.cell], "noun": a.noun,
+            rows.append({"text": f"{left}{MASK}{sentence[art.offset + len(art.article):]}",
+                         "factual": lead + art.article,
+                         "alternative": match_case(lead + art.article, CELL_ARTICLE[partner[art.cell]]),
+                         "factual_class": art.cell, "alternative_class": partner[art.cell], "noun": art.noun,
                          "_sentence": sid})
     return _finish(rows, texts, cells, cells if len(cells) == 2 else None, rejected, name=spec.name, seed=seed,
                    max_size_per_class=max_size_per_class, balance=len(cells) == 2, split=split or spec.split, lm=lm)
@@ -176,15 +177,20 @@ def build_language(spec: Any, *, lm: LanguageModel | None, sentences: Any, seed:
         de_words, xx_words = wordlists.language_pairs(lg)
         de_set, xx_set = set(shard[lg]), set(texts[lg])
         maker = DataCreator(
-            [FeatureClass("de", de_words, filter=lambda s, o, ok=de_set: s in ok),
-             FeatureClass(other_id, xx_words, filter=lambda s, o, ok=xx_set: s in ok)],
+            [FeatureClass("de", de_words, filter=_in_sentences(de_set)),
+             FeatureClass(other_id, xx_words, filter=_in_sentences(xx_set))],
             case_sensitive=True, min_left_words=spec.min_left_words, max_size_per_class=cap, balance=True,
-            seed=seed, split=split or spec.split, fractions=FRACTIONS)  # type: ignore[arg-type]
+            seed=seed, split=split or spec.split, fractions=FRACTIONS)  # type: ignore[arg-type]  # split is a plain str, checked by DataCreator
         frame = maker.create([*shard[lg], *texts[lg]], lm).to_frame()
         frame["other_lang"] = lg
         frames.append(frame)
     frame = require_pandas().concat(frames, ignore_index=True)
     return PairDataset.from_frame(frame, ("de", other_id))
+
+
+def _in_sentences(ok: set[str]) -> Callable[[str, int], bool]:
+    """A filter keeping every match inside one of the sentences ``ok``."""
+    return lambda sentence, offset: sentence in ok
 
 
 # -- en-gender -----------------------------------------------------------------------------------
@@ -247,5 +253,5 @@ def build_en_gender(spec: Any, *, lm: LanguageModel | None, sentences: Sequence[
     words = {"male": male, "female": female}
     maker = DataCreator([FeatureClass(c, words[c]) for c in ids], case_sensitive=True,
                         min_left_words=spec.min_left_words, max_size_per_class=max_size_per_class, balance=True,
-                        seed=seed, split=split or spec.split, fractions=FRACTIONS)  # type: ignore[arg-type]
+                        seed=seed, split=split or spec.split, fractions=FRACTIONS)  # type: ignore[arg-type]  # split is a plain str, checked by DataCreator
     return maker.create(texts, lm)

@@ -248,8 +248,9 @@ class PairDataset:
         extras = [c for c in self._df.columns if c not in COLUMNS]
         core = zip(*(self._df[c].tolist() for c in COLUMNS))
         rest = zip(*(self._df[c].tolist() for c in extras)) if extras else itertools.repeat(())
-        for values, extra in zip(core, rest):
-            yield PairRow(*values, extra=dict(zip(extras, extra)))
+        for (text, factual, alternative, factual_class, alternative_class, label, split), extra in zip(core, rest):
+            yield PairRow(text, factual, alternative, factual_class, alternative_class, label, split,
+                          extra=dict(zip(extras, extra)))
 
     def __repr__(self) -> str:
         splits = dict(Counter(self._df["split"]))

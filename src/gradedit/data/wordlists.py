@@ -88,7 +88,7 @@ def _prefixed(prefix: str, sentence: str) -> str:
 
 def religion_sentences() -> list[str]:
     """Every template × prefix × religion term of its slot: parallel sentences, deterministic order."""
-    out = []
+    out: list[str] = []
     for words, templates in RELIGION_SLOTS:
         for template in templates:
             for prefix in RELIGION_PREFIXES:
@@ -121,7 +121,7 @@ GENDER_PREFIXES = ("",)
 
 def gender_sentences(names: Sequence[str], seed: int = 0, per_name: int = 3) -> list[str]:
     """Each name in ``per_name`` templates chosen by ``sha256(seed, name, template)`` rank."""
-    out = []
+    out: list[str] = []
     for name in names:
         ranked = sorted(GENDER_TEMPLATES, key=lambda t: hashlib.sha256(f"{seed}\x00{name}\x00{t}".encode()).hexdigest())
         out.extend(t.format(name) for t in ranked[:per_name])

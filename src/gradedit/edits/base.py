@@ -184,15 +184,18 @@ class WeightEdit:
             if not ts:
                 continue
             dev = ts[0].device
-            if all(isinstance(t, LowRankTerm) for t in ts):
-                fs = [t.factors(torch.float64, dev) for t in ts]  # type: ignore[attr-defined]
+            low_rank = [t for t in ts if isinstance(t, LowRankTerm)]
+            if len(low_rank) == len(ts):
+                fs = [t.factors(torch.float64, dev) for t in low_rank]
                 B, A = torch.cat([b for b, _ in fs], 1), torch.cat([a for _, a in fs], 0)
                 total += float(((B.T @ B) * (A @ A.T)).sum())
             elif len(ts) == 1 and isinstance(ts[0], IndexedTerm):
                 total += float(ts[0].part(name).double().square().sum())
             else:
-                d = sum(t.delta(name, torch.float64, dev) for t in ts)
-                total += float(d.square().sum())  # type: ignore[union-attr]
+                d = ts[0].delta(name, torch.float64, dev)
+                for t in ts[1:]:
+                    d = d + t.delta(name, torch.float64, dev)
+                total += float(d.square().sum())
         return total**0.5
 
     # -- applying --------------------------------------------------------------------------------------

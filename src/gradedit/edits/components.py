@@ -51,7 +51,8 @@ def _checksum(t: torch.Tensor) -> tuple[Any, ...]:
     """Shape, dtype and a BLAKE2b digest of the tensor's bytes: changes whenever any entry changes."""
     flat = t.detach().reshape(-1).contiguous().cpu()
     data = flat.view(torch.uint8).numpy()
-    return tuple(t.shape), str(t.dtype), hashlib.blake2b(data, digest_size=16).digest()
+    # numpy's stubs declare ndarray.__buffer__ only for Python >= 3.12; the buffer protocol works on 3.11 too
+    return tuple(t.shape), str(t.dtype), hashlib.blake2b(data, digest_size=16).digest()  # type: ignore[arg-type]
 
 
 def _conv1d_type() -> type | None:
@@ -180,11 +181,13 @@ class ComponentSet(Sequence[Component]):
 
     def edit(self, idx: int | Sequence[int], s: float | Sequence[float]) -> WeightEdit:
         """Scale component(s) ``idx`` by ``s`` (one scalar, or one per index) as one ``WeightEdit``."""
+        # duck-typed on purpose: idx is any index-like scalar (int, numpy int, 0-d tensor) or an iterable of
+        # them, s any numbers.Real or an iterable; mypy cannot narrow by try/except or by the numbers ABCs
         try:
-            idxs = [operator.index(idx)]  # type: ignore[arg-type]
+            idxs = [operator.index(idx)]  # type: ignore[arg-type]  # a sequence raises TypeError, handled below
         except TypeError:
-            idxs = [operator.index(i) for i in idx]  # type: ignore[union-attr]
-        ss = [float(s)] * len(idxs) if isinstance(s, numbers.Real) else [float(x) for x in s]  # type: ignore[union-attr]
+            idxs = [operator.index(i) for i in idx]  # type: ignore[union-attr]  # idx is not index-like here
+        ss = [float(s)] * len(idxs) if isinstance(s, numbers.Real) else [float(x) for x in s]  # type: ignore[union-attr]  # mypy does not treat float as numbers.Real
         if len(ss) != len(idxs):
             raise EditError(f"got {len(idxs)} component indices but {len(ss)} scales; give one scale per index")
         if not idxs:
@@ -238,15 +241,23 @@ def linear_modules(lm_or_model: LanguageModel | torch.nn.Module,
     return {n: m for n, m in named.items() if n in chosen}
 
 
+def _weight(module: torch.nn.Module) -> torch.Tensor:
+    """``module.weight``, checked to be a tensor (``nn.Module`` attributes may also be modules)."""
+    w = module.weight
+    if not isinstance(w, torch.Tensor):
+        raise EditError(f"{type(module).__name__}.weight is a {type(w).__name__}, not a tensor")
+    return w
+
+
 def logical_weight(module: torch.nn.Module) -> torch.Tensor:
     """The weight in ``[out, in]`` orientation (a transposed view for ``Conv1D``)."""
-    w = module.weight
+    w = _weight(module)
     return w.T if _is_conv1d(module) else w
 
 
 def _svd(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Cached thin SVD of the module's ``[out, in]`` weight: ``U [out, k]``, ``S [k]``, ``Vh [k, in]``."""
-    param = module.weight
+    param = _weight(module)
     key = id(param)
     hit = _SVD_CACHE.get(key)
     checksum = _checksum(param)
@@ -257,7 +268,7 @@ def _svd(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
         U, S, Vh = torch.linalg.svd(W, full_matrices=False)
     dtype = param.dtype if param.dtype.is_floating_point else torch.float32
     out = (U.to(dtype), S.to(dtype), Vh.to(dtype))
-    _SVD_CACHE[key] = (weakref.ref(param, lambda _r, k=key: _SVD_CACHE.pop(k, None)), checksum, *out)
+    _SVD_CACHE[key] = (weakref.ref(param, lambda _r: _SVD_CACHE.pop(key, None)), checksum, *out)
     return out
 
 

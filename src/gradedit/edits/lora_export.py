@@ -104,7 +104,7 @@ def _task_type(model: torch.nn.Module) -> str | None:
     from ..models import infer_kind
 
     try:
-        return "CAUSAL_LM" if infer_kind(model) == "clm" else None  # type: ignore[arg-type]
+        return "CAUSAL_LM" if infer_kind(model) == "clm" else None
     except ValueError:
         return None
 

@@ -195,7 +195,7 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel 
         model.config.pad_token_id = tokenizer.pad_token_id
 
 
-def infer_kind(model: PreTrainedModel) -> ModelKind:
+def infer_kind(model: torch.nn.Module) -> ModelKind:
     """``"mlm"`` for ``*ForMaskedLM`` models, ``"clm"`` for ``*ForCausalLM`` / LM-head models."""
     arch = type(model).__name__
     if arch.endswith("ForMaskedLM"):

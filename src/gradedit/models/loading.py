@@ -29,7 +29,7 @@ def load_model(
         lm = zoo.load(name, dtype=dtype)
     else:
         lm = _load_hf(name, dtype=dtype, kind=kind)
-    lm.model.to(device)
+    lm.model.to(device)  # type: ignore[arg-type]  # transformers types PreTrainedModel.to (a decorated method) as taking the model itself
     lm.model.eval()
     return lm
 

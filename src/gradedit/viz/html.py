@@ -83,14 +83,14 @@ def render_tokens(tokens: Sequence[str], values: Sequence[float | None], tooltip
     signed, top = _scale(values)
     spans = []
     for i, (tok, v) in enumerate(zip(tokens, values)):
-        finite = v is not None and math.isfinite(v)
-        if finite:
-            colour = _mix(_RED if v >= 0 else _BLUE, abs(v) / top)  # type: ignore[operator,arg-type]
+        if v is not None and math.isfinite(v):
+            colour = _mix(_RED if v >= 0 else _BLUE, abs(v) / top)
             style = f' style="background:{colour}"'
-            head = f"{label}: {_fmt(v)}"  # type: ignore[arg-type]
+            head = f"{label}: {_fmt(v)}"
         else:
             style, head = "", f"{label}: not scored"
-        tip = tooltips[i] if tooltips is not None and tooltips[i] is not None else head
+        own_tip = tooltips[i] if tooltips is not None else None
+        tip = own_tip if own_tip is not None else head
         spans.append(f'<span class="gx-tok" tabindex="0" data-i="{i}"{style}>{html.escape(tok)}'
                      f'<span class="gx-tip" role="tooltip">{html.escape(tip)}</span></span>')
     lo = -top if signed else 0.0

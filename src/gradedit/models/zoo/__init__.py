@@ -168,7 +168,7 @@ def load(name: str, *, dtype: torch.dtype = torch.float32, seed: int = 0) -> Lan
     e = entry(name)
     if not e.needs_prepare:
         lm = TINY_BUILDERS[name](seed)
-        lm.model.to(dtype)
+        lm.model.to(dtype)  # type: ignore[arg-type]  # transformers types PreTrainedModel.to (a decorated method) as taking the model itself
         return lm
     path = prepare(name)
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer

@@ -103,7 +103,10 @@ def _mask(batch: torch.Tensor, tokenizer: PreTrainedTokenizerBase, vocab: int, g
 def _mlm_loss(model: BertForMaskedLM, inputs: torch.Tensor, labels: torch.Tensor, *, encoder_grad: bool
               ) -> torch.Tensor:
     """Cross-entropy on the masked positions only (the vocab projection is skipped elsewhere)."""
-    attn = (inputs != model.config.pad_token_id).long()
+    pad = model.config.pad_token_id
+    if pad is None:
+        raise ValueError("the MLM loss needs model.config.pad_token_id to build the attention mask")
+    attn = (inputs != pad).long()
     with torch.set_grad_enabled(encoder_grad):
         hidden = model.bert(input_ids=inputs, attention_mask=attn).last_hidden_state
     keep = labels != -100
