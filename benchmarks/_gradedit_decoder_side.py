@@ -1,5 +1,5 @@
 """One decoder-evaluation benchmark run of ours: brief pre-pruned training, then ONE timed call of
-``gradedit.train.trainer.Trainer.evaluate_decoder``.
+``gradedit.gradiend.train.trainer.Trainer.evaluate_decoder``.
 
 Run with the project's interpreter (``.venv/bin/python``) by ``bench_decoder.py``. Writes a JSON result.
 """
@@ -39,10 +39,10 @@ def main() -> None:
 
     import gradedit
     from gradedit.data.schema import PairDataset
-    from gradedit.evaluate import decoder as dec
+    from gradedit.gradiend.evaluate import decoder as dec
+    from gradedit.gradiend.train.config import TrainConfig
+    from gradedit.gradiend.train.trainer import Trainer
     from gradedit.models import load_model
-    from gradedit.train.config import TrainConfig
-    from gradedit.train.trainer import Trainer
 
     exp = Path(args.experiment_dir)
     shutil.rmtree(exp, ignore_errors=True)

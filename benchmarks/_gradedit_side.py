@@ -1,4 +1,4 @@
-"""One benchmark run of our trainer (``gradedit.train.trainer.Trainer``).
+"""One benchmark run of our trainer (``gradedit.gradiend.train.trainer.Trainer``).
 
 Run with the project's interpreter (``.venv/bin/python``), one process per configuration, by
 ``bench_train.py``. Writes a JSON result (step times, peak RSS).
@@ -55,12 +55,12 @@ def main() -> None:
     t_process = time.perf_counter()
     import gradedit
     from gradedit.data.schema import PairDataset
+    from gradedit.gradiend.train.config import TrainConfig
+    from gradedit.gradiend.train.trainer import Trainer
     from gradedit.models import load_model
-    from gradedit.train.config import TrainConfig
-    from gradedit.train.trainer import Trainer
 
     stamp = _Stamp()
-    prune_logger = logging.getLogger("gradedit.train.pruning")
+    prune_logger = logging.getLogger("gradedit.gradiend.train.pruning")
     prune_logger.setLevel(logging.INFO)
     prune_logger.addHandler(stamp)
 

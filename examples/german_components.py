@@ -27,9 +27,9 @@ import gradedit as ge
 from gradedit import metrics
 from gradedit._files import write_json_atomic
 from gradedit.data.corpora import sentences
-from gradedit.edits.activations import selectivity
-from gradedit.edits.components import svd_components
-from gradedit.edits.scalar import tune_scalar
+from gradedit.edits.components.activations import selectivity
+from gradedit.edits.components.scalar import tune_scalar
+from gradedit.edits.components.svd import svd_components
 
 LANGS = ["de", "fr", "es", "it", "en"]
 

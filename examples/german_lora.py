@@ -21,8 +21,8 @@ import torch
 import gradedit as ge
 from gradedit import metrics
 from gradedit.data.corpora import sentences
-from gradedit.edits.lora import LoraConfig, train_lora
-from gradedit.edits.lora_data import TopKDist, full_kl
+from gradedit.edits.lora.data import TopKDist, full_kl
+from gradedit.edits.lora.train import LoraConfig, train_lora
 
 LANGS = ["de", "fr", "es", "it", "en"]
 

@@ -31,7 +31,7 @@ LAYERS: list[set[str]] = [
     {"gradiend", "blast", "viz"},
     {"demo"},
     {"cli"},
-    {"__init__", "__main__", "envinfo"},
+    {"__init__", "__main__"},
 ]
 
 

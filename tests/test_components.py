@@ -9,10 +9,10 @@ import torch
 
 import gradedit as ge
 from gradedit.edits import EditError
-from gradedit.edits.activations import component_activations, selectivity, top_selective
-from gradedit.edits.components import ComponentSet, linear_modules, svd_components
-from gradedit.edits.scalar import default_modules, tune_scalar
-from gradedit.edits.write_vector import (
+from gradedit.edits.components.activations import component_activations, selectivity, top_selective
+from gradedit.edits.components.scalar import default_modules, tune_scalar
+from gradedit.edits.components.svd import ComponentSet, linear_modules, svd_components
+from gradedit.edits.components.write_vector import (
     replace_write_vector,
     suppress_token,
     train_write_vector,
@@ -254,7 +254,7 @@ def _target_tokens_by_phase(lm: ge.LanguageModel, monkeypatch: pytest.MonkeyPatc
     import importlib
 
     module, name = where.split(".")
-    module = importlib.import_module(f"gradedit.edits.{module}")
+    module = importlib.import_module(f"gradedit.edits.components.{module}")
     phase, real = ["fit"], getattr(module, name)
 
     def ranked(*a, **k):  # type: ignore[no-untyped-def]

@@ -7,9 +7,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gradedit.data.schema import PairDataset
-from gradedit.evaluate.results import DecoderResults, lms_constraint
-from gradedit.train.config import TrainConfig
-from gradedit.train.trainer import Trainer
+from gradedit.gradiend.evaluate.results import DecoderResults, lms_constraint
+from gradedit.gradiend.train.config import TrainConfig
+from gradedit.gradiend.train.trainer import Trainer
 from pronoun_rows import SUBJECTS, VERBS, pronoun_records
 
 NEUTRAL = ["The city is quiet and the house is old.", "The quick brown fox jumps over the lazy dog.",
@@ -63,7 +63,7 @@ def test_strengthen_moves_probability_the_right_way(trained):
 
 
 def test_cache_hit_and_invalidation(trained, monkeypatch):
-    import gradedit.evaluate.decoder as D
+    import gradedit.gradiend.evaluate.decoder as D
 
     a = trained.evaluate_decoder(learning_rates=[1e-3, 1e-2], refine_steps=0)
     calls = []
@@ -153,7 +153,7 @@ def test_as_edit_equals_applied_rewrite(trained):
 
 
 def test_weaken_sweep_reuses_strengthen_points(trained, monkeypatch):
-    import gradedit.evaluate.decoder as D
+    import gradedit.gradiend.evaluate.decoder as D
 
     trained.evaluate_decoder(learning_rates=[2e-3, 2e-2], refine_steps=0)
     scored = []
@@ -164,7 +164,7 @@ def test_weaken_sweep_reuses_strengthen_points(trained, monkeypatch):
 
 
 def test_parameterised_selector_names():
-    from gradedit.evaluate.results import resolve_selector
+    from gradedit.gradiend.evaluate.results import resolve_selector
 
     base = {"perplexity": 100.0, "lms": 0.5, "metrics": {"fem": 0.1}}
     points = [{"perplexity": 100.5, "lms": 0.5, "metrics": {"fem": 0.2}},
@@ -177,14 +177,14 @@ def test_parameterised_selector_names():
 
 def _sweep(trained, **kw):
     """A sweep that leaves the run's decoder_results.json alone (synthetic scores must not leak)."""
-    from gradedit.evaluate.decoder import evaluate_decoder
+    from gradedit.gradiend.evaluate.decoder import evaluate_decoder
 
     return evaluate_decoder(trained.get_model(), trained.data.split("val"), trained.classes, NEUTRAL, **kw)
 
 
 def _wrong_way_scores(monkeypatch, lms_of_points: float = 0.5):
     """Base scores 0.30 for every metric; every edited point scores 0.10 (the target went DOWN)."""
-    import gradedit.evaluate.decoder as D
+    import gradedit.gradiend.evaluate.decoder as D
 
     calls = []
 
@@ -199,7 +199,7 @@ def _wrong_way_scores(monkeypatch, lms_of_points: float = 0.5):
 
 @pytest.mark.parametrize("selector", ["lms", "perplexity", "product"])
 def test_selector_never_picks_a_point_that_moves_the_target_the_wrong_way(selector):
-    from gradedit.evaluate.results import resolve_selector
+    from gradedit.gradiend.evaluate.results import resolve_selector
 
     base = {"feature_factor": 0.0, "learning_rate": 0.0, "lms": 0.5, "perplexity": 10.0, "metrics": {"fem": 0.30}}
     wrong = {"feature_factor": 1.0, "learning_rate": 1e-3, "lms": 0.6, "perplexity": 9.0, "metrics": {"fem": 0.10}}
@@ -209,7 +209,7 @@ def test_selector_never_picks_a_point_that_moves_the_target_the_wrong_way(select
 
 def test_no_admissible_point_is_reported_and_rewrite_refuses(trained, monkeypatch, caplog, tmp_path):
     _wrong_way_scores(monkeypatch)
-    with caplog.at_level("WARNING", logger="gradedit.evaluate"):
+    with caplog.at_level("WARNING", logger="gradedit.gradiend.evaluate"):
         dec = _sweep(trained, refine_steps=2, learning_rates=[1e-3, 1e-2], target_class="fem")
     sel = dec["fem"]
     assert not sel.admissible and sel.value == sel.base_value == 0.30 and sel.learning_rate == 0.0
@@ -221,8 +221,8 @@ def test_no_admissible_point_is_reported_and_rewrite_refuses(trained, monkeypatc
 
 
 def test_refusal_names_the_lms_constraint_when_it_binds(trained, monkeypatch):
-    import gradedit.evaluate.decoder as D
-    from gradedit.evaluate.results import lms_constraint
+    import gradedit.gradiend.evaluate.decoder as D
+    from gradedit.gradiend.evaluate.results import lms_constraint
 
     calls = []
 
@@ -269,7 +269,7 @@ def test_decoder_plot_without_bound_draws_no_bound_line(trained):
 
 def test_decoder_selects_on_validation_rows_and_records_the_split(trained, monkeypatch, tmp_path):
     """selected_value must not be measured on the test rows a report shows as held out."""
-    import gradedit.evaluate.decoder as D
+    import gradedit.gradiend.evaluate.decoder as D
 
     scored = []
     real = D.DecoderProbe.__init__

@@ -58,7 +58,7 @@ def _german_reads(lm: ge.LanguageModel, monkeypatch: pytest.MonkeyPatch, german_
     """Attribute every embedding lookup during the study to (method, purpose) by wrapping its steps;
     returns (``{method: {purpose: {text index: tokens}}}``, the hook handle): per German text the
     longest prefix of its text tokens read (a row that also starts an ``other_texts`` text is not German)."""
-    from gradedit.edits import scalar
+    from gradedit.edits.components import scalar
 
     state: dict[str, str | None] = {"method": None, "purpose": None}
 

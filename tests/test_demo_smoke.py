@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gradedit import demo_smoke
-from gradedit.cli import main
+from gradedit.cli.main import main
+from gradedit.demo import smoke as demo_smoke
 
 
 def test_smoke_is_described_as_what_it_is_and_prints_nothing_itself(capsys: pytest.CaptureFixture[str]) -> None:

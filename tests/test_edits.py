@@ -11,7 +11,7 @@ import torch
 
 import gradedit as ge
 from gradedit.edits import EditError, WeightEdit
-from gradedit.feature_model import ArtifactError
+from gradedit.gradiend.feature_model import ArtifactError
 
 Q = "model.layers.0.self_attn.q_proj"        # [64, 64]
 UP = "model.layers.1.mlp.up_proj"            # [128, 64]
@@ -302,7 +302,7 @@ def test_svd_cache_sees_every_inplace_write(writer: str) -> None:
     """``svd_components`` after an in-place write (``rewrite_base_model(inplace=True)`` writes through
     ``.data``, which does not bump ``param._version``) must decompose the weight as it is now."""
     from gradedit.edits import svd_components
-    from gradedit.model_with_gradiend import ModelWithGradiend
+    from gradedit.gradiend.model import ModelWithGradiend
 
     lm = ge.load_model("tiny-llama")  # a fresh instance: this test changes its weights
     weight = dict(lm.model.named_parameters())[DOWN + ".weight"]

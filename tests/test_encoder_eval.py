@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from gradedit.data.schema import MASK, DataError, PairDataset
-from gradedit.evaluate.encoder import EncoderResults, evaluate_encoder
-from gradedit.model_with_gradiend import ModelWithGradiend
-from gradedit.train.config import TrainConfig
-from gradedit.train.trainer import Trainer
+from gradedit.gradiend.evaluate.encoder import EncoderResults, evaluate_encoder
+from gradedit.gradiend.model import ModelWithGradiend
+from gradedit.gradiend.train.config import TrainConfig
+from gradedit.gradiend.train.trainer import Trainer
 from pronoun_rows import SUBJECTS, VERBS, pronoun_records
 
 CLASSES = ("masc", "fem")
@@ -129,7 +129,7 @@ def test_errors_and_skipped_neutral(trained, caplog):
     no_test = trained.data.where(trained.data.to_frame()["split"] != "test")
     with pytest.raises(ValueError, match="'test' split is empty"):
         evaluate_encoder(mwg, no_test, CLASSES)
-    with caplog.at_level(logging.INFO, logger="gradedit.evaluate.encoder"):
+    with caplog.at_level(logging.INFO, logger="gradedit.gradiend.evaluate.encoder"):
         res = evaluate_encoder(mwg, trained.data, CLASSES, neutral=["Hi.", "a b c"], max_size=2)
     assert "neutral" not in set(res.rows["data_type"]) and "no usable neutral rows" in caplog.text
 

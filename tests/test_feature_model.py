@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import gradedit as ge
-from gradedit.feature_model import ArtifactError, FeatureModel
-from gradedit.param_map import ParamMap
+from gradedit.gradiend.feature_model import ArtifactError, FeatureModel
+from gradedit.models.param_map import ParamMap
 
 
 @pytest.fixture(scope="module")

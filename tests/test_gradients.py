@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import gradedit as ge
-from gradedit.gradients import GradientEngine, row_losses
+from gradedit.gradiend.gradients import GradientEngine, row_losses
 
 
 def _rows(lm):
@@ -125,7 +125,7 @@ def test_model_weights_untouched(tiny_gpt2):
 
 
 def test_gradient_vectors_equal_gathered_gradients(tiny_lm):
-    from gradedit.param_map import ParamMap
+    from gradedit.models.param_map import ParamMap
 
     texts, f, a = _rows(tiny_lm)
     eng = GradientEngine(tiny_lm)

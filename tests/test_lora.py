@@ -12,8 +12,15 @@ import torch
 import gradedit as ge
 from gradedit import metrics
 from gradedit.edits import EditError, WeightEdit
-from gradedit.edits.lora import LoraConfig, LoraResult, TargetData, attach_lora, lora_modules, train_lora
-from gradedit.edits.lora_data import TopKDist, full_kl
+from gradedit.edits.lora.data import TopKDist, full_kl
+from gradedit.edits.lora.train import (
+    LoraConfig,
+    LoraResult,
+    TargetData,
+    attach_lora,
+    lora_modules,
+    train_lora,
+)
 
 TEXTS = ["He said that she would be late.", "The nurse thinks the city is quiet and the house is old."]
 OTHER = ["Le chat noir dort sur la chaise.", "The teacher knows it."]

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import gradedit as ge
-from gradedit.feature_model import FeatureModel
-from gradedit.model_with_gradiend import ModelWithGradiend
-from gradedit.param_map import ParamMap
+from gradedit.gradiend.feature_model import FeatureModel
+from gradedit.gradiend.model import ModelWithGradiend
+from gradedit.models.param_map import ParamMap
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from gradedit.data.schema import PairDataset
-from gradedit.feature_model import FeatureModel
-from gradedit.model_with_gradiend import ModelWithGradiend
-from gradedit.train.config import TrainConfig
-from gradedit.train.trainer import Trainer
+from gradedit.gradiend.feature_model import FeatureModel
+from gradedit.gradiend.model import ModelWithGradiend
+from gradedit.gradiend.train.config import TrainConfig
+from gradedit.gradiend.train.trainer import Trainer
 from pronoun_rows import pronoun_records
 
 
@@ -144,7 +144,7 @@ def test_rewrite_manual_lr_zero_is_identity_and_inplace_restores(tiny_gpt2, pron
 
 
 def test_top_entries_matches_global_topk():
-    from gradedit.train.pruning import top_entries
+    from gradedit.gradiend.train.pruning import top_entries
 
     g = torch.Generator().manual_seed(0)
     scores = {"a": torch.rand(7, 5, generator=g), "b": torch.rand(13, generator=g), "c": torch.rand(3, 4, generator=g)}
@@ -168,7 +168,7 @@ def _with_identity_rows() -> PairDataset:
 def test_rows_per_gradient_groups_one_class_and_label_sign(tiny_gpt2, tmp_path, monkeypatch):
     """A gradient example averages rows of ONE factual class and ONE label (never +1 with -1 rows,
     never an identity row with a real one); within an epoch no row is used twice."""
-    from gradedit.train.loop import SeedTrainer
+    from gradedit.gradiend.train.loop import SeedTrainer
 
     data = _with_identity_rows()
     seen: list[list[int]] = []
@@ -203,7 +203,7 @@ def test_rows_per_gradient_groups_one_class_and_label_sign(tiny_gpt2, tmp_path, 
 def test_interrupted_pre_pruning_cache_is_recomputed(tiny_gpt2, pronouns, tmp_path, monkeypatch, damage):
     """A pre_prune/ folder left by an interrupted run (map written, key.json not, or a half-written
     folder) must be recomputed, not crash the next run."""
-    import gradedit.train.trainer as T
+    import gradedit.gradiend.train.trainer as T
 
     cfg = _cfg(tmp_path, max_steps=2, eval_steps=2, pre_prune_topk=300)
     Trainer(tiny_gpt2, pronouns, ["masc", "fem"], config=cfg).train()

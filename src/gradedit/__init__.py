@@ -10,17 +10,11 @@ from .blast import BlastReport, TargetSpec, blast_radius, pareto_sweep  # noqa: 
 from .data import features  # noqa: E402
 from .data.schema import DataError, PairDataset  # noqa: E402
 from .edits import EditError, WeightEdit  # noqa: E402
-from .feature_model import FeatureModel  # noqa: E402
-from .model_with_gradiend import ModelWithGradiend  # noqa: E402
-from .models import (  # noqa: E402
-    LanguageModel,
-    TokenError,
-    load_model,
-    select_parameters,
-    zoo,  # noqa: E402
-)
-from .param_map import ParamMap  # noqa: E402
-from .train import TrainConfig, Trainer  # noqa: E402
+from .gradiend.feature_model import FeatureModel  # noqa: E402
+from .gradiend.model import ModelWithGradiend  # noqa: E402
+from .gradiend.train import TrainConfig, Trainer  # noqa: E402
+from .models import LanguageModel, TokenError, load_model, select_parameters, zoo
+from .models.param_map import ParamMap  # noqa: E402
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

@@ -6,7 +6,7 @@ Methods, each producing a :class:`~gradedit.edits.WeightEdit`:
     model, rewritten towards "not German" (``ModelWithGradiend.as_edit``);
 (b) ``component-sel{N|all}``: one (or a few) rank-1 SVD components of the MLP gate/up projections,
     chosen by activation selectivity on the first N German tokens of the selection text (or all of
-    it), with a scalar fitted on ``fit_tokens`` German tokens (:func:`gradedit.edits.scalar.tune_scalar`);
+    it), with a scalar fitted on ``fit_tokens`` German tokens (:func:`gradedit.edits.components.scalar.tune_scalar`);
 (d) ``lora-r{1,4}-{n}tok``: rank-1 / rank-4 LoRA on the MLP projections trained on ``n`` German tokens
     with a KL penalty on other-language text (:func:`gradedit.edits.lora.train_lora`).
 
@@ -126,7 +126,7 @@ def component_method(lm: LanguageModel, cfg: GermanDemoConfig, texts: Texts,
                      selection_tokens: int | None = None, reads: TokenReads | None = None) -> Method:
     """(b) scalar(s) on the SVD components most German-selective on the first ``selection_tokens``
     German tokens (None: all selection text), fitted on ``fit_tokens`` German tokens."""
-    from ..edits.scalar import tune_scalar
+    from ..edits.components.scalar import tune_scalar
 
     t0 = time.perf_counter()
     others = {k: v for k, v in texts.fit.items()}
@@ -152,7 +152,7 @@ def component_method(lm: LanguageModel, cfg: GermanDemoConfig, texts: Texts,
 def lora_methods(lm: LanguageModel, cfg: GermanDemoConfig, texts: Texts,
                  reads: TokenReads | None = None) -> list[Method]:
     """(d) LoRA baselines: each rank × number of German training tokens."""
-    from ..edits.lora import LoraConfig, train_lora
+    from ..edits.lora.train import LoraConfig, train_lora
 
     other = [s for v in texts.fit.values() for s in v]
     out = []
@@ -176,8 +176,8 @@ def gradiend_method(lm: LanguageModel, cfg: GermanDemoConfig, texts: Texts,
     """(a) GRADIEND on the ``language`` feature (German vs other languages' translation-equivalent words),
     trained only on sentences outside the calibration and evaluation sets."""
     from ..data import features
-    from ..evaluate.decoder import lr_scale
-    from ..train import TrainConfig, Trainer
+    from ..gradiend.evaluate.decoder import lr_scale
+    from ..gradiend.train import TrainConfig, Trainer
 
     t0 = time.perf_counter()
     held = set(texts.calibration) | {s for v in texts.evaluation.values() for s in v}

@@ -27,8 +27,8 @@ from .. import metrics
 from .._files import write_json_atomic
 from ..data import corpora, features
 from ..data.columns import fill_masked
+from ..gradiend.train import TrainConfig, Trainer
 from ..models import LanguageModel, load_model
-from ..train import TrainConfig, Trainer
 from .common import DemoResult, stage
 
 logger = logging.getLogger(__name__)

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-    from ..evaluate.encoder import EncoderResults
+    from ..gradiend.evaluate.encoder import EncoderResults
+    from ..gradiend.train import Trainer
     from ..models import LanguageModel
-    from ..train import Trainer
 
 logger = logging.getLogger(__name__)
 

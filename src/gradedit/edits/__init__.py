@@ -12,15 +12,15 @@ LoRA baseline: CE on targets + KL elsewhere).
 
 from __future__ import annotations
 
-from .activations import component_activations, selectivity, top_selective
-from .base import EditHandle, WeightEdit
-from .components import Component, ComponentSet, svd_components
-from .lora import LoraConfig, LoraResult, train_lora
-from .lora_data import TargetData
-from .lora_export import LoraExport, choose_rank, export_lora
-from .scalar import tune_scalar
+from .components.activations import component_activations, selectivity, top_selective
+from .components.scalar import tune_scalar
+from .components.svd import Component, ComponentSet, svd_components
+from .components.write_vector import replace_write_vector, suppress_token, train_write_vector
+from .lora.data import TargetData
+from .lora.train import LoraConfig, LoraResult, train_lora
+from .peft_export import LoraExport, choose_rank, export_lora
 from .terms import DenseTerm, EditError, EditTerm, IndexedTerm, LowRankTerm
-from .write_vector import replace_write_vector, suppress_token, train_write_vector
+from .weight_edit import EditHandle, WeightEdit
 
 __all__ = [
     "Component",

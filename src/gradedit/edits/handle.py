@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..param_map import ParamMap
+from ..models.param_map import ParamMap
 from .terms import EditError
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from ..errors import ArtifactError
 from .terms import TERM_TYPES, EditTerm
 
 if TYPE_CHECKING:
-    from .base import WeightEdit
+    from .weight_edit import WeightEdit
 
 logger = logging.getLogger(__name__)
 

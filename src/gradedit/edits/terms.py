@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import EditError
-from ..param_map import ParamMap
+from ..models.param_map import ParamMap
 
 
 def weight_name(name: str) -> str:

@@ -1,0 +1,45 @@
+"""Encode data rows with a FeatureModel: h = tanh(W_e·∇θL + b_e), via forward-mode AD (no gradient
+materialised) or, for checking, via explicit per-row gradients."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from .._progress import progress
+from .feature_model import FeatureModel
+from .gradients import GradientEngine, Source
+
+if TYPE_CHECKING:
+    from .rows import Rows
+
+
+def encode_rows(engine: GradientEngine, fm: FeatureModel, rows: Rows, source: Source, *,
+                batch_size: int = 8, method: str = "jvp") -> np.ndarray:
+    """Encoded values [N, k] of each row's ``source`` gradient.
+
+    ``method="jvp"``: one forward-mode pass per batch and latent dimension gives ⟨w_e, ∇θ L_i⟩ for
+    every row of the batch. ``method="explicit"``: one backward per row, then the dense product.
+    """
+    if fm.param_map is None:
+        raise ValueError("the feature model has no param_map; it cannot be applied to a base model")
+    n = len(rows)
+    out = np.zeros((n, fm.latent_dim), dtype=np.float64)
+    if method == "explicit":
+        for i in progress(range(n), desc="encoding", leave=False):
+            g = engine.gradients([rows.texts[i]], rows.factual[i : i + 1], rows.alternative[i : i + 1], source)
+            with torch.no_grad():
+                out[i] = fm.encode(fm.param_map.gather(g)).double().numpy()
+        return out
+    if method != "jvp":
+        raise ValueError(f"method must be 'jvp' or 'explicit', got {method!r}")
+    w_e, b_e = fm.encoder_weight.detach(), fm.encoder_bias.detach()
+    directions = [fm.param_map.scatter(w_e[j]) for j in range(fm.latent_dim)]
+    for s in progress(range(0, n, batch_size), desc="encoding", leave=False):
+        sl = slice(s, min(n, s + batch_size))
+        for j, d in enumerate(directions):
+            pre = engine.jvp_dot(rows.texts[sl], rows.factual[sl], rows.alternative[sl], d, source)
+            out[sl, j] = torch.tanh(pre.double() + float(b_e[j])).numpy()
+    return out

@@ -1,0 +1,113 @@
+"""The steps after training, as Trainer methods: decoder evaluation and base-model rewrite.
+
+Kept apart from ``trainer.py`` so each file holds one concept; ``Trainer`` inherits these.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from transformers import PreTrainedModel
+
+from ...data.schema import PairDataset
+from ..evaluate.decoder import evaluate_decoder
+from ..evaluate.encoder import EncoderResults
+from ..evaluate.encoder import evaluate_encoder as _evaluate_encoder
+from ..evaluate.results import DecoderResults, Selector, result_key
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+logger = logging.getLogger(__name__)
+
+DECODER_FILE = "decoder_results.json"
+
+
+class AfterTraining:
+    """Mixin for ``Trainer``: ``evaluate_encoder``, ``evaluate_decoder`` and ``rewrite_base_model``
+    (the gradiend tutorial's names)."""
+
+    def _neutral_texts(self: Trainer, max_texts: int) -> list[str]:
+        if not self.neutral:
+            raise ValueError("this step needs neutral text: create the Trainer with neutral=[...] "
+                             "(e.g. gradedit.data.features.neutral('en'))")
+        return self.neutral[:max_texts]
+
+    def evaluate_encoder(self: Trainer, split: str = "test", data: PairDataset | None = None,
+                         max_size: int | None = None, plot: bool = False) -> EncoderResults:
+        """Encode the split's class rows, identity rows, neutral-masked contexts and neutral text.
+
+        ``data`` evaluates any other ``PairDataset`` instead of the trainer's own. Results are saved as
+        ``experiment_dir/encoder_results_<split>.json`` (+ rows CSV); ``plot`` writes the figure too.
+        """
+        res = _evaluate_encoder(self.get_model(), data if data is not None else self.data, self.classes,
+                                neutral=self.neutral, split=split, max_size=max_size, seed=self.config.seed)
+        res.save(self.experiment_dir / f"encoder_results_{split}.json")
+        if plot:
+            res.plot(self.experiment_dir / f"encoder_{split}.png")
+        return res
+
+    def evaluate_decoder(self: Trainer, target_class: str | Sequence[str] | None = None,
+                         increase_target_probabilities: bool = True, feature_factors: Sequence[float] | None = None,
+                         learning_rates: Sequence[float] | None = None, selector: str | Selector | None = None,
+                         plot: bool = False, split: str = "val", max_neutral: int = 64, refine_steps: int = 4,
+                         max_rows_per_class: int | None = 64, use_cache: bool = True) -> DecoderResults:
+        """Sweep feature_factor × learning_rate; select the best point per class under the LMS constraint.
+
+        Selection scores the ``split`` rows (default ``"val"``), so the encoder's and a report's
+        ``"test"`` figures stay held out; every ``Selection`` records its split.
+
+        Results are cached under ``experiment_dir/decoder/`` by a fingerprint of all inputs and merged
+        into ``experiment_dir/decoder_results.json`` (what ``rewrite_base_model`` uses by default).
+        """
+        res = evaluate_decoder(
+            self.get_model(), self.data.split(split), self.classes, self._neutral_texts(max_neutral),
+            target_class=target_class, increase_target_probabilities=increase_target_probabilities,
+            feature_factors=feature_factors, learning_rates=learning_rates, selector=selector,
+            refine_steps=refine_steps, max_rows_per_class=max_rows_per_class,
+            cache_dir=self.experiment_dir / "decoder" if use_cache else None, split=split)
+        path = self.experiment_dir / DECODER_FILE
+        merged = DecoderResults.load(path).merged(res) if path.is_file() else res
+        merged.save(path)
+        if plot:
+            res.plot(self.experiment_dir / f"decoder_{'strengthen' if increase_target_probabilities else 'weaken'}.png")
+        return res
+
+    def rewrite_base_model(self: Trainer, decoder_results: DecoderResults | None = None,
+                           target_class: str | Sequence[str] | None = None, increase_target_probabilities: bool = True,
+                           output_dir: str | Path | None = None) -> PreTrainedModel | list[PreTrainedModel]:
+        """The base model rewritten with the configuration selected for ``target_class``: a plain HF model
+        (a list for several classes). With ``output_dir``: saved with tokenizer and ``rewrite_info.json``
+        (one sub-folder per class when several are given). The trainer's own base model is untouched.
+
+        Raises:
+            NoAdmissiblePoint: a selection found no point that moves its metric the requested way
+                within its constraint (the message names the requirement that binds); nothing is written.
+        """
+        if decoder_results is None:
+            path = self.experiment_dir / DECODER_FILE
+            if not path.is_file():
+                raise FileNotFoundError(f"no decoder results in {path}; run trainer.evaluate_decoder() first")
+            decoder_results = DecoderResults.load(path)
+        if target_class is None:
+            raise ValueError(f"give target_class: one of {list(self.classes)}")
+        many = not isinstance(target_class, str)
+        wanted = list(target_class) if many else [str(target_class)]
+        selections = [decoder_results[result_key(c, increase_target_probabilities)].require_admissible()
+                      for c in wanted]
+        mwg = self.get_model()
+        models = []
+        for cls, sel in zip(wanted, selections):
+            out = None if output_dir is None else (Path(output_dir) / cls if many else Path(output_dir))
+            info: dict[str, Any] = {"target_class": cls, "direction": "strengthen" if sel.increase else "weaken",
+                                    "selected_value": sel.value, "base_value": sel.base_value,
+                                    "selection_split": sel.split, "selector": decoder_results.info.get("selector"),
+                                    "lms": sel.lms,
+                                    "base_lms": sel.base_lms, "gradiend_id": str(self.experiment_dir / "model")}
+            models.append(mwg.rewrite_base_model(sel.learning_rate, sel.feature_factor, output_dir=out, info=info))
+            logger.info("rewrote %s (%s %s): lr=%.3g ff=%+g", self.lm.name, info["direction"], cls,
+                        sel.learning_rate, sel.feature_factor)
+        return models if many else models[0]

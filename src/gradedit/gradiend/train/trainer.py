@@ -1,0 +1,232 @@
+"""``Trainer``: the GRADIEND facade — data + model + config in, a trained feature model out.
+
+The method names follow the gradiend tutorial (``train``, ``get_model``,
+``plot_training_convergence``) so its users can switch without relearning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..._files import write_json_atomic
+from ..._version import __version__
+from ...data.schema import PairDataset
+from ...models import LanguageModel
+from ...models.param_map import ParamMap
+from ..feature_model import FeatureModel
+from ..gradients import GradientEngine
+from ..model import ModelWithGradiend
+from ..rows import Rows, balanced_cap, rows_of
+from .after import AfterTraining
+from .config import TrainConfig
+from .loop import SeedResult, SeedTrainer
+from .pruning import pre_prune
+
+logger = logging.getLogger(__name__)
+
+MODEL_DIR = "model"
+DATA_FILE = "data.csv"
+NEUTRAL_FILE = "neutral.json"
+CONFIG_FILE = "train_config.json"
+
+
+def _cached_pre_prune(path: Path, key: dict[str, Any]) -> ParamMap | None:
+    """The pre-pruned map saved in ``path`` for exactly ``key``; ``None`` when absent, made for another
+    key, or left incomplete/corrupt by an interrupted run (then it is recomputed)."""
+    if not (path / "key.json").is_file():
+        if path.exists():
+            logger.warning("pre-pruning cache %s has no key.json (interrupted run?); recomputing it", path)
+        return None
+    try:
+        if json.loads((path / "key.json").read_text()) != key:
+            return None
+        pmap = FeatureModel.from_pretrained(path).param_map
+    except (OSError, ValueError) as err:  # JSON, artefact and missing-file errors
+        logger.warning("pre-pruning cache %s is unreadable (%s); recomputing it", path, err)
+        return None
+    if pmap is None:
+        return None
+    logger.info("reusing the pre-pruned input space in %s", path)
+    return pmap
+
+
+class Trainer(AfterTraining):
+    """Train a GRADIEND feature model for two target classes of a ``PairDataset``.
+
+    Args:
+        lm: the base model (used in place, never copied).
+        data: rows with train/val/test splits.
+        target_classes: ``[A, B]``; class A is encoded as positive.
+        neutral: optional neutral texts (used by encoder/decoder evaluation).
+        config: a ``TrainConfig`` or a dict of its fields (unknown keys raise).
+    """
+
+    def __init__(self, lm: LanguageModel, data: PairDataset, target_classes: Sequence[str],
+                 neutral: Sequence[str] | None = None, config: TrainConfig | Mapping[str, Any] | None = None) -> None:
+        if config is None:
+            config = TrainConfig()
+        elif isinstance(config, Mapping):
+            config = TrainConfig.from_dict(config)
+        elif not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be a TrainConfig or a dict, got {type(config).__name__}")
+        targets = tuple(target_classes)
+        if len(targets) != 2 or targets[0] == targets[1]:
+            raise ValueError(f"target_classes must be two different class ids, got {list(target_classes)}")
+        missing = [c for c in targets if c not in data.classes]
+        if missing:
+            raise ValueError(f"target class(es) {missing} not in the data; its classes are {data.classes}")
+        self.lm, self.config, self.classes = lm, config, (str(targets[0]), str(targets[1]))
+        self.data = data.with_targets(list(self.classes))
+        self.data.validate_tokens(lm)
+        self.neutral = list(neutral) if neutral is not None else None
+        self.experiment_dir = Path(config.experiment_dir)
+        self.engine = GradientEngine(lm, config.params, include_embeddings=config.include_embeddings)
+        self.seed_results: list[SeedResult] = []
+        self._model: FeatureModel | None = None
+
+    # -- data ----------------------------------------------------------------------------------------
+    def _rows(self, split: str, *, cap: int | None = None, seed: int = 0) -> Rows:
+        part = self.data.split(split)
+        if not self.config.use_identity_rows or split != "train":
+            part = part.where(part.to_frame()["label"].to_numpy() != 0)
+        if len(part) == 0:
+            raise ValueError(f"the {split!r} split has no rows of classes {list(self.classes)}")
+        rows = rows_of(part, self.lm)
+        return balanced_cap(rows, cap, seed) if cap else rows
+
+    def metadata(self) -> dict[str, Any]:
+        return {"base_model": self.lm.name, "source": self.config.source, "target": self.config.target,
+                "classes": list(self.classes), "data_fingerprint": self.data.fingerprint(),
+                "gradedit_version": __version__}
+
+    # -- training -------------------------------------------------------------------------------------
+    def _input_space(self, train: Rows) -> ParamMap:
+        cfg = self.config
+        path = self.experiment_dir / "pre_prune"
+        key = {"fingerprint": cfg.training_fingerprint(), "data": self.data.fingerprint(), "model": self.lm.name}
+        if cfg.pre_prune_topk is None:
+            return ParamMap.from_params(self.engine.params)
+        cached = _cached_pre_prune(path, key)
+        if cached is not None:
+            return cached
+        sample = balanced_cap(train, cfg.pre_prune_samples, cfg.seed)
+        pmap = pre_prune(self.engine, sample.texts, sample.factual, sample.alternative, cfg.pre_prune_topk)
+        holder = FeatureModel(pmap.size, 1, param_map=pmap, seed=0, metadata={"purpose": "pre-pruning map"})
+        (path / "key.json").unlink(missing_ok=True)  # the key is written last: no key beside a half-written map
+        holder.save_pretrained(path)
+        write_json_atomic(path / "key.json", key)
+        return pmap
+
+    def train(self) -> FeatureModel:
+        """Train up to ``max_seeds`` seeds; keep the best convergent one in ``experiment_dir/model``."""
+        cfg = self.config
+        t0 = time.time()
+        self.experiment_dir.mkdir(parents=True, exist_ok=True)
+        self._save_inputs()
+        train = self._rows("train")
+        val = self._rows("val", cap=cfg.eval_max_size, seed=cfg.seed)
+        pmap = self._input_space(train)
+        logger.info("training GRADIEND on %d rows (%d val), input space %d entries", len(train), len(val), pmap.size)
+        self.seed_results = []
+        for k in range(cfg.max_seeds):
+            seed = cfg.seed + k
+            st = SeedTrainer(self.engine, pmap, cfg, seed, train, val, self.classes,
+                             self.experiment_dir / f"seed_{seed}", self.metadata())
+            res = st.run()
+            self.seed_results.append(res)
+            logger.info("seed %d: r=%+.3f means=%s converged=%s", seed, res.correlation, res.class_means, res.converged)
+            if sum(r.converged for r in self.seed_results) >= cfg.min_convergent_seeds:
+                break
+        chosen = self._choose()
+        model = FeatureModel.from_pretrained(chosen.directory / "best")
+        if cfg.post_prune_topk is not None:
+            model = model.prune(topk=cfg.post_prune_topk, part=cfg.post_prune_part)
+        model.metadata.update({"seed": chosen.seed, "converged": chosen.converged})
+        model.save_pretrained(self.experiment_dir / MODEL_DIR)
+        self._model = model
+        self._write_reports(chosen, time.time() - t0, pmap.size)
+        return model
+
+    def _save_inputs(self) -> None:
+        """Keep the data and neutral text beside the run, so ``Trainer.load(dir)`` can rebuild it."""
+        self.data.save(self.experiment_dir / DATA_FILE)
+        write_json_atomic(self.experiment_dir / NEUTRAL_FILE, {"texts": self.neutral})
+        write_json_atomic(self.experiment_dir / CONFIG_FILE, self.config.to_dict())
+
+    @classmethod
+    def load(cls, experiment_dir: str | Path, lm: LanguageModel | None = None) -> Trainer:
+        """Rebuild the trainer of a finished run (base model from the recorded id unless ``lm`` is given)."""
+        from ...models import load_model
+
+        d = Path(experiment_dir)
+        missing = [f for f in (DATA_FILE, CONFIG_FILE, MODEL_DIR + "/config.json") if not (d / f).exists()]
+        if missing:
+            raise FileNotFoundError(f"{d} is not a finished gradedit run (missing {missing}); train it first")
+        config = TrainConfig.load(d / CONFIG_FILE).replace(experiment_dir=str(d))
+        fm = FeatureModel.from_pretrained(d / MODEL_DIR)
+        classes = fm.metadata.get("classes")
+        if lm is None:
+            lm = load_model(fm.metadata["base_model"])
+        data = PairDataset.load(d / DATA_FILE, target_classes=classes)
+        neutral = json.loads((d / NEUTRAL_FILE).read_text())["texts"] if (d / NEUTRAL_FILE).is_file() else None
+        trainer = cls(lm, data, classes, neutral=neutral, config=config)
+        trainer._model = fm
+        return trainer
+
+    def _choose(self) -> SeedResult:
+        conv = [r for r in self.seed_results if r.converged]
+        pool = conv or self.seed_results
+        if not conv:
+            logger.warning("no seed converged (best |r| = %.3f); keeping the best one anyway",
+                           max(abs(r.correlation) for r in pool))
+        return max(pool, key=lambda r: abs(r.correlation))
+
+    def _write_reports(self, chosen: SeedResult, seconds: float, input_dim: int) -> None:
+        write_json_atomic(self.experiment_dir / "seed_report.json", {
+            "chosen_seed": chosen.seed, "converged_seeds": sum(r.converged for r in self.seed_results),
+            "seeds": [r.to_dict() for r in self.seed_results]})
+        write_json_atomic(self.experiment_dir / "run.json", {
+            "config": self.config.to_dict(), **self.metadata(), "input_dim": input_dim, "seconds": round(seconds, 1),
+            "versions": {"torch": torch.__version__, "python": platform.python_version()},
+            "torch_threads": torch.get_num_threads()})
+
+    # -- results --------------------------------------------------------------------------------------
+    @property
+    def feature_model(self) -> FeatureModel:
+        if self._model is None:
+            path = self.experiment_dir / MODEL_DIR
+            if not (path / "config.json").is_file():
+                raise RuntimeError(f"no trained model in {path}; call trainer.train() first")
+            self._model = FeatureModel.from_pretrained(path)
+        return self._model
+
+    def get_model(self) -> Any:
+        """The trained ``ModelWithGradiend`` (base model + feature model)."""
+        return ModelWithGradiend(self.lm, self.feature_model, source=self.config.source)
+
+    def training_history(self) -> list[dict[str, Any]]:
+        """Evaluation history of every trained seed (read back from disk when needed)."""
+        if self.seed_results:
+            return [dict(h, seed=r.seed) for r in self.seed_results for h in r.history]
+        out = []
+        for path in sorted(self.experiment_dir.glob("seed_*/result.json")):
+            res = json.loads(path.read_text())
+            out += [dict(h, seed=res["seed"]) for h in res["history"]]
+        return out
+
+    def plot_training_convergence(self, path: str | Path | None = None, ax: Any = None) -> Any:
+        """Validation correlation and loss per step for each seed; saved as PNG in experiment_dir."""
+        from ...viz.plots import plot_convergence
+
+        fig = plot_convergence(self.training_history(), self.config.min_correlation, ax=ax)
+        target = Path(path) if path else self.experiment_dir / "training_convergence.png"
+        fig.savefig(target, dpi=120, bbox_inches="tight")
+        return fig
