@@ -11,13 +11,14 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from filelock import FileLock
-from safetensors.torch import save_file
 
 from .errors import ArtifactError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["atomic_dir", "atomic_path", "cache_dir", "locked", "read_json_object", "save_safetensors_atomic",
            "write_folder", "write_json_atomic", "write_text_atomic"]
@@ -102,6 +103,8 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 def save_safetensors_atomic(tensors: dict[str, torch.Tensor], file: Path,
                             metadata: dict[str, str] | None = None) -> None:
     """A ``safetensors`` file written to a temp file beside ``file`` and renamed into place."""
+    from safetensors.torch import save_file  # here, not at the top: the CLI's --help must not import torch
+
     with atomic_path(file) as tmp:
         save_file(tensors, str(tmp), metadata=metadata or {"format": "pt"})
 

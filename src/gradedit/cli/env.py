@@ -9,11 +9,8 @@ import os
 import platform
 import sys
 
-import torch
-
 from .._files import cache_dir
 from .._version import __version__
-from ..models import zoo
 
 _PACKAGES = [
     "torch", "transformers", "tokenizers", "safetensors", "numpy", "tqdm", "accelerate", "gguf",
@@ -31,6 +28,10 @@ def _version(dist: str) -> str:
 
 def environment() -> dict[str, object]:
     """A JSON-able description of this installation."""
+    import torch
+
+    from ..models import zoo
+
     return {
         "gradedit": __version__,
         "python": sys.version.split()[0],
@@ -46,6 +47,7 @@ def environment() -> dict[str, object]:
 
 
 def format_environment(env: dict[str, object]) -> str:
+    """``environment()`` as aligned ``key value`` lines (nested dicts indented)."""
     lines = []
     for k, v in env.items():
         if isinstance(v, dict):
