@@ -1,6 +1,6 @@
 import json
 
-from gradedit.cli.main import main
+from gradedit.cli import main
 from pronoun_rows import SUBJECTS, VERBS, pronoun_records
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gradedit.cli.main import main
+from gradedit.cli import main
 from gradedit.demo import smoke as demo_smoke
 
 

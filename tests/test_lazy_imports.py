@@ -13,7 +13,7 @@ def _modules_after(code: str) -> set[str]:
 
 
 def test_help_path_does_not_import_torch() -> None:
-    mods = _modules_after("import gradedit.cli.main as m\nm.build_parser()")
+    mods = _modules_after("import gradedit.cli.app as m\nm.build_parser()")
     assert "torch" not in mods and "transformers" not in mods
 
 

@@ -1,5 +1,5 @@
 """The ``gradedit`` command line: ``main`` parses and dispatches to one module per subcommand."""
 
-from .main import main
+from .app import build_parser, main
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]

@@ -1,6 +1,6 @@
 """``gradedit blast EDIT_DIR --model NAME``: blast radius of a saved edit on held-out Bible text.
 
-Wired into :mod:`gradedit.cli.main` with ``cli_blast.register(sub)``; ``run(args)`` does the work.
+Wired into :mod:`gradedit.cli.app` with ``cli_blast.register(sub)``; ``run(args)`` does the work.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ def load_data(spec: str, lm: LanguageModel) -> PairDataset:
     from ..data import features
 
     if features.exists(spec):
-        return features.build(spec, lm)  # type: ignore[arg-type]
+        return features.build(spec, lm)
     raise FileNotFoundError(f"{spec!r} is neither a data file/folder nor a built-in feature ({', '.join(features.names())})")
 
 

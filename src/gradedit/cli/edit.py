@@ -2,7 +2,7 @@
 
 The target text is the FIRST ``--n-texts`` Bible sentences of ``--target``; other languages' first
 sentences are kept unchanged by a KL term. ``gradedit blast EDIT_DIR`` then measures it on the LAST
-sentences (held out). Wired into :mod:`gradedit.cli.main` by ``register(sub)``.
+sentences (held out). Wired into :mod:`gradedit.cli.app` by ``register(sub)``.
 
 ``--tokens N`` is the whole target-language budget by default: ``edit scalar`` ranks components on
 the same first N target tokens it fits on (``--selection-tokens M`` states a separate selection

@@ -30,7 +30,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig.from_dict(values)
     lm = load_model(args.model)
     data = load_data(args.data, lm)
-    trainer = Trainer(lm, data, args.classes, config=config)  # type: ignore[arg-type]
+    trainer = Trainer(lm, data, args.classes, config=config)
     fm = trainer.train()
     res = max(trainer.seed_results, key=lambda r: abs(r.correlation))
     try:
