@@ -387,3 +387,14 @@ def test_train_write_vector_lowers_its_loss_and_touches_one_weight(tiny_llama: g
     assert edit.metadata["n_fire_tokens"] > 0 and edit.metadata["history"] == hist
     with pytest.raises(EditError, match="quantile"):
         train_write_vector(lm, c, DE, EN, quantile=1.0)
+
+
+def test_train_write_vector_without_kl_positions_records_zero_kl(tiny_llama: ge.LanguageModel) -> None:
+    """``max_kl_tokens=0`` leaves no KL position: the KL term is a zero tensor, not the float 0.0
+    (which once broke the history with ``AttributeError: 'float' object has no attribute 'detach'``)."""
+    lm = tiny_llama
+    c = svd_components(lm, "model.layers.1.mlp.down_proj")[1]
+    edit, hist = train_write_vector(lm, c, DE, EN, steps=2, lr=0.05, quantile=0.5, max_kl_tokens=0)
+    assert edit.metadata["n_kl_tokens"] == 0
+    assert len(hist) == 3 and all(h["kl"] == 0.0 for h in hist)
+    assert hist[-1]["fire_loss"] < hist[0]["fire_loss"]

@@ -164,12 +164,14 @@ def train_write_vector(lm: LanguageModel, component: Component, fire_texts: Sequ
         for step in range(steps + 1):
             opt.zero_grad()
             with add_to_outputs(mods, delta):
-                fl = 0.0
+                fl = torch.zeros((), dtype=torch.float32, device=dev)  # logprobs_at is fp32
                 for b in fire_b:
                     lp = logprobs_at(lm, b).gather(-1, b.targets[:, None]).squeeze(-1)
                     fl = fl + (-torch.log1p(-lp.exp().clamp_max(1 - 1e-6)) if remove else -lp).sum()
                 fl = fl / fire.n
-                kl = sum(kl_rows(r, logprobs_at(lm, b)).sum() for b, r in zip(kl_b, refs)) / max(1, n_kl)
+                # a tensor even without KL positions (n_kl == 0), so the history can read it
+                kl = sum((kl_rows(r, logprobs_at(lm, b)).sum() for b, r in zip(kl_b, refs)),
+                         torch.zeros((), dtype=torch.float32, device=dev)) / max(1, n_kl)
             loss = fl + kl_weight * kl
             history.append({"step": step, "loss": float(loss.detach()), "fire_loss": float(fl.detach()),
                             "kl": float(kl.detach())})
