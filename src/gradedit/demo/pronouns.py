@@ -17,11 +17,12 @@ never saw. ``summary.json`` records the split behind each number.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 from .. import metrics
 from .._files import write_json_atomic
@@ -70,7 +71,15 @@ class PronounDemoConfig:
             raise ValueError("steps, encoder_max_size and decoder_rows_per_class must be positive")
 
 
-def probe_prompts(lm: LanguageModel, prompts: list[str]) -> list[dict[str, float]]:
+class Probe(TypedDict):
+    """P(' he') and P(' she') after one prompt."""
+
+    prompt: str
+    he: float
+    she: float
+
+
+def probe_prompts(lm: LanguageModel, prompts: list[str]) -> list[Probe]:
     """P(' he') and P(' she') after each prompt."""
     p = metrics.next_token_logprobs(lm, prompts, [lm.token_id(" he"), lm.token_id(" she")]).exp()
     return [{"prompt": q, "he": float(p[i, 0]), "she": float(p[i, 1])} for i, q in enumerate(prompts)]
@@ -109,6 +118,8 @@ def train_gradiend(cfg: PronounDemoConfig, lm: LanguageModel, timings: dict[str,
 def held_out_corpora(cfg: PronounDemoConfig, trainer: Trainer) -> dict[str, list[str]]:
     """Evaluation text never used for training or selection: neutral English after the selection
     sentences, and the last sentences of the other languages' Bibles."""
+    if trainer.neutral is None:
+        raise ValueError("the trainer has no neutral text; create it with neutral=[...] (see train_gradiend)")
     out = {"en": list(trainer.neutral[cfg.neutral_selection:cfg.neutral_selection + cfg.neutral_heldout])}
     for lang in cfg.other_langs:
         out[lang] = corpora.sentences(lang)[-cfg.other_lang_texts:]
@@ -130,10 +141,11 @@ def run(cfg: PronounDemoConfig | None = None) -> DemoResult:
     with stage("encoder evaluation", timings):
         enc = trainer.evaluate_encoder(split="test", max_size=cfg.encoder_max_size, plot=True)
     with stage("decoder evaluation", timings):
-        sweep = {"plot": True, "max_neutral": cfg.neutral_selection, "max_rows_per_class": cfg.decoder_rows_per_class,
-                 "selector": cfg.selector, "refine_steps": cfg.refine_steps}
-        dec = trainer.evaluate_decoder(target_class=list(CLASSES), **sweep)
-        weak = trainer.evaluate_decoder(target_class="masc", increase_target_probabilities=False, **sweep)
+        sweep = functools.partial(trainer.evaluate_decoder, plot=True, max_neutral=cfg.neutral_selection,
+                                  max_rows_per_class=cfg.decoder_rows_per_class, selector=cfg.selector,
+                                  refine_steps=cfg.refine_steps)
+        dec = sweep(target_class=list(CLASSES))
+        weak = sweep(target_class="masc", increase_target_probabilities=False)
     mwg = trainer.get_model()
     candidates = {"strengthen fem": dec["fem"], "weaken masc": weak["masc_weaken"]}
     skipped = {name: sel.reason for name, sel in candidates.items() if not sel.admissible}
@@ -185,7 +197,7 @@ def run(cfg: PronounDemoConfig | None = None) -> DemoResult:
     return DemoResult(out_dir=out, report=report_path, headline=headline, summary=summary)
 
 
-def _mean(rows: list[dict[str, float]], key: str) -> float:
+def _mean(rows: list[Probe], key: Literal["he", "she"]) -> float:
     return sum(r[key] for r in rows) / max(len(rows), 1)
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
+    from ..blast import BlastReport
     from ..gradiend.evaluate.encoder import EncoderResults
     from ..gradiend.train import Trainer
     from ..models import LanguageModel
@@ -94,8 +95,10 @@ def write_pronoun_report(path: Path, *, trainer: Trainer, enc: EncoderResults, b
     return write_html_report(path, "gradedit demo: GRADIEND he/she", sections)
 
 
-def _most_affected(report: Any, lang: str) -> int:
+def _most_affected(report: BlastReport, lang: str) -> int:
     """Index of the text with the largest mean KL in ``lang`` (0 when per-token values are absent)."""
+    if report.tokens is None:
+        return 0
     try:
         kls = [sum(t["kl"]) / max(len(t["kl"]), 1) for t in report.tokens[lang]]
     except (AttributeError, KeyError, TypeError):

@@ -7,8 +7,10 @@ the demo itself (GRADIEND he/she end to end) is ``gradedit demo``."""
 from __future__ import annotations
 
 import logging
+from typing import TypedDict
 
 import torch
+from transformers import GenerationMixin
 
 from .. import metrics
 from ..models import LanguageModel, load_model
@@ -23,8 +25,21 @@ NEUTRAL = [
 ]
 
 
+class SmokeResult(TypedDict):
+    """What :func:`smoke` measures."""
+
+    model: str
+    continuations: dict[str, str]
+    p_he_she: dict[str, tuple[float, float]]
+    neutral_cross_entropy: float
+    neutral_perplexity: float
+    neutral_lms: float
+
+
 def greedy_continuation(lm: LanguageModel, prompt: str, max_new_tokens: int = 8) -> str:
     """Greedy continuation of ``prompt`` (causal LMs only)."""
+    if not isinstance(lm.model, GenerationMixin):
+        raise TypeError(f"{type(lm.model).__name__} cannot generate (it is no transformers GenerationMixin)")
     enc = lm.tokenize([prompt])
     with torch.no_grad():
         out = lm.model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
@@ -33,7 +48,7 @@ def greedy_continuation(lm: LanguageModel, prompt: str, max_new_tokens: int = 8)
     return str(lm.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
 
 
-def smoke(lm: LanguageModel) -> dict[str, object]:
+def smoke(lm: LanguageModel) -> SmokeResult:
     """Continuations, P(' he') / P(' she') after each prompt, and CE / perplexity / LMS on neutral text."""
     he, she = lm.token_id(" he"), lm.token_id(" she")
     probs = metrics.next_token_logprobs(lm, PROMPTS, [he, she]).exp()
@@ -48,12 +63,12 @@ def smoke(lm: LanguageModel) -> dict[str, object]:
     }
 
 
-def smoke_lines(res: dict[str, object]) -> list[str]:
+def smoke_lines(res: SmokeResult) -> list[str]:
     """The report of :func:`smoke` as text lines."""
     lines = [f"model: {res['model']}"]
-    lines += [f"  {p!r} -> {c!r}" for p, c in res["continuations"].items()]  # type: ignore[attr-defined]
+    lines += [f"  {p!r} -> {c!r}" for p, c in res["continuations"].items()]
     lines += [f"  P(' he' | {p!r}) = {h:.4f}   P(' she') = {s:.4f}"
-              for p, (h, s) in res["p_he_she"].items()]  # type: ignore[attr-defined]
+              for p, (h, s) in res["p_he_she"].items()]
     lines.append(f"neutral English: CE {res['neutral_cross_entropy']:.3f} nats/token, "
                  f"perplexity {res['neutral_perplexity']:.1f}, LMS {res['neutral_lms']:.3f}")
     return lines

@@ -146,7 +146,9 @@ def batches(lm: LanguageModel, pos: Positions, batch_size: int = 16) -> list[Bat
         width = max(len(pos.rows[i]) for i in group)
         ids = torch.full((len(group), width), pad, dtype=torch.long)
         att = torch.zeros((len(group), width), dtype=torch.long)
-        flat, targets, rows = [], [], []
+        flat: list[int] = []
+        targets: list[int] = []
+        rows: list[int] = []
         for b, i in enumerate(group):
             row = pos.rows[i]
             ids[b, : len(row)] = torch.tensor(row)

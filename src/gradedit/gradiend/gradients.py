@@ -149,9 +149,10 @@ class GradientEngine:
         return out
 
     def each_gradient(self, texts: Sequence[str], factual_ids: torch.Tensor, alternative_ids: torch.Tensor,
-                      source: Source, visit: Callable[[str, torch.Tensor], None]) -> None:
+                      source: Source, visit: Callable[[str, torch.Tensor], object]) -> None:
         """Call ``visit(name, grad)`` with each selected parameter's batch-mean gradient as soon as autograd
-        finishes it; the gradient is freed right after, so only one dense gradient exists at a time."""
+        finishes it (its return value is ignored); the gradient is freed right after, so only one dense
+        gradient exists at a time."""
         named = self.params
         if any(p.grad is not None for p in named.values()):
             raise RuntimeError("selected parameters already hold .grad; zero them (set_to_none) first")

@@ -16,6 +16,7 @@ from transformers import PreTrainedModel
 from ..data.schema import PairDataset
 from ..edits import WeightEdit
 from ..models import LanguageModel, load_model
+from ..models.param_map import ParamMap
 from .encode import encode_rows
 from .feature_model import FeatureModel
 from .gradients import GradientEngine, Source
@@ -48,7 +49,7 @@ class ModelWithGradiend:
             raise ValueError(f"parameter shapes differ from the feature model's for {wrong[:3]}")
         self.lm = lm
         self.feature_model = feature_model
-        self.source: Source = source or feature_model.metadata.get("source", "factual")  # type: ignore[assignment]
+        self.source: Source = source or feature_model.metadata.get("source", "factual")
         self.engine = GradientEngine(lm, {n: named[n] for n in feature_model.param_map.names})
 
     @classmethod
@@ -68,6 +69,14 @@ class ModelWithGradiend:
             lm = load_model(base)
         return cls(lm, fm)
 
+    @property
+    def param_map(self) -> ParamMap:
+        """The feature model's ``param_map``: the base-model entries its inputs are."""
+        pmap = self.feature_model.param_map
+        if pmap is None:
+            raise ValueError("the feature model has no param_map; it cannot be tied to a base model")
+        return pmap
+
     def save_pretrained(self, path: str | Path) -> Path:
         return self.feature_model.save_pretrained(path)
 
@@ -85,7 +94,7 @@ class ModelWithGradiend:
         """In place: θ ← θ + learning_rate · decoder(feature_factor) on the mapped entries."""
         vec = self.feature_model.update_vector(feature_factor, learning_rate)
         named = dict(model.named_parameters())
-        self.feature_model.param_map.scatter_add_({n: named[n].data for n in self.feature_model.param_map.names}, vec)
+        self.param_map.scatter_add_({n: named[n].data for n in self.param_map.names}, vec)
 
     def as_edit(self, learning_rate: float, feature_factor: float) -> WeightEdit:
         """The rewrite ``learning_rate · decoder(feature_factor)`` as a ``WeightEdit`` (indexed on the param map).
@@ -94,7 +103,7 @@ class ModelWithGradiend:
         """
 
         vec = self.feature_model.update_vector(feature_factor, learning_rate).detach()
-        return WeightEdit.indexed(self.feature_model.param_map, vec, metadata={
+        return WeightEdit.indexed(self.param_map, vec, metadata={
             "method": "gradiend", "base_model": self.lm.name,
             "learning_rate": float(learning_rate), "feature_factor": float(feature_factor)})
 
@@ -104,7 +113,7 @@ class ModelWithGradiend:
 
         Only the mapped entries are snapshotted (not the model), so a sweep costs no copies.
         """
-        pmap = self.feature_model.param_map
+        pmap = self.param_map
         named = dict(self.lm.model.named_parameters())
         params = {n: named[n].data for n in pmap.names}
         with torch.no_grad():

@@ -91,11 +91,13 @@ class _Objective:
         self.coef = s - 1.0
         parts: dict[str, Any] = {}
         with add_to_outputs(self.mods, self._delta):
-            ce_t = sum(-logprobs_at(self.lm, b).gather(-1, b.targets[:, None]).sum() for b in self.target)
+            zero = torch.zeros((), dtype=torch.float32, device=self.lm.device)  # logprobs_at is fp32
+            ce_t = sum((-logprobs_at(self.lm, b).gather(-1, b.targets[:, None]).sum() for b in self.target), zero)
             ce_t = ce_t / self.n_target
-            kl_sum, dces = 0.0, {}
+            kl_sum: torch.Tensor | float = 0.0
+            dces: dict[str, torch.Tensor | float] = {}
             for k, bs in self.others.items():
-                ce_k = 0.0
+                ce_k: torch.Tensor | float = 0.0
                 for b, lp_base in zip(bs, self.base[k]):
                     lp = logprobs_at(self.lm, b)
                     kl_sum = kl_sum + kl_rows(lp_base, lp).sum()

@@ -24,7 +24,7 @@ import difflib
 import fnmatch
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,7 +174,8 @@ def _adaptable(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     """``nn.Linear`` / ``Conv1D`` modules, minus an output head tied to the input embedding."""
     from transformers.pytorch_utils import Conv1D
 
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    get_input_embeddings = getattr(model, "get_input_embeddings", None)
+    emb = get_input_embeddings() if get_input_embeddings is not None else None
     tied = getattr(emb, "weight", None)
     return {n: m for n, m in model.named_modules()
             if isinstance(m, (torch.nn.Linear, Conv1D)) and (tied is None or m.weight is not tied)}
@@ -204,6 +205,8 @@ def lora_modules(model: torch.nn.Module, patterns: Sequence[str]) -> dict[str, t
 def _dims(module: torch.nn.Module) -> tuple[int, int]:
     """(in, out) features of an nn.Linear ([out, in] weight) or Conv1D ([in, out] weight)."""
     w = module.weight
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"{type(module).__name__}.weight is a {type(w).__name__}, not a tensor")
     n_in, n_out = (w.shape[1], w.shape[0]) if isinstance(module, torch.nn.Linear) else (w.shape[0], w.shape[1])
     return int(n_in), int(n_out)
 
@@ -225,7 +228,7 @@ def attach_lora(model: torch.nn.Module, adapters: Mapping[str, tuple[torch.Tenso
     modules = dict(model.named_modules())
     switch, handles = _Switch(), []
 
-    def make(B: torch.Tensor, A: torch.Tensor) -> Any:
+    def make(B: torch.Tensor, A: torch.Tensor) -> Callable[[torch.nn.Module, tuple[Any, ...], torch.Tensor], torch.Tensor]:
         def hook(_mod: torch.nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
             if not switch.on:
                 return out

@@ -121,7 +121,7 @@ def lr_scale(mwg: ModelWithGradiend) -> float:
     fm = mwg.feature_model
     named = dict(mwg.lm.model.named_parameters())
     with torch.no_grad():
-        w = fm.param_map.gather({n: named[n] for n in fm.param_map.names}).double().norm()
+        w = mwg.param_map.gather({n: named[n] for n in mwg.param_map.names}).double().norm()
         d = fm.decode(1.0).double().norm()
     return float(w / d) if d > 0 else 1.0
 

@@ -77,11 +77,11 @@ def mask_other_word(text: str, lm: LanguageModel, exclude: set[str], seed: int =
 
 def _balanced(labels: Sequence[Any], cap: int | None, seed: int) -> np.ndarray:
     """Sorted indices of at most ``cap`` rows, balanced over ``labels`` (as ``trainer.balanced_cap``)."""
-    labels = np.asarray(labels)
-    if cap is None or len(labels) <= cap:
-        return np.arange(len(labels))
+    arr = np.asarray(labels)
+    if cap is None or len(arr) <= cap:
+        return np.arange(len(arr))
     rng = np.random.default_rng(seed)
-    groups = [np.flatnonzero(labels == v) for v in np.unique(labels)]
+    groups = [np.flatnonzero(arr == v) for v in np.unique(arr)]
     per = max(1, cap // len(groups))
     return np.sort(np.concatenate([rng.permutation(g)[:per] for g in groups]))
 

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..._files import write_json_atomic
 from .selectors import (
@@ -23,6 +23,9 @@ from .selectors import (
     resolve_selector,
     result_key,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +95,7 @@ class DecoderResults(Mapping[str, Selection]):
     def __len__(self) -> int:
         return len(self.selections)
 
-    def to_frame(self) -> Any:
+    def to_frame(self) -> pd.DataFrame:
         """One row per grid point: feature_factor, learning_rate, lms and every metric."""
         import pandas as pd
 

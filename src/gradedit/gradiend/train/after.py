@@ -19,7 +19,9 @@ from ..evaluate.encoder import evaluate_encoder as _evaluate_encoder
 from ..evaluate.results import DecoderResults, Selector, result_key
 
 if TYPE_CHECKING:
-    from .trainer import Trainer
+    from ...models import LanguageModel
+    from ..model import ModelWithGradiend
+    from .config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -30,13 +32,24 @@ class AfterTraining:
     """Mixin for ``Trainer``: ``evaluate_encoder``, ``evaluate_decoder`` and ``rewrite_base_model``
     (the gradiend tutorial's names)."""
 
-    def _neutral_texts(self: Trainer, max_texts: int) -> list[str]:
+    # set by ``Trainer.__init__``
+    lm: LanguageModel
+    config: TrainConfig
+    classes: tuple[str, str]
+    data: PairDataset
+    neutral: list[str] | None
+    experiment_dir: Path
+
+    def get_model(self) -> ModelWithGradiend:
+        raise NotImplementedError("AfterTraining is a mixin; Trainer.get_model provides the model")
+
+    def _neutral_texts(self, max_texts: int) -> list[str]:
         if not self.neutral:
             raise ValueError("this step needs neutral text: create the Trainer with neutral=[...] "
                              "(e.g. gradedit.data.features.neutral('en'))")
         return self.neutral[:max_texts]
 
-    def evaluate_encoder(self: Trainer, split: str = "test", data: PairDataset | None = None,
+    def evaluate_encoder(self, split: str = "test", data: PairDataset | None = None,
                          max_size: int | None = None, plot: bool = False) -> EncoderResults:
         """Encode the split's class rows, identity rows, neutral-masked contexts and neutral text.
 
@@ -50,7 +63,7 @@ class AfterTraining:
             res.plot(self.experiment_dir / f"encoder_{split}.png")
         return res
 
-    def evaluate_decoder(self: Trainer, target_class: str | Sequence[str] | None = None,
+    def evaluate_decoder(self, target_class: str | Sequence[str] | None = None,
                          increase_target_probabilities: bool = True, feature_factors: Sequence[float] | None = None,
                          learning_rates: Sequence[float] | None = None, selector: str | Selector | None = None,
                          plot: bool = False, split: str = "val", max_neutral: int = 64, refine_steps: int = 4,
@@ -76,7 +89,7 @@ class AfterTraining:
             res.plot(self.experiment_dir / f"decoder_{'strengthen' if increase_target_probabilities else 'weaken'}.png")
         return res
 
-    def rewrite_base_model(self: Trainer, decoder_results: DecoderResults | None = None,
+    def rewrite_base_model(self, decoder_results: DecoderResults | None = None,
                            target_class: str | Sequence[str] | None = None, increase_target_probabilities: bool = True,
                            output_dir: str | Path | None = None) -> PreTrainedModel | list[PreTrainedModel]:
         """The base model rewritten with the configuration selected for ``target_class``: a plain HF model

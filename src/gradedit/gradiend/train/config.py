@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..feature_model import PARTS
-from ..gradients import SOURCES
+from ..feature_model import PARTS, Part
+from ..gradients import SOURCES, Source
 
 
 @dataclass
@@ -48,8 +48,8 @@ class TrainConfig:
     """
 
     experiment_dir: str = "runs/gradiend"
-    source: str = "factual"
-    target: str = "diff"
+    source: Source = "factual"
+    target: Source = "diff"
     params: list[str] | None = None
     include_embeddings: bool = False
     latent_dim: int = 1
@@ -68,7 +68,7 @@ class TrainConfig:
     pre_prune_topk: float | int | None = None
     pre_prune_samples: int = 16
     post_prune_topk: float | int | None = None
-    post_prune_part: str = "decoder-weight"
+    post_prune_part: Part = "decoder-weight"
     use_identity_rows: bool = False
     resume: bool = True
     extra: dict[str, Any] = field(default_factory=dict)

@@ -6,6 +6,7 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,7 +222,7 @@ class SeedTrainer:
         _replace_dir(self.dir / "last", write)
 
 
-def _replace_dir(target: Path, write: Any) -> None:
+def _replace_dir(target: Path, write: Callable[[Path], object]) -> None:
     """Write a folder through ``write(tmp)`` and swap it in for ``target`` (never half-written)."""
     with atomic_dir(target.with_name(target.name + ".new")) as tmp:
         write(tmp)

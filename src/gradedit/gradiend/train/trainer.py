@@ -173,6 +173,8 @@ class Trainer(AfterTraining):
         config = TrainConfig.load(d / CONFIG_FILE).replace(experiment_dir=str(d))
         fm = FeatureModel.from_pretrained(d / MODEL_DIR)
         classes = fm.metadata.get("classes")
+        if classes is None:
+            raise ValueError(f"{d / MODEL_DIR} records no target classes in its metadata; it was not saved by Trainer")
         if lm is None:
             lm = load_model(fm.metadata["base_model"])
         data = PairDataset.load(d / DATA_FILE, target_classes=classes)
@@ -208,7 +210,7 @@ class Trainer(AfterTraining):
             self._model = FeatureModel.from_pretrained(path)
         return self._model
 
-    def get_model(self) -> Any:
+    def get_model(self) -> ModelWithGradiend:
         """The trained ``ModelWithGradiend`` (base model + feature model)."""
         return ModelWithGradiend(self.lm, self.feature_model, source=self.config.source)
 
