@@ -1,0 +1,182 @@
+"""Configuration of a parameter decomposition (validated; unknown keys are an error)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..errors import DecompositionError
+
+__all__ = ["DecomposeConfig", "Objective"]
+
+Objective = Literal["layer", "output"]
+
+
+@dataclass
+class DecomposeConfig:
+    """Hyper-parameters of :func:`gradedit.decompose.decompose` (SPD-style, Bushnaq et al. 2025).
+
+    Every loss is scale-free, so coefficients carry over between a toy model and an LM:
+    faithfulness is ``Σ‖W − (VU)ᵀ‖² / Σ‖W‖²``, layer reconstruction is the masked layer's MSE divided
+    by the mean square of the layer's bias-free target output, output reconstruction is KL (LMs) or
+    MSE divided by the mean square of the target output.
+
+    Attributes:
+        objective: ``"layer"`` reconstructs each decomposed layer's own output from cached inputs
+            (cheap); ``"output"`` reconstructs the whole model's output (SPD's objective).
+        steps: optimiser steps of the main phase (after the faithfulness warm-up).
+        batch_size: rows per step: tokens (``"layer"``) or examples / packed text blocks (``"output"``).
+        seed: seeds initialisation, batch sampling and mask noise (one ``torch.Generator``).
+        lr: Adam learning rate of the main phase; ``lr_schedule`` ``"cosine"`` or ``"constant"``,
+            decaying to ``lr * lr_final_frac`` after a linear warm-up of ``lr_warmup_frac * steps``.
+        faithfulness_warmup_steps / faithfulness_warmup_lr: steps fitting ``(VU)ᵀ`` to ``W`` alone,
+            before the main phase (as in SPD).
+        faithfulness_coeff, stoch_coeff, layerwise_coeff, importance_coeff: loss weights;
+            ``layerwise_coeff`` (one layer masked at a time) is used by ``objective="output"`` only.
+        p_start, p_end, p_anneal_start_frac, p_anneal_end_frac: the importance-minimality exponent
+            ``p`` of ``Σ|g|^p`` falls linearly from ``p_start`` to ``p_end`` over that part of training.
+        importance_warmup_frac: the importance coefficient ramps linearly from 0 to ``importance_coeff``
+            over this share of the main phase (lets components separate before sparsity bites).
+        frequency_beta: weight of the frequency term ``mean_c · log2(1 + sum_c)`` (VPD); 0 turns it off.
+        init: ``"random"`` (Gaussian ``V``, as in SPD) or ``"data"`` (each ``V`` column starts at a random
+            input row of its layer, unit norm; ``U`` is then fitted by the faithfulness warm-up).
+        ci_hidden: hidden width of each component's causal-importance MLP (scalar in, scalar out).
+        leaky_alpha: slope of the leaky hard sigmoid outside ``[0, 1]``.
+        delta_component: mask the residual ``Δ = W − (VU)ᵀ`` with its own random mask in training.
+        grad_clip: clip the global gradient norm (``None``: no clipping).
+        seq_len: tokens per packed block when the inputs are texts.
+        max_pool_rows: rows of the cached pool for ``objective="layer"`` (tokens), taken from the start.
+        output_loss: ``"auto"`` (KL for language models, MSE otherwise), ``"kl"`` or ``"mse"``.
+        fire_threshold: a component *fires* on a row when its importance exceeds this.
+        stats_rows: rows used for the statistics stored with the result.
+        checkpoint_every: steps between checkpoints when ``out`` is given (0: only at the end).
+        log_every: steps between progress-bar updates of the loss terms.
+    """
+
+    objective: Objective = "layer"
+    steps: int = 2000
+    batch_size: int = 256
+    seed: int = 0
+    lr: float = 1e-3
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    lr_warmup_frac: float = 0.0
+    lr_final_frac: float = 0.0
+    faithfulness_warmup_steps: int = 200
+    faithfulness_warmup_lr: float = 1e-2
+    faithfulness_coeff: float = 1.0
+    stoch_coeff: float = 1.0
+    layerwise_coeff: float = 1.0
+    importance_coeff: float = 3e-3
+    importance_warmup_frac: float = 0.0
+    p_start: float = 2.0
+    p_end: float = 0.4
+    p_anneal_start_frac: float = 0.0
+    p_anneal_end_frac: float = 1.0
+    importance_eps: float = 1e-12
+    frequency_beta: float = 0.0
+    init: Literal["random", "data"] = "data"
+    ci_hidden: int = 16
+    leaky_alpha: float = 0.01
+    delta_component: bool = True
+    grad_clip: float | None = None
+    seq_len: int = 64
+    max_pool_rows: int = 65536
+    output_loss: Literal["auto", "kl", "mse"] = "auto"
+    fire_threshold: float = 0.1
+    stats_rows: int = 8192
+    checkpoint_every: int = 100
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        def bad(msg: str) -> DecompositionError:
+            return DecompositionError(f"DecomposeConfig: {msg}")
+
+        if self.objective not in ("layer", "output"):
+            raise bad(f"objective must be 'layer' or 'output', got {self.objective!r}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise bad(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
+        if self.init not in ("random", "data"):
+            raise bad(f"init must be 'random' or 'data', got {self.init!r}")
+        if self.output_loss not in ("auto", "kl", "mse"):
+            raise bad(f"output_loss must be 'auto', 'kl' or 'mse', got {self.output_loss!r}")
+        positive_ints = ("steps", "batch_size", "ci_hidden", "seq_len", "max_pool_rows", "stats_rows", "log_every")
+        for name in positive_ints:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise bad(f"{name} must be a positive int, got {v!r}")
+        for name in ("seed", "faithfulness_warmup_steps", "checkpoint_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise bad(f"{name} must be a non-negative int, got {v!r}")
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise bad(f"{f.name} must be finite, got {v!r}")
+        for name in ("lr", "faithfulness_warmup_lr", "p_start", "p_end"):
+            if not getattr(self, name) > 0:
+                raise bad(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("faithfulness_coeff", "stoch_coeff", "layerwise_coeff", "importance_coeff",
+                     "frequency_beta", "leaky_alpha", "importance_eps"):
+            if getattr(self, name) < 0:
+                raise bad(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("lr_warmup_frac", "lr_final_frac", "p_anneal_start_frac", "p_anneal_end_frac", "fire_threshold",
+                     "importance_warmup_frac"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise bad(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+        if self.p_anneal_end_frac < self.p_anneal_start_frac:
+            raise bad("p_anneal_end_frac must be >= p_anneal_start_frac")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise bad(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
+
+    # ------------------------------------------------------------------ schedules
+    def p_at(self, step: int) -> float:
+        """Importance-minimality exponent at main-phase ``step`` (linear anneal)."""
+        frac = step / max(self.steps, 1)
+        a, b = self.p_anneal_start_frac, self.p_anneal_end_frac
+        if frac <= a or b == a:
+            return self.p_start if frac <= a else self.p_end
+        t = min((frac - a) / (b - a), 1.0)
+        return self.p_start + (self.p_end - self.p_start) * t
+
+    def importance_coeff_at(self, step: int) -> float:
+        """Importance-minimality coefficient at main-phase ``step`` (linear ramp, then constant)."""
+        ramp = self.importance_warmup_frac * self.steps
+        return self.importance_coeff * (min(1.0, (step + 1) / ramp) if ramp > 0 else 1.0)
+
+    def lr_at(self, step: int) -> float:
+        """Main-phase learning rate at ``step`` (linear warm-up, then cosine or constant)."""
+        warm = int(self.lr_warmup_frac * self.steps)
+        if step < warm:
+            return self.lr * (step + 1) / warm
+        if self.lr_schedule == "constant":
+            return self.lr
+        t = (step - warm) / max(self.steps - warm, 1)
+        final = self.lr * self.lr_final_frac
+        return final + (self.lr - final) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DecomposeConfig:
+        """Build from a mapping; unknown keys raise :class:`DecompositionError` naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise DecompositionError(f"unknown decomposition option(s) {unknown}; known: {sorted(known)}")
+        return cls(**dict(d))
+
+    def replace(self, **overrides: Any) -> DecomposeConfig:
+        """A copy with ``overrides`` (validated like :meth:`from_dict`)."""
+        return DecomposeConfig.from_dict({**self.to_dict(), **overrides})
+
+    def training_hash(self) -> str:
+        """Hash of every option that changes the trained result (not logging/checkpoint cadence)."""
+        d = {k: v for k, v in self.to_dict().items() if k not in ("checkpoint_every", "log_every", "stats_rows")}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

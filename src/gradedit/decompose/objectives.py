@@ -1,0 +1,193 @@
+"""The two training objectives: per-layer reconstruction from cached inputs, or the model's output."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import DecompositionError
+from .config import DecomposeConfig
+from .data import InputPool, cache_layer_inputs
+from .hooks import call_model, capture_inputs, masked_model
+from .layers import ComponentLayer, logical_weight, lower_leaky_hard_sigmoid, upper_leaky_hard_sigmoid
+from .losses import faithfulness, importance_minimality, layer_recon, mean_square, output_recon, sample_masks
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LayerObjective", "OutputObjective", "frozen", "make_objective"]
+
+Terms = dict[str, Tensor]
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[None]:
+    """Eval mode and ``requires_grad=False`` on every parameter of ``model``; both restored on exit."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    was_training = model.training
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        model.eval()
+        yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
+        model.train(was_training)
+
+
+def _importances(layers: Mapping[str, ComponentLayer], xs: Mapping[str, Tensor], alpha: float
+                 ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+    """Inner activations, mask importances (lower leaky) and loss importances (upper leaky), per layer."""
+    a, gl, gu = {}, {}, {}
+    for n, layer in layers.items():
+        a[n] = layer.inner(xs[n])
+        lg = layer.logits(a[n])
+        gl[n] = lower_leaky_hard_sigmoid(lg, alpha)
+        gu[n] = upper_leaky_hard_sigmoid(lg, alpha)
+    return a, gl, gu
+
+
+class _Base:
+    def __init__(self, model: nn.Module, modules: Mapping[str, nn.Module], pool: InputPool,
+                 cfg: DecomposeConfig) -> None:
+        self.model, self.modules, self.pool, self.cfg = model, dict(modules), pool, cfg
+        self.weights = {n: logical_weight(m).detach().float().contiguous() for n, m in modules.items()}
+        self.biases = {n: (m.bias.detach().float() if getattr(m, "bias", None) is not None else None)
+                       for n, m in modules.items()}
+
+    def faithfulness(self, layers: Mapping[str, ComponentLayer]) -> Tensor:
+        return faithfulness(layers, self.weights)
+
+    def init_layers(self, layers: Mapping[str, ComponentLayer], xs: Mapping[str, Tensor],
+                    gen: torch.Generator) -> None:
+        """Set each layer's fixed importance-input scale to 1 / RMS norm of its inputs ``xs [rows, d_in]``;
+        with ``init="data"`` also point each ``V`` column at a random non-zero input row (unit norm)."""
+        with torch.no_grad():
+            for n, layer in layers.items():
+                x = xs[n].reshape(-1, xs[n].shape[-1]).float()
+                rms = float(x.double().pow(2).sum(-1).mean().sqrt())
+                layer.ci_in_scale.fill_(1.0 / max(rms, 1e-12))
+                if self.cfg.init == "data":
+                    norms = x.norm(dim=-1)
+                    rows = x[norms > 1e-6 * max(float(norms.max()), 1e-30)]
+                    if rows.shape[0] == 0:
+                        raise DecompositionError(f"{n} sees only zero inputs; give other inputs or init='random'")
+                    pick = torch.randint(0, rows.shape[0], (layer.info.C,), generator=gen)
+                    v = rows[pick]
+                    layer.V.copy_((v / v.norm(dim=-1, keepdim=True)).T)
+
+    def minimality(self, gu: Mapping[str, Tensor], p: float) -> Tensor:
+        flat = {n: g.reshape(-1, g.shape[-1]) for n, g in gu.items()}
+        return importance_minimality(flat, p, self.cfg.importance_eps, self.cfg.frequency_beta)
+
+    def combine(self, faith: Tensor, recon: Tensor, imp: Tensor, imp_coeff: float,
+                extra: Terms | None = None) -> tuple[Tensor, Terms]:
+        cfg = self.cfg
+        loss = cfg.faithfulness_coeff * faith + cfg.stoch_coeff * recon + imp_coeff * imp
+        terms = {"faith": faith, "stoch": recon, "imp": imp}
+        for k, v in (extra or {}).items():
+            loss = loss + cfg.layerwise_coeff * v
+            terms[k] = v
+        terms["loss"] = loss
+        return loss, terms
+
+
+class LayerObjective(_Base):
+    """Each layer's own output reconstructed (normalised MSE) from cached inputs; no model forward per step."""
+
+    def __init__(self, model: nn.Module, modules: Mapping[str, nn.Module], pool: InputPool,
+                 cfg: DecomposeConfig) -> None:
+        super().__init__(model, modules, pool, cfg)
+        with frozen(model):
+            self.acts, self.groups = cache_layer_inputs(model, modules, pool, cfg.max_pool_rows)
+        self.rows = int(next(iter(self.acts.values())).shape[0])
+        # normaliser per layer: mean over rows and outputs of (W x)^2
+        self.norms = {}
+        for n in modules:
+            x = self.acts[self.groups[n]][:4096]
+            self.norms[n] = mean_square(x @ self.weights[n].T)
+
+    def layer_inputs(self, idx: Tensor | slice) -> dict[str, Tensor]:
+        per_group = {g: a[idx] for g, a in self.acts.items()}
+        return {n: per_group[self.groups[n]] for n in self.modules}
+
+    def setup(self, layers: Mapping[str, ComponentLayer], gen: torch.Generator) -> None:
+        self.init_layers(layers, self.layer_inputs(slice(0, 4096)), gen)
+
+    def step(self, layers: Mapping[str, ComponentLayer], gen: torch.Generator, s: int) -> tuple[Tensor, Terms]:
+        """Loss and its terms at main-phase step ``s`` (one batch, one mask sample)."""
+        idx = torch.randint(0, self.rows, (self.cfg.batch_size,), generator=gen)
+        xs = self.layer_inputs(idx)
+        a, gl, gu = _importances(layers, xs, self.cfg.leaky_alpha)
+        masks, dmasks = sample_masks(gl, gen, self.cfg.delta_component)
+        recon = torch.zeros(())
+        for n, layer in layers.items():
+            with torch.no_grad():
+                y = xs[n] @ self.weights[n].T
+            recon = recon + layer_recon(layer, a[n], y, masks[n], dmasks[n], self.norms[n])
+        recon = recon / len(layers)
+        imp = self.minimality(gu, self.cfg.p_at(s))
+        return self.combine(self.faithfulness(layers), recon, imp, self.cfg.importance_coeff_at(s))
+
+
+class OutputObjective(_Base):
+    """The model's output under masks vs the target model's (KL for LMs, normalised MSE otherwise)."""
+
+    def __init__(self, model: nn.Module, modules: Mapping[str, nn.Module], pool: InputPool,
+                 cfg: DecomposeConfig) -> None:
+        super().__init__(model, modules, pool, cfg)
+        self.kind = cfg.output_loss if cfg.output_loss != "auto" else ("kl" if pool.is_lm else "mse")
+        first = pool.data[: min(len(pool), 256)]
+        with frozen(model), torch.no_grad():
+            xs, target = self.clean(first)
+        self.first_inputs = xs
+        self.norm = mean_square(target) if self.kind == "mse" else 1.0
+
+    def clean(self, batch: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """Target output and each module's input for ``batch`` (no grad)."""
+        with torch.no_grad(), capture_inputs(self.modules) as seen:
+            target = call_model(self.model, batch, self.pool.is_lm)
+        many = [n for n, v in seen.items() if len(v) != 1]
+        if many:
+            raise DecompositionError(f"module {many[0]!r} ran {len(seen[many[0]])} times in one forward; "
+                                     f"objective='output' needs each decomposed module called once — use objective='layer'")
+        assert target is not None
+        return {n: v[0] for n, v in seen.items()}, target
+
+    def setup(self, layers: Mapping[str, ComponentLayer], gen: torch.Generator) -> None:
+        self.init_layers(layers, self.first_inputs, gen)
+
+    def masked_output(self, layers: Mapping[str, ComponentLayer], batch: Tensor,
+                      masks: Mapping[str, Tensor], dmasks: Mapping[str, Tensor | None]) -> Tensor:
+        with masked_model(self.modules, layers, lambda n, _x: (masks[n], dmasks[n])):
+            out = call_model(self.model, batch, self.pool.is_lm)
+        assert out is not None
+        return out
+
+    def step(self, layers: Mapping[str, ComponentLayer], gen: torch.Generator, s: int) -> tuple[Tensor, Terms]:
+        """Loss and its terms at main-phase step ``s`` (one batch, one mask sample)."""
+        idx = torch.randint(0, len(self.pool), (self.cfg.batch_size,), generator=gen)
+        batch = self.pool.data[idx]
+        xs, target = self.clean(batch)
+        _a, gl, gu = _importances(layers, xs, self.cfg.leaky_alpha)
+        masks, dmasks = sample_masks(gl, gen, self.cfg.delta_component)
+        recon = output_recon(self.masked_output(layers, batch, masks, dmasks), target, self.kind, self.norm)
+        extra: Terms = {}
+        if self.cfg.layerwise_coeff > 0 and len(layers) > 1:
+            lw = torch.zeros(())
+            for n in layers:
+                out = self.masked_output({n: layers[n]}, batch, masks, dmasks)
+                lw = lw + output_recon(out, target, self.kind, self.norm)
+            extra["layerwise"] = lw / len(layers)
+        imp = self.minimality(gu, self.cfg.p_at(s))
+        return self.combine(self.faithfulness(layers), recon, imp, self.cfg.importance_coeff_at(s), extra)
+
+
+def make_objective(model: nn.Module, modules: Mapping[str, nn.Module], pool: InputPool,
+                   cfg: DecomposeConfig) -> LayerObjective | OutputObjective:
+    cls = LayerObjective if cfg.objective == "layer" else OutputObjective
+    return cls(model, modules, pool, cfg)
