@@ -33,11 +33,15 @@ demo: $(STAMP)
 	$(BIN)/gradedit models prepare smollm2-135m
 	$(BIN)/gradedit demo
 
+# lint (ruff) and types (mypy, configured in pyproject) first: a red check stops before the slow tests
 test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/python -m mypy
 
 clean-venv:
 	rm -rf $(VENV)

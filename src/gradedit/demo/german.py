@@ -294,8 +294,10 @@ def run(cfg: GermanDemoConfig | None = None, lm: LanguageModel | None = None) ->
         for m in methods:
             assert m.match is not None
             alpha = m.match.alpha
-            frame = pareto_sweep(lm, lambda a, m=m, alpha=alpha: m.at(alpha * a), list(cfg.pareto_alphas),
-                                 texts.evaluation, "de", method=m.name)
+            def scaled(a: float, m: Any = m, alpha: float = alpha) -> WeightEdit:
+                return m.at(alpha * a)
+
+            frame = pareto_sweep(lm, scaled, list(cfg.pareto_alphas), texts.evaluation, "de", method=m.name)
             frames[m.name] = with_matched_point(frame, reports[m.name], m.name)
             write_text_atomic(out / f"pareto_{m.name}.csv", frames[m.name].to_csv(index=False))
     with stage("report", timings):
