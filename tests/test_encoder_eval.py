@@ -144,3 +144,33 @@ def test_save_load_round_trip_and_plot(results, tmp_path):
     np.testing.assert_array_equal(again.rows["encoded"].to_numpy(), results.rows["encoded"].to_numpy())
     fig = again.plot(tmp_path / "enc.png")
     assert fig is not None and (tmp_path / "enc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_factual_source_reading_of_a_diff_encoder_spreads_neutral_rows(trained, tmp_path):
+    """The paper's analysis: a diff-trained encoder read with the factual gradient gives neutral rows a
+    real distribution (with "diff" they are all tanh(b_e)), and equals the explicit <w_e, grad> oracle."""
+    tr = Trainer.load(trained.experiment_dir, lm=trained.lm)
+    tr.config = tr.config.replace(source="diff")
+    fm = trained.feature_model
+    diff = evaluate_encoder(ModelWithGradiend(trained.lm, fm, source="diff"), trained.data, CLASSES,
+                            neutral=NEUTRAL, max_size=6)
+    fact = evaluate_encoder(ModelWithGradiend(trained.lm, fm, source="diff"), trained.data, CLASSES,
+                            neutral=NEUTRAL, max_size=6, source="factual")
+    assert fact.info["source"] == "factual" and fact.info["trained_source"] == "diff"
+    neutral = fact.rows[fact.rows["data_type"].isin(["neutral", "neutral_masked"])]["encoded"].to_numpy()
+    assert neutral.std() > 1e-6
+    assert diff.rows[diff.rows["data_type"] == "neutral"]["encoded"].std() == 0.0
+    # oracle: tanh(<w_e, factual gradient> + b_e) computed explicitly for the first neutral row
+    row = fact.rows[fact.rows["data_type"] == "neutral"].iloc[0]
+    ds = PairDataset.from_records([{"text": row["text"], "factual": row["factual"], "alternative": row["factual"],
+                                    "factual_class": "neutral", "alternative_class": "neutral", "label": 0,
+                                    "split": "test"}])
+    explicit = ModelWithGradiend(trained.lm, fm, source="factual").encode(ds, method="explicit")
+    np.testing.assert_allclose(explicit, [row["encoded"]], atol=1e-5)
+    with pytest.raises(ValueError, match="source must be one of"):
+        evaluate_encoder(trained.get_model(), trained.data, CLASSES, source="grad")  # type: ignore[arg-type]
+    # Trainer: saved beside the trained-source results under a suffix, with its own figure
+    res = tr.evaluate_encoder(max_size=4, plot=True, source="factual")
+    assert (tr.experiment_dir / "encoder_results_test_factual.json").is_file()
+    assert (tr.experiment_dir / "encoder_test_factual.png").is_file()
+    assert res.info["source"] == "factual"

@@ -224,3 +224,62 @@ def test_interrupted_pre_pruning_cache_is_recomputed(tiny_gpt2, pronouns, tmp_pa
     calls.clear()  # the repaired cache is reused
     Trainer(tiny_gpt2, pronouns, ["masc", "fem"], config=cfg.replace(max_steps=4, eval_steps=2)).train()
     assert calls == []
+
+
+def test_stop_reason_counts_evaluations_without_gain():
+    from gradedit.gradiend.train.loop import stop_reason
+
+    cfg = TrainConfig(early_stopping_patience=2, early_stopping_min_delta=0.01)
+    hist = [{"step": s, "correlation": r} for s, r in [(5, 0.5), (10, 0.9), (15, -0.905), (20, 0.85)]]
+    assert stop_reason(hist[:3], cfg) == ""          # one evaluation without a gain > 0.01
+    reason = stop_reason(hist, cfg)                  # two in a row: stop, naming the reference step
+    assert "since step 10" in reason and "patience 2" in reason
+    assert stop_reason(hist, cfg.replace(early_stopping_patience=None)) == ""
+    assert stop_reason(hist, cfg.replace(early_stopping_min_delta=0.0)) == ""  # 0.905 counted as a gain
+    with pytest.raises(ValueError, match="early_stopping_patience"):
+        TrainConfig(early_stopping_patience=0)
+
+
+def test_early_stopping_keeps_best_step_and_does_not_resume_past_it(tiny_gpt2, pronouns, tmp_path, caplog):
+    import logging
+
+    # min_delta 0.5: after the first evaluation nothing counts as a gain, so the run stops after `patience`
+    cfg = _cfg(tmp_path, max_steps=60, eval_steps=2, early_stopping_patience=2, early_stopping_min_delta=0.5)
+    with caplog.at_level(logging.INFO, logger="gradedit.gradiend.train.loop"):
+        tr = Trainer(tiny_gpt2, pronouns, ["masc", "fem"], config=cfg)
+        tr.train()
+    res = tr.seed_results[0]
+    assert [h["step"] for h in res.history] == [2, 4, 6]
+    assert res.stopped_early and res.last_step == 6 and "patience 2" in res.stop_reason
+    best = max(res.history, key=lambda h: abs(h["correlation"]))
+    assert res.best_step == best["step"]
+    assert [s for s, _ in res.step_losses] == list(range(1, 7))
+    assert "step 1/60" in caplog.text and "early stop at step 6" in caplog.text
+    saved = json.loads((tmp_path / "run" / "seed_0" / "result.json").read_text())
+    assert saved["stopped_early"] and len(saved["step_losses"]) == 6
+    # resuming the stopped run (same config, more steps) trains nothing more
+    again = Trainer(tiny_gpt2, pronouns, ["masc", "fem"], config=cfg.replace(max_steps=80))
+    again.train()
+    assert [h["step"] for h in again.seed_results[0].history] == [2, 4, 6]
+    # without early stopping every step is trained
+    full = Trainer(tiny_gpt2, pronouns, ["masc", "fem"],
+                   config=_cfg(tmp_path / "full", max_steps=8, eval_steps=2, early_stopping_patience=None,
+                               early_stopping_min_delta=0.5))
+    full.train()
+    assert full.seed_results[0].last_step == 8 and not full.seed_results[0].stopped_early
+
+
+def test_convergence_plot_marks_best_step_and_labels_the_loss(tiny_gpt2, pronouns, tmp_path):
+    cfg = _cfg(tmp_path, max_steps=30, eval_steps=2, early_stopping_patience=2, early_stopping_min_delta=0.5)
+    tr = Trainer(tiny_gpt2, pronouns, ["masc", "fem"], config=cfg)
+    tr.train()
+    fig = tr.plot_training_convergence()
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    best = tr.seed_results[0].best_step
+    assert any(lab.startswith(f"kept model: step {best},") for lab in labels), labels
+    assert any("training loss per step" in lab for lab in labels), labels
+    assert any(lab.startswith("early stop at step 6") for lab in labels), labels
+    # the same figure from disk (a reloaded trainer has no seed_results in memory)
+    fig2 = Trainer.load(tmp_path / "run", lm=tiny_gpt2).plot_training_convergence(tmp_path / "again.png")
+    labels2 = [t.get_text() for t in fig2.axes[0].get_legend().get_texts()]
+    assert labels2 == labels

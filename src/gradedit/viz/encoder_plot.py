@@ -12,19 +12,26 @@ from .plots import pyplot
 NEUTRAL_GROUPS = ("identity", "neutral_masked", "neutral")
 
 
+#: how the plot names each non-class group
+GROUP_LABELS = {"identity": "identity rows (factual = alternative)",
+                "neutral_masked": "feature contexts, another word masked",
+                "neutral": "neutral text, a word masked"}
+
+
 def encoder_groups(results: Any) -> list[tuple[str, np.ndarray]]:
-    """``[(label, encoded values [n]), ...]`` top to bottom: class A, class B (training rows), then
-    identity, neutral_masked and neutral (those present)."""
+    """``[(label, encoded values [n]), ...]`` top to bottom: class A, class B rows (of the evaluated
+    split), then identity, neutral_masked and neutral (those present)."""
     rows = results.rows
+    split = results.info.get("split") or "evaluated"
     out = []
     for cls in results.classes:
         sel = (rows["data_type"] == "training") & (rows["class"] == cls)
         if sel.any():
-            out.append((f"{cls} (training)", rows.loc[sel, "encoded"].to_numpy(float)))
+            out.append((f"{cls} rows ({split} split)", rows.loc[sel, "encoded"].to_numpy(float)))
     for dt in NEUTRAL_GROUPS:
         sel = rows["data_type"] == dt
         if sel.any():
-            out.append((dt, rows.loc[sel, "encoded"].to_numpy(float)))
+            out.append((GROUP_LABELS[dt], rows.loc[sel, "encoded"].to_numpy(float)))
     return out
 
 
@@ -60,9 +67,10 @@ def plot_encoder_distribution(results: Any, ax: Any = None) -> Any:
     ax.set_yticklabels(labels, fontsize=8)
     ax.set_xlim(-1.05, 1.05)
     ax.set_ylim(-0.6, len(groups) - 0.4)
-    ax.set_xlabel("encoded value h")
-    split = results.info.get("split")
-    ax.set_title(f"GRADIEND encoder{f' ({split})' if split else ''}: r = {results.correlation:+.3f}, "
+    ax.set_xlabel("encoded value h (feature neuron; class A expected near +1, class B near -1)")
+    split, source = results.info.get("split"), results.info.get("source")
+    where = ", ".join(x for x in (f"{split} split" if split else "", f"{source} gradient" if source else "") if x)
+    ax.set_title(f"GRADIEND encoder{f' ({where})' if where else ''}: Pearson r = {results.correlation:+.3f}, "
                  f"accuracy = {results.accuracy:.2f} (binary {results.accuracy_binary:.2f})", fontsize=10)
     fig.tight_layout()
     return fig

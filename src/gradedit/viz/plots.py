@@ -18,30 +18,67 @@ def pyplot() -> Any:
     return plt
 
 
+def _as_runs(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-seed run dicts (``Trainer.training_runs``) from either runs or a flat evaluation history."""
+    if all("history" in h for h in history):
+        return [dict(h) for h in history]
+    seeds = sorted({h.get("seed", 0) for h in history})
+    return [{"seed": s, "history": [h for h in history if h.get("seed", 0) == s]} for s in seeds]
+
+
 def plot_convergence(history: Sequence[dict[str, Any]], threshold: float | None = None, ax: Any = None) -> Any:
-    """Validation |r| (left axis) and training loss (right axis, log) per step, one line per seed."""
+    """Validation |r| (left axis) and training loss (right axis, log) per step, one colour per seed.
+
+    ``history``: ``Trainer.training_runs()`` (per seed: ``history``, ``best_step``, ``step_losses``,
+    ``stopped_early``, ``last_step``) or a flat list of evaluations with a ``seed`` key. The kept
+    (best) step is marked with a star and a dotted vertical line; an early stop with a cross.
+    """
     plt = pyplot()
     if ax is None:
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig, ax = plt.subplots(figsize=(7.5, 4.2))
     else:
         fig = ax.figure
     loss_ax = ax.twinx()
-    seeds = sorted({h.get("seed", 0) for h in history})
-    for seed in seeds:
-        rows = [h for h in history if h.get("seed", 0) == seed]
-        steps = [h["step"] for h in rows]
-        ax.plot(steps, [abs(h["correlation"]) for h in rows], marker="o", label=f"|r| seed {seed}")
-        loss_ax.plot(steps, [h["loss"] for h in rows], linestyle="--", alpha=0.5, label=f"loss seed {seed}")
+    runs = _as_runs(history)
+    colors = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
+    losses_seen: list[float] = []
+    for i, run in enumerate(runs):
+        c, seed, evals = colors[i % len(colors)], run.get("seed", 0), run["history"]
+        steps = [h["step"] for h in evals]
+        ax.plot(steps, [abs(h["correlation"]) for h in evals], marker="o", color=c,
+                label=f"validation |r| (seed {seed})")
+        per_step = run.get("step_losses") or []
+        if per_step:
+            xs, ys = [p[0] for p in per_step], [p[1] for p in per_step]
+            loss_ax.plot(xs, ys, color=c, linestyle="--", linewidth=0.8, alpha=0.6,
+                         label=f"training loss per step (seed {seed})")
+        else:
+            xs, ys = steps, [h["loss"] for h in evals]
+            loss_ax.plot(xs, ys, color=c, linestyle="--", alpha=0.6,
+                         label=f"training loss, mean since last evaluation (seed {seed})")
+        losses_seen += ys
+        best = run.get("best_step")
+        if best in steps:
+            r_best = abs(evals[steps.index(best)]["correlation"])
+            ax.axvline(best, color=c, linestyle=":", linewidth=1)
+            ax.plot([best], [r_best], marker="*", markersize=16, color=c, markeredgecolor="black", linestyle="none",
+                    label=f"kept model: step {best}, |r| = {r_best:.3f}")
+        if run.get("stopped_early") and steps:
+            ax.plot([steps[-1]], [abs(evals[-1]["correlation"])], marker="X", markersize=10, color="black",
+                    linestyle="none", label=f"early stop at step {steps[-1]} (no gain for patience)")
     if threshold is not None:
-        ax.axhline(threshold, color="grey", linewidth=0.8, linestyle=":", label="convergence threshold")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("validation |correlation|")
-    ax.set_ylim(0, 1.02)
-    loss_ax.set_ylabel("reconstruction loss (MSE)")
-    if any(h["loss"] > 0 for h in history):
+        ax.axhline(threshold, color="grey", linewidth=0.8, linestyle=":",
+                   label=f"convergence threshold |r| = {threshold:g}")
+    ax.set_xlabel("training step (optimiser updates)")
+    ax.set_ylabel("validation |Pearson r| (encoded value vs label)")
+    ax.set_ylim(0, 1.05)
+    loss_ax.set_ylabel("training loss (MSE of the reconstructed gradient)")
+    if any(v > 0 for v in losses_seen):
         loss_ax.set_yscale("log")
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title("GRADIEND training convergence")
+    handles = ax.get_legend_handles_labels()
+    more = loss_ax.get_legend_handles_labels()
+    ax.legend(handles[0] + more[0], handles[1] + more[1], loc="lower right", fontsize=7)
+    ax.set_title("GRADIEND training: validation correlation and loss", fontsize=10)
     return fig
 
 

@@ -30,6 +30,7 @@ from ...data.columns import MASK, fill_masked
 from ...data.schema import PairDataset, expected_labels
 from ...models import LanguageModel
 from ..encode import encode_rows
+from ..gradients import SOURCES, Source
 from ..rows import Rows
 from ..train.loop import pearson
 
@@ -153,7 +154,7 @@ def _groups(lm: LanguageModel, data: PairDataset, classes: tuple[str, str], neut
 
 def evaluate_encoder(mwg: ModelWithGradiend, data: PairDataset, classes: tuple[str, str], *,
                      neutral: Sequence[str] | None = None, split: str = "test", max_size: int | None = None,
-                     seed: int = 0, batch_size: int = 8) -> EncoderResults:
+                     seed: int = 0, batch_size: int = 8, source: Source | None = None) -> EncoderResults:
     """Encode the ``split`` rows of ``classes`` plus identity / neutral_masked / neutral rows.
 
     Args:
@@ -164,6 +165,9 @@ def evaluate_encoder(mwg: ModelWithGradiend, data: PairDataset, classes: tuple[s
         split: which split to evaluate (``"train"``, ``"val"``, ``"test"``).
         max_size: cap on training rows (balanced per class, chosen by ``seed``) and identity rows.
         batch_size: rows per forward-mode (JVP) pass.
+        source: the gradient fed to the (trained) encoder; default the one it was trained on. A
+            ``"diff"``-trained encoder read with ``"factual"`` gives neutral rows a non-degenerate
+            distribution (the GRADIEND paper's analysis): does ordinary text excite the feature?
 
     Returns:
         ``EncoderResults``; ``rows`` has one row per encoded example (N rows over all groups).
@@ -176,6 +180,9 @@ def evaluate_encoder(mwg: ModelWithGradiend, data: PairDataset, classes: tuple[s
     if max_size is not None and max_size < 1:
         raise ValueError(f"max_size must be >= 1 or None, got {max_size}")
     fm = mwg.feature_model
+    source = source or mwg.source
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     if fm.latent_dim != 1:
         logger.warning("latent_dim is %d; evaluating latent neuron 0 only", fm.latent_dim)
     groups = _groups(mwg.lm, data, classes, neutral, split, max_size, seed)
@@ -183,13 +190,14 @@ def evaluate_encoder(mwg: ModelWithGradiend, data: PairDataset, classes: tuple[s
     for name, frame in groups.items():
         texts, f, a, labels = PairDataset.from_frame(frame.drop(columns="data_type")).model_inputs(mwg.lm)
         rows = Rows(list(texts), f, a, labels.float())
-        values = encode_rows(mwg.engine, fm, rows, mwg.source, batch_size=batch_size)[:, 0]
+        logger.info("encoding %d %s row(s) (source %s) ...", len(rows.texts), name, source)
+        values = encode_rows(mwg.engine, fm, rows, source, batch_size=batch_size)[:, 0]
         logger.info("encoded %d %s row(s): mean %+.3f", len(values), name, float(values.mean()))
         parts.append(pd.DataFrame({"text": frame["text"], "factual": frame["factual"],
                                    "alternative": frame["alternative"], "label": frame["label"].astype(int),
                                    "data_type": name, "class": frame["factual_class"], "encoded": values}))
     table = pd.concat(parts, ignore_index=True)
-    info = {"split": split, "source": mwg.source, "base_model": mwg.lm.name, "max_size": max_size, "seed": seed,
+    info = {"split": split, "source": source, "trained_source": mwg.source, "base_model": mwg.lm.name, "max_size": max_size, "seed": seed,
             "data_fingerprint": data.fingerprint(), "counts": {k: len(v) for k, v in groups.items()}}
     res = EncoderResults.from_rows(table, classes, info)
     logger.info("encoder on %r: r=%+.3f (with neutral %+.3f), accuracy %.3f (binary %.3f)", split,

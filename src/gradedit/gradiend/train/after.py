@@ -20,6 +20,7 @@ from ..evaluate.results import DecoderResults, Selector, result_key
 
 if TYPE_CHECKING:
     from ...models import LanguageModel
+    from ..gradients import Source
     from ..model import ModelWithGradiend
     from .config import TrainConfig
 
@@ -50,17 +51,22 @@ class AfterTraining:
         return self.neutral[:max_texts]
 
     def evaluate_encoder(self, split: str = "test", data: PairDataset | None = None,
-                         max_size: int | None = None, plot: bool = False) -> EncoderResults:
+                         max_size: int | None = None, plot: bool = False, source: Source | None = None) -> EncoderResults:
         """Encode the split's class rows, identity rows, neutral-masked contexts and neutral text.
 
-        ``data`` evaluates any other ``PairDataset`` instead of the trainer's own. Results are saved as
-        ``experiment_dir/encoder_results_<split>.json`` (+ rows CSV); ``plot`` writes the figure too.
+        ``data`` evaluates any other ``PairDataset`` instead of the trainer's own. ``source`` reads the
+        encoder with another gradient than it was trained on (``"factual"`` after ``"diff"`` training:
+        neutral rows then spread instead of all encoding to ``tanh(b_e)``). Results are saved as
+        ``experiment_dir/encoder_results_<split>[_<source>].json`` (+ rows CSV); ``plot`` writes
+        ``encoder_<split>[_<source>].png`` too (the suffix only for a source other than the trained one).
         """
         res = _evaluate_encoder(self.get_model(), data if data is not None else self.data, self.classes,
-                                neutral=self.neutral, split=split, max_size=max_size, seed=self.config.seed)
-        res.save(self.experiment_dir / f"encoder_results_{split}.json")
+                                neutral=self.neutral, split=split, max_size=max_size, seed=self.config.seed,
+                                source=source)
+        suffix = f"_{source}" if source is not None and source != self.config.source else ""
+        res.save(self.experiment_dir / f"encoder_results_{split}{suffix}.json")
         if plot:
-            res.plot(self.experiment_dir / f"encoder_{split}.png")
+            res.plot(self.experiment_dir / f"encoder_{split}{suffix}.png")
         return res
 
     def evaluate_decoder(self, target_class: str | Sequence[str] | None = None,

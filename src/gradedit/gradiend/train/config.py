@@ -33,6 +33,10 @@ class TrainConfig:
         max_steps: optimiser steps per seed.
         eval_steps: evaluate the encoder on the validation split every this many steps.
         eval_max_size: cap on validation rows per evaluation (balanced over classes).
+        early_stopping_patience: stop a seed after this many evaluations in a row without a
+            validation |r| above the best so far by more than ``early_stopping_min_delta``
+            (``None``: always train ``max_steps``); the best step's model is kept either way.
+        early_stopping_min_delta: the smallest |r| gain that counts as an improvement.
         seed: first seed; further seeds are seed+1, seed+2, ...
         max_seeds: seeds to try at most.
         min_convergent_seeds: stop once this many seeds converged.
@@ -60,6 +64,8 @@ class TrainConfig:
     max_steps: int = 200
     eval_steps: int = 25
     eval_max_size: int = 64
+    early_stopping_patience: int | None = 3
+    early_stopping_min_delta: float = 1e-3
     seed: int = 0
     max_seeds: int = 1
     min_convergent_seeds: int = 1
@@ -86,6 +92,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if self.min_convergent_seeds > self.max_seeds:
             raise ValueError("min_convergent_seeds cannot exceed max_seeds")
+        p = self.early_stopping_patience
+        if p is not None and (not isinstance(p, int) or isinstance(p, bool) or p < 1):
+            raise ValueError(f"early_stopping_patience must be a positive integer or None, got {p!r}")
+        if not self.early_stopping_min_delta >= 0:
+            raise ValueError(f"early_stopping_min_delta must be >= 0, got {self.early_stopping_min_delta}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         for name in ("pre_prune_topk", "post_prune_topk"):
@@ -123,7 +134,7 @@ class TrainConfig:
         """The fields that change what training produces (used to decide whether resuming is valid)."""
         d = self.to_dict()
         for k in ("experiment_dir", "resume", "max_seeds", "min_convergent_seeds", "max_steps", "eval_steps",
-                  "post_prune_topk", "post_prune_part"):
+                  "post_prune_topk", "post_prune_part", "early_stopping_patience", "early_stopping_min_delta"):
             d.pop(k)
         return d
 

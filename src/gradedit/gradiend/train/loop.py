@@ -26,6 +26,8 @@ from .config import TrainConfig
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.pt"
+#: during training, a log line at least this often (seconds), so slow steps never look like a hang
+LOG_EVERY_S = 20.0
 
 
 def grouped_examples(groups: list[list[int]], per: int, generator: torch.Generator) -> list[list[int]]:
@@ -60,11 +62,16 @@ class SeedResult:
     converged: bool
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    last_step: int = 0
+    stopped_early: bool = False
+    stop_reason: str = ""
+    step_losses: list[list[float]] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"seed": self.seed, "directory": str(self.directory), "best_step": self.best_step,
                 "correlation": self.correlation, "class_means": self.class_means, "converged": self.converged,
-                "seconds": round(self.seconds, 2)}
+                "seconds": round(self.seconds, 2), "last_step": self.last_step, "stopped_early": self.stopped_early,
+                "stop_reason": self.stop_reason}
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -82,6 +89,27 @@ def class_stats(values: np.ndarray, labels: np.ndarray, classes: tuple[str, str]
         sel = values[labels == lab]
         out[cls] = float(sel.mean()) if sel.size else float("nan")
     return out
+
+
+def stop_reason(history: list[dict[str, Any]], cfg: TrainConfig) -> str:
+    """Why training should stop early ("" = go on): ``early_stopping_patience`` evaluations in a row
+    without validation |r| above the best so far by more than ``early_stopping_min_delta``.
+
+    A function of the evaluation history only, so a resumed run stops where an uninterrupted one would.
+    """
+    patience = cfg.early_stopping_patience
+    if patience is None or not history:
+        return ""
+    ref, ref_step, since = -math.inf, 0, 0
+    for h in history:
+        if abs(h["correlation"]) > ref + cfg.early_stopping_min_delta:
+            ref, ref_step, since = abs(h["correlation"]), h["step"], 0
+        else:
+            since += 1
+    if since < patience:
+        return ""
+    return (f"validation |r| has not improved by more than {cfg.early_stopping_min_delta:g} for {since} "
+            f"evaluations since step {ref_step} (|r| = {ref:.3f}; patience {patience})")
 
 
 def is_converged(r: float, means: dict[str, float], best_step: int, cfg: TrainConfig) -> bool:
@@ -102,6 +130,8 @@ class SeedTrainer:
         self.metadata = metadata
         self._groups = train.groups() if cfg.rows_per_gradient > 1 else [list(range(len(train)))]
         self._epoch: tuple[int, list[list[int]]] | None = None
+        #: ``[step, training loss]`` of every optimiser step (kept in the checkpoint across resumes)
+        self.step_losses: list[list[float]] = []
 
     # -- data order: a shuffle per epoch derived from (seed, epoch), so resuming needs no RNG state.
     # rows_per_gradient > 1 averages rows of one (label, factual class) group per gradient, as the
@@ -135,11 +165,12 @@ class SeedTrainer:
         t0 = time.time()
         fm, opt, step, history, best = self._start()
         first_step = step
-        if step >= cfg.max_steps:
+        if step >= cfg.max_steps or stop_reason(history, cfg):
             logger.info("seed %d already trained to step %d", self.seed, step)
         losses: list[float] = []
         bar = progress(total=cfg.max_steps, initial=step, desc=f"GRADIEND seed {self.seed}")
-        while step < cfg.max_steps:
+        last_log = time.time()
+        while step < cfg.max_steps and not stop_reason(history, cfg):
             pairs = [self._vectors(self._example_rows(step * cfg.train_batch_size + j)) for j in range(cfg.train_batch_size)]
             src = torch.stack([p[0] for p in pairs])
             tgt = torch.stack([p[1] for p in pairs])
@@ -150,11 +181,14 @@ class SeedTrainer:
             opt.step()
             losses.append(float(loss.detach()))
             step += 1
+            self.step_losses.append([step, losses[-1]])
             bar.update(1)
-            if step % max(1, cfg.eval_steps // 5) == 0:
+            if step == first_step + 1 or time.time() - last_log >= LOG_EVERY_S:  # a line at least every LOG_EVERY_S
                 logger.info("seed %d step %d/%d loss %.4g (%.1f s/step)", self.seed, step, cfg.max_steps,
                             losses[-1], (time.time() - t0) / max(1, step - first_step))
+                last_log = time.time()
             if step % cfg.eval_steps == 0 or step == cfg.max_steps:
+                logger.info("seed %d step %d: validating on %d rows ...", self.seed, step, len(self.val_rows))
                 r, means, _ = self.evaluate(fm)
                 history.append({"step": step, "loss": float(np.mean(losses)), "correlation": r, "class_means": means,
                                 "seconds": round(time.time() - t0, 2)})
@@ -163,10 +197,16 @@ class SeedTrainer:
                 if best is None or abs(r) > best["abs_r"]:
                     best = {"abs_r": abs(r), "step": step, "correlation": r, "class_means": means}
                     self._save_model(fm, self.dir / "best", best)
+                logger.info("seed %d step %d: validation r %+.3f (best %+.3f at step %d), loss %.4g", self.seed, step,
+                            r, best["correlation"], best["step"], history[-1]["loss"])
+                last_log = time.time()
                 self._checkpoint(fm, opt, step, history, best)
         bar.close()
         if best is None:  # max_steps reached before any evaluation (resumed finished run)
             raise RuntimeError(f"{self.dir} has no evaluated checkpoint; delete it and train again")
+        stopped = stop_reason(history, cfg)
+        if stopped:
+            logger.info("seed %d: early stop at step %d of %d: %s", self.seed, step, cfg.max_steps, stopped)
         best_fm = FeatureModel.from_pretrained(self.dir / "best")
         r, means, _ = self.evaluate(best_fm)
         if means[self.classes[0]] < 0:  # sign normalisation: class A encodes positive
@@ -175,11 +215,13 @@ class SeedTrainer:
         best_fm.metadata.update({"seed": self.seed, "best_step": best["step"], "correlation": r})
         self._save_model(best_fm, self.dir / "best", best)
         converged = is_converged(r, means, best["step"], cfg)
-        res = SeedResult(self.seed, self.dir, best["step"], r, means, converged, history, time.time() - t0)
-        write_json_atomic(self.dir / "result.json", {**res.to_dict(), "history": history})
+        res = SeedResult(self.seed, self.dir, best["step"], r, means, converged, history, time.time() - t0,
+                         last_step=step, stopped_early=bool(stopped), stop_reason=stopped,
+                         step_losses=list(self.step_losses))
+        write_json_atomic(self.dir / "result.json", {**res.to_dict(), "history": history,
+                                                     "step_losses": res.step_losses})
         return res
 
-    # -- persistence -------------------------------------------------------------------------------
     def _new_model(self) -> FeatureModel:
         return FeatureModel(self.param_map.size, self.cfg.latent_dim, param_map=self.param_map, seed=self.seed,
                             metadata=dict(self.metadata))
@@ -198,6 +240,7 @@ class SeedTrainer:
                 opt = self._optimizer(fm)
                 opt.load_state_dict(state["optimizer"])
                 logger.info("resuming seed %d from step %d (%s)", self.seed, state["step"], last)
+                self.step_losses = [list(x) for x in state.get("step_losses", [])]
                 return fm, opt, int(state["step"]), list(state["history"]), state.get("best")
             logger.warning("ignoring checkpoint in %s: it was made with a different configuration", last)
         if self.dir.exists():
@@ -213,7 +256,7 @@ class SeedTrainer:
     def _checkpoint(self, fm: FeatureModel, opt: torch.optim.Optimizer, step: int,
                     history: list[dict[str, Any]], best: dict[str, Any] | None) -> None:
         state = {"step": step, "history": history, "best": best, "optimizer": opt.state_dict(), "seed": self.seed,
-                 "fingerprint": self.cfg.training_fingerprint()}
+                 "fingerprint": self.cfg.training_fingerprint(), "step_losses": self.step_losses}
 
         def write(tmp: Path) -> None:
             fm.save_pretrained(tmp)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 
 import torch
 
@@ -12,6 +13,9 @@ from ...models.param_map import ParamMap
 from ..gradients import GradientEngine, Source
 
 logger = logging.getLogger(__name__)
+
+#: a progress line at least this often (seconds)
+LOG_EVERY_S = 20.0
 
 
 def resolve_topk(topk: int | float, n: int) -> int:
@@ -33,9 +37,15 @@ def pre_prune(engine: GradientEngine, texts: list[str], factual_ids: torch.Tenso
         raise ValueError("pre-pruning needs at least one row")
     acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in engine.params.items()}
     rows = progress(range(len(texts)), desc="pre-pruning", leave=False)
+    logger.info("pre-pruning: ranking %d entries by mean |gradient| over %d rows ...",
+                sum(p.numel() for p in engine.params.values()), len(texts))
+    t0 = last = time.time()
     for i in rows:
         engine.each_gradient([texts[i]], factual_ids[i : i + 1], alternative_ids[i : i + 1], source,
                              lambda n, g: acc[n].add_(g.abs()))
+        if time.time() - last >= LOG_EVERY_S:
+            logger.info("pre-pruning: %d/%d rows (%.1f s/row)", i + 1, len(texts), (time.time() - t0) / (i + 1))
+            last = time.time()
     full = ParamMap.from_params(engine.params)
     k = resolve_topk(topk, full.size)
     keep = top_entries(acc, k)

@@ -216,19 +216,21 @@ class Trainer(AfterTraining):
 
     def training_history(self) -> list[dict[str, Any]]:
         """Evaluation history of every trained seed (read back from disk when needed)."""
+        return [dict(h, seed=run["seed"]) for run in self.training_runs() for h in run["history"]]
+
+    def training_runs(self) -> list[dict[str, Any]]:
+        """Per trained seed: ``seed``, ``history`` (one dict per evaluation), ``best_step``, ``last_step``,
+        ``stopped_early``, ``stop_reason`` and ``step_losses`` (``[step, loss]`` per optimiser step)."""
         if self.seed_results:
-            return [dict(h, seed=r.seed) for r in self.seed_results for h in r.history]
-        out = []
-        for path in sorted(self.experiment_dir.glob("seed_*/result.json")):
-            res = json.loads(path.read_text())
-            out += [dict(h, seed=res["seed"]) for h in res["history"]]
-        return out
+            return [{**r.to_dict(), "history": r.history, "step_losses": r.step_losses} for r in self.seed_results]
+        return [json.loads(p.read_text()) for p in sorted(self.experiment_dir.glob("seed_*/result.json"))]
 
     def plot_training_convergence(self, path: str | Path | None = None, ax: Any = None) -> Any:
-        """Validation correlation and loss per step for each seed; saved as PNG in experiment_dir."""
+        """Validation correlation and training loss per step for each seed, the kept (best) step and an
+        early stop marked; saved as PNG in experiment_dir."""
         from ...viz.plots import plot_convergence
 
-        fig = plot_convergence(self.training_history(), self.config.min_correlation, ax=ax)
+        fig = plot_convergence(self.training_runs(), self.config.min_correlation, ax=ax)
         target = Path(path) if path else self.experiment_dir / "training_convergence.png"
         fig.savefig(target, dpi=120, bbox_inches="tight")
         return fig
