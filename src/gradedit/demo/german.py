@@ -56,6 +56,8 @@ class GermanDemoConfig:
     selection_texts: int = 64
     fit_tokens: int = 16
     n_components: int = 2
+    component_steps: int = 16
+    component_other_tokens: int = 256
     component_selection_tokens: tuple[int | None, ...] = (16, 64, 256, None)
     component_max_leak: float | None = 0.1
     component_score: str = "impact"
@@ -67,7 +69,7 @@ class GermanDemoConfig:
     gradiend: bool = True
     gradiend_steps: int = 40
     target_de_ce: float | None = 1.0
-    pareto_alphas: tuple[float, ...] = (0.5, 1.5)
+    pareto_alphas: tuple[float, ...] = (1.5,)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -136,7 +138,8 @@ def component_method(lm: LanguageModel, cfg: GermanDemoConfig, texts: Texts,
         edit = tune_scalar(lm, texts.selection["de"], other_texts=others, components="auto",
                            max_target_tokens=cfg.fit_tokens, remove=True, n_components=cfg.n_components,
                            selection_texts=texts.selection["de"], max_leak=cfg.component_max_leak,
-                           s_range=(-8.0, 1.0), selection_score=cfg.component_score, max_other_tokens=512,
+                           s_range=(-8.0, 1.0), selection_score=cfg.component_score,
+                           max_other_tokens=cfg.component_other_tokens, steps=cfg.component_steps, lr=0.3,
                            selection_tokens=selection_tokens)
     meta = edit.metadata
     sel = meta["selection"]
