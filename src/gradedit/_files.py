@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,8 +21,51 @@ from .errors import ArtifactError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["atomic_dir", "atomic_path", "cache_dir", "locked", "read_json_object", "save_safetensors_atomic",
-           "write_folder", "write_json_atomic", "write_text_atomic"]
+__all__ = ["atomic_dir", "atomic_path", "cache_dir", "current_umask", "default_mode", "locked", "read_json_object",
+           "save_safetensors_atomic", "write_folder", "write_json_atomic", "write_text_atomic"]
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it for other threads.
+
+    Linux reports it in ``/proc/self/status``; elsewhere it is read by setting and restoring it
+    under a lock (``os.umask`` has no getter).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def default_mode(*, folder: bool = False) -> int:
+    """The mode a new file (``0o666``) or folder (``0o777``) gets under the current umask."""
+    return (0o777 if folder else 0o666) & ~current_umask()
+
+
+def _normalise_modes(root: Path) -> None:
+    """Give ``root`` and everything below it the umask's default modes (files keep an executable bit
+    only if they had one): temp files/folders and safetensors' own writes are private (0600/0700)."""
+    file_mode, dir_mode = default_mode(), default_mode(folder=True)
+    os.chmod(root, dir_mode)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            path = os.path.join(dirpath, d)
+            if not os.path.islink(path):
+                os.chmod(path, dir_mode)
+        for f in filenames:
+            path = os.path.join(dirpath, f)
+            if not os.path.islink(path):
+                executable = os.stat(path).st_mode & 0o111
+                os.chmod(path, dir_mode if executable else file_mode)
 
 
 def cache_dir() -> Path:
@@ -40,7 +84,8 @@ def locked(path: Path, timeout: float = -1) -> Iterator[None]:
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temp file path beside ``path``; on success it replaces ``path`` in one step (mode 644).
+    """Yield a temp file path beside ``path``; on success it replaces ``path`` in one step, with the mode
+    any new file gets under the umask (``0o666 & ~umask``; mkstemp alone would leave it 0600).
 
     On error the temp file is removed and ``path`` is untouched.
     """
@@ -49,7 +94,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, default_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -61,13 +106,16 @@ def atomic_path(path: Path) -> Iterator[Path]:
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temp folder beside ``final``; on success it is renamed to ``final`` in one step.
 
-    On error the temp folder is removed and ``final`` is untouched. ``final`` must not exist.
+    On error the temp folder is removed and ``final`` is untouched. ``final`` must not exist. On
+    success the folder and everything written into it get the umask's default modes (mkdtemp makes
+    the folder private and safetensors writes its files 0600; a saved model is readable like any
+    other file of the user's).
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a cache folder is readable like any other
     try:
         yield tmp
+        _normalise_modes(tmp)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
