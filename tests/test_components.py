@@ -398,3 +398,40 @@ def test_train_write_vector_without_kl_positions_records_zero_kl(tiny_llama: ge.
     assert edit.metadata["n_kl_tokens"] == 0
     assert len(hist) == 3 and all(h["kl"] == 0.0 for h in hist)
     assert hist[-1]["fire_loss"] < hist[0]["fire_loss"]
+
+
+def test_tune_scalar_several_components_explore_the_whole_range(tiny_llama: ge.LanguageModel) -> None:
+    """s_range=(-8, 1) (the README's removal range): s = 1 is its upper boundary, so a fit that starts
+    there and steps by gradient never visits most of the range; every component's scale must be tried
+    across it, and the fit must end somewhere better than no edit."""
+    lo, hi = -8.0, 1.0
+    edit = tune_scalar(tiny_llama, DE, {"en": EN, "fr": FR}, n_components=2, max_target_tokens=6,
+                       modules=[GATE], s_range=(lo, hi), steps=3, lr=0.2, grid=9, golden_iters=0)
+    meta = edit.metadata
+    tried = [h["s"] for h in meta["fit"]["history"]]
+    for k in range(2):
+        values = [s[k] for s in tried]
+        assert min(values) <= lo + 0.1 * (hi - lo) and max(values) >= hi - 0.1 * (hi - lo), (k, sorted(set(values)))
+        assert all(lo <= v <= hi for v in values)
+    assert meta["status"] == "fitted"
+    assert meta["losses"]["fitted"]["objective"] < meta["losses"]["base"]["objective"]
+    assert any(abs(s - 1.0) > 1e-3 for s in meta["s"])
+
+
+@pytest.mark.parametrize("n_components", [1, 2])
+def test_tune_scalar_says_when_it_found_no_edit(tiny_llama: ge.LanguageModel, n_components: int,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """A KL weight so large that any move costs more than it gains: the best scale is s = 1 (no edit);
+    the edit says so in its metadata and a warning names why, instead of returning a silent no-op."""
+    with caplog.at_level("WARNING", logger="gradedit.edits.components.scalar"):
+        edit = tune_scalar(tiny_llama, DE, {"en": EN, "fr": FR}, n_components=n_components, max_target_tokens=4,
+                           modules=[GATE], kl_weight=1e9, max_leak=0.0, leak_weight=1e9, s_range=(-8.0, 1.0),
+                           steps=2, grid=5, golden_iters=2)
+    meta = edit.metadata
+    assert meta["status"] == "no-op", meta.get("status")
+    assert meta["status_reason"] and all(abs(s - 1.0) <= 1e-3 for s in meta["s"])
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("no-op" in m and meta["status_reason"] in m for m in warned), warned
+    fitted = tune_scalar(tiny_llama, DE, {"en": EN, "fr": FR}, n_components=1, max_target_tokens=4, modules=[GATE],
+                         grid=5, golden_iters=2)
+    assert fitted.metadata["status"] == "fitted" and "status_reason" not in fitted.metadata
