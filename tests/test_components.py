@@ -311,7 +311,7 @@ def test_tune_scalar_auto_several_components_with_leak_constraint(tiny_llama: ge
     meta = edit.metadata
     assert len(meta["components"]) == 2 == len(meta["s"]) and len(edit.terms) == 2
     assert all(-3.0 <= s <= 3.0 for s in meta["s"])
-    assert meta["selection"]["texts"] == "selection_texts" and meta["fit"]["method"] == "adam"
+    assert meta["selection"]["texts"] == "selection_texts" and meta["fit"]["method"] == "grid+adam"
     assert meta["losses"]["fitted"]["objective"] <= meta["losses"]["base"]["objective"]
     with pytest.raises(EditError, match="pass other_texts"):
         tune_scalar(tiny_llama, DE)

@@ -14,8 +14,14 @@ counted as well: ``selection_tokens`` caps it (``None`` = all of it), and
 ``metadata["target_tokens_used"]`` gives the target tokens read per purpose (``selection``, ``fit``)
 and their distinct ``total``.
 One component: the bounded scale is found by a grid over ``s_range`` (which includes ``s = 1``, so
-the result is never worse than no edit) refined by golden-section search. Several components: Adam
-steps on the vector of scales, projected into ``s_range``, keeping the best point seen.
+the result is never worse than no edit) refined by golden-section search. Several components: the
+same grid for each component alone (the others at 1), so every scale is tried across the whole
+range, then Adam steps on the vector of scales from the best of those points (projected into
+``s_range``), keeping the best point seen. ``s_init`` replaces the grid by a given start.
+
+A fit that finds nothing better than no edit (no scale moved from 1, or the objective did not
+improve) is not returned silently: ``metadata["status"]`` is ``"no-op"`` (else ``"fitted"``),
+``metadata["status_reason"]`` says why, and a warning is logged.
 While fitting, the edit acts through forward hooks (``Δy = Σ_c (s_c − 1) σ_c (V_c·x) U_c``), which
 equals the weight edit up to rounding; the returned object is a real :class:`WeightEdit`.
 """
@@ -44,6 +50,10 @@ __all__ = ["DEFAULT_MODULES", "default_modules", "tune_scalar"]
 DEFAULT_MODULES: tuple[str, ...] = ("*.mlp.gate_proj", "*.mlp.up_proj")
 """MLP input projections, where FINDINGS located language-selective components (Llama/Gemma names)."""
 _FALLBACKS: tuple[tuple[str, ...], ...] = (("*.mlp.c_fc",), ("*.intermediate.dense",))
+MOVE_TOL = 1e-3
+"""A scale within this of 1 has not moved (the component changes by < 0.1 %)."""
+IMPROVE_TOL = 1e-6
+"""An objective that fell by no more than this (nats) has not improved."""
 
 
 def default_modules(lm: LanguageModel) -> tuple[str, ...]:
@@ -152,7 +162,7 @@ def _fit_one(obj: _Objective, lo: float, hi: float, grid: int, iters: int) -> tu
         history.append({"s": [x], **parts})
         return parts["objective"]
 
-    xs = sorted(set([lo + (hi - lo) * i / (grid - 1) for i in range(grid)] + ([1.0] if lo <= 1.0 <= hi else [])))
+    xs = _grid(lo, hi, grid)
     fs = [f(x) for x in xs]
     i = min(range(len(xs)), key=lambda j: fs[j])
     if iters > 0:
@@ -161,11 +171,41 @@ def _fit_one(obj: _Objective, lo: float, hi: float, grid: int, iters: int) -> tu
     return best["s"], history
 
 
-def _fit_many(obj: _Objective, init: list[float], lo: float, hi: float, steps: int,
-              lr: float) -> tuple[list[float], list[dict]]:
-    s = torch.tensor(init, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.Adam([s], lr=lr)
+def _grid(lo: float, hi: float, n: int) -> list[float]:
+    """``n`` evenly spaced points of ``[lo, hi]``, plus ``1.0`` (no edit) when it is inside."""
+    return sorted(set([lo + (hi - lo) * i / (n - 1) for i in range(n)] + ([1.0] if lo <= 1.0 <= hi else [])))
+
+
+def _scan_start(obj: _Objective, k: int, lo: float, hi: float, grid: int,
+                history: list[dict[str, Any]]) -> list[float]:
+    """A start for Adam that has seen the whole range: each component's scale on the grid with the
+    others at 1, then the per-component best values together; the best point evaluated."""
+    ones = [1.0] * k
+
+    def f(x: list[float]) -> float:
+        with torch.no_grad():
+            _, parts = obj(torch.tensor(x, dtype=torch.float64))
+        history.append({"s": list(x), **parts})
+        return float(parts["objective"])
+
+    points: list[tuple[float, list[float]]] = []
+    for c in range(k):
+        for x in _grid(lo, hi, grid):
+            s = [*ones[:c], x, *ones[c + 1:]]
+            points.append((f(s), s))
+    best_each = [min((p for p in points if all(v == 1.0 for j, v in enumerate(p[1]) if j != c)),
+                     key=lambda p: p[0])[1][c] for c in range(k)]
+    if sum(v != 1.0 for v in best_each) > 1:
+        points.append((f(best_each), best_each))
+    return min(points, key=lambda p: p[0])[1]
+
+
+def _fit_many(obj: _Objective, init: list[float] | None, lo: float, hi: float, steps: int,
+              lr: float, grid: int, k: int) -> tuple[list[float], list[dict]]:
     history: list[dict[str, Any]] = []
+    start = _scan_start(obj, k, lo, hi, grid, history) if init is None else init
+    s = torch.tensor(start, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([s], lr=lr)
     for step in range(steps + 1):
         opt.zero_grad()
         loss, parts = obj(s)
@@ -179,6 +219,18 @@ def _fit_many(obj: _Objective, init: list[float], lo: float, hi: float, steps: i
             s.clamp_(lo, hi)
     best = min(history, key=lambda h: h["objective"])
     return best["s"], history
+
+
+def _no_op_reason(s: Sequence[float], base: float, best: float, n_tokens: int,
+                  s_range: tuple[float, float]) -> str | None:
+    """Why the fitted scales ``s`` are no edit (``None`` when they are one): no scale moved from 1 by
+    more than ``MOVE_TOL``, or the objective fell by no more than ``IMPROVE_TOL`` nats."""
+    if all(abs(float(x) - 1.0) <= MOVE_TOL for x in s):
+        return (f"no scale moved from 1 (s = {[round(float(x), 4) for x in s]}): on these {n_tokens} target tokens "
+                f"no scale in s_range={list(s_range)} beats leaving the components alone")
+    if base - best <= IMPROVE_TOL:
+        return f"the objective did not improve ({base:.6g} -> {best:.6g}) although s = {[round(float(x), 4) for x in s]}"
+    return None
 
 
 def tune_scalar(lm: LanguageModel, target_texts: Sequence[str],
@@ -207,15 +259,17 @@ def tune_scalar(lm: LanguageModel, target_texts: Sequence[str],
             (see :mod:`gradedit.edits.components.activations`).
         kl_weight / max_leak / leak_weight: the regularisers (module docstring); ``max_leak`` in
             nats of CE increase per other set.
-        s_range: bounds for every scale. grid / golden_iters: one-component search; steps / lr: Adam
-            (several components), started from ``s_init`` (default all ones, i.e. no edit).
+        s_range: bounds for every scale. grid / golden_iters: one-component search (``grid`` is also
+            the per-component scan that starts several components); steps / lr: Adam (several
+            components), started from the best scanned point, or from ``s_init`` when given.
         max_other_tokens: other tokens used for KL/leakage, split evenly across the other sets.
 
     Returns:
         The edit, with ``metadata`` holding the components, scales, the exact target tokens of the
         fit, ``target_tokens_used`` (target tokens read per purpose and in ``total``; components
-        passed in were chosen outside and are not counted), the losses before/after and the
-        fitting history.
+        passed in were chosen outside and are not counted), the losses before/after, the
+        fitting history and ``status``: ``"fitted"``, or ``"no-op"`` (with ``status_reason``, and a
+        warning logged) when no scale moved from 1 or the objective did not improve.
     """
     if isinstance(target_texts, str) or not list(target_texts):
         raise EditError("target_texts must be a non-empty list of strings")
@@ -254,8 +308,8 @@ def tune_scalar(lm: LanguageModel, target_texts: Sequence[str],
         cs = components if isinstance(components, ComponentSet) else ComponentSet(list(components))
         if len(cs) == 0:
             raise EditError("components is empty")
-    init = [1.0] * len(cs) if s_init is None else [float(x) for x in s_init]
-    if len(init) != len(cs) or not all(lo <= x <= hi for x in init):
+    init = None if s_init is None else [float(x) for x in s_init]
+    if init is not None and (len(init) != len(cs) or not all(lo <= x <= hi for x in init)):
         raise EditError(f"s_init must give one scale per component ({len(cs)}) inside s_range, got {s_init}")
     target = Positions.from_texts(lm, list(target_texts), max_target_tokens)
     if target.n == 0:
@@ -272,9 +326,10 @@ def tune_scalar(lm: LanguageModel, target_texts: Sequence[str],
             s, history = _fit_one(obj, lo, hi, grid, golden_iters)
             how = "grid+golden"
         else:
-            s, history = _fit_many(obj, init, lo, hi, steps, lr)
-            how = "adam"
+            s, history = _fit_many(obj, init, lo, hi, steps, lr, grid, len(cs))
+            how = "adam" if init is not None else "grid+adam"
     best = min(history, key=lambda h: h["objective"])
+    reason = _no_op_reason(s, base_parts["objective"], best["objective"], target.n, (lo, hi))
     edit = cs.edit(list(range(len(cs))), s)
     meta = {
         "method": "component_scalar", "base_model": lm.name, "remove": remove,
@@ -285,7 +340,11 @@ def tune_scalar(lm: LanguageModel, target_texts: Sequence[str],
         "losses": {"base": base_parts, "fitted": {k: v for k, v in best.items() if k != "s"}},
         "fit": {"method": how, "evaluations": obj.calls, "history": history},
         "kl_weight": kl_weight, "max_leak": max_leak, "leak_weight": leak_weight, "s_range": [lo, hi],
+        "status": "no-op" if reason else "fitted", **({"status_reason": reason} if reason else {}),
     }
+    if reason:
+        logger.warning("tune_scalar returns a no-op edit: %s; try more target tokens, other components "
+                       "(n_components, components=), a wider s_range or a smaller kl_weight / max_leak", reason)
     logger.info("tune_scalar: %s s=%s target CE %.3f -> %.3f on %d tokens (%d evaluations); target tokens read %s",
                 [c.label for c in cs], [round(float(x), 3) for x in s], base_parts["target_ce"],
                 best["target_ce"], target.n, obj.calls, meta["target_tokens_used"])
