@@ -264,7 +264,7 @@ def test_decoder_plot_without_bound_draws_no_bound_line(trained):
     fig = dec.plot()
     horizontal = [line.get_label() for ax in fig.axes for line in ax.get_lines()
                   if line.get_transform() == ax.get_yaxis_transform()]  # axhline()s
-    assert horizontal and set(horizontal) == {"base"}, f"the product selector has no bound, yet {horizontal} drawn"
+    assert horizontal and set(horizontal) == {"base model"}, f"the product selector has no bound, yet {horizontal} drawn"
 
 
 def test_decoder_selects_on_validation_rows_and_records_the_split(trained, monkeypatch, tmp_path):

@@ -82,6 +82,24 @@ def plot_convergence(history: Sequence[dict[str, Any]], threshold: float | None 
     return fig
 
 
+def _tok(tokens: Any) -> str:
+    return " / ".join(repr(t) for t in tokens) if tokens else "?"
+
+
+def metric_label(key: str, info: dict[str, Any]) -> str:
+    """Axis label of a decoder metric for a reader: which probability, on which rows."""
+    toks = info.get("class_tokens") or {}
+    classes = list(toks) or list(info.get("classes") or [])
+    if key == "debias":
+        a, b = (classes + ["A", "B"])[:2]
+        return f"mean |log P({_tok(toks.get(a))}) - log P({_tok(toks.get(b))})|\non neutral prompts (0 = balanced)"
+    if key.endswith("_weaken"):
+        c = key[:-7]
+        return f"1 - mean P({_tok(toks.get(c))}) on {c} rows"
+    other = next((o for o in classes if o != key), "other-class")
+    return f"mean P({_tok(toks.get(key))}) on {other} rows"
+
+
 def plot_decoder(results: Any, ax: Any = None) -> Any:
     """The decoder figure: each selected metric vs learning rate (log x), one line per feature factor,
     the constrained measure (LMS or perplexity) dotted on a twin axis with the bound the selector
@@ -101,27 +119,30 @@ def plot_decoder(results: Any, ax: Any = None) -> Any:
     split = results.info.get("split")
     for a, key in zip(axes, keys):
         side = a.twinx()
+        sign = -1.0 if key == "debias" else 1.0  # the debias metric is −bias: plot the bias itself
         for ff in ffs:
-            pts = sorted((p for p in grid if p["feature_factor"] == ff), key=lambda p: p["learning_rate"])
+            pts = sorted((p for p in grid if p["feature_factor"] == ff and key in p["metrics"]),
+                         key=lambda p: p["learning_rate"])
             xs = [p["learning_rate"] for p in pts]
-            a.plot(xs, [p["metrics"][key] for p in pts], marker="o", label=f"ff={ff:+g}")
-            side.plot(xs, [p[measure] for p in pts], linestyle=":", alpha=0.6, label=f"{name} ff={ff:+g}")
-        a.axhline(results.base["metrics"][key], color="grey", linewidth=0.8, label="base")
+            a.plot(xs, [sign * p["metrics"][key] for p in pts], marker="o", label=f"feature factor {ff:+g}")
+            side.plot(xs, [p[measure] for p in pts], linestyle=":", alpha=0.6, label=f"{name}, feature factor {ff:+g}")
+        a.axhline(sign * results.base["metrics"][key], color="grey", linewidth=0.8, label="base model")
         if constraint.get("measure") == measure and constraint.get("factor") is not None:
             side.axhline(constraint["factor"] * results.base[measure], color="red", linewidth=0.8, linestyle="--",
                          label=f"selection bound: {constraint['label']}")
             side.legend(fontsize=7, loc="upper right")
         if key in results.selections:
             s = results.selections[key]
-            a.scatter([s.learning_rate], [s.value], s=120, facecolors="none", edgecolors="black", zorder=5,
+            a.scatter([s.learning_rate], [sign * s.value], s=120, facecolors="none", edgecolors="black", zorder=5,
                       label="selected" if getattr(s, "admissible", True) else "no admissible point (base)")
         a.set_xscale("log")
-        a.set_xlabel("learning rate")
-        a.set_ylabel(key if not key.endswith("_weaken") else f"1 - P({key[:-7]})")
-        side.set_ylabel(f"{name} (dotted)")
+        a.set_xlabel("learning rate (size of the weight change)")
+        a.set_ylabel(metric_label(key, results.info), fontsize=8)
+        side.set_ylabel(f"{name} on neutral text (dotted)", fontsize=8)
         rule = constraint.get("label", results.info.get("selector", ""))
-        a.set_title(f"decoder sweep: {key}" + (f" ({split} rows)" if split else "") + (f"\n{rule}" if rule else ""),
-                    fontsize=9)
+        what = {"debias": "debias"}.get(key, f"weaken {key[:-7]}" if key.endswith("_weaken") else f"strengthen {key}")
+        a.set_title(f"decoder sweep: {what}" + (f" ({split} rows)" if split and key != "debias" else "")
+                    + (f"\nselection rule: {rule}" if rule else ""), fontsize=9)
         a.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     return fig

@@ -28,9 +28,18 @@ from ..._files import write_json_atomic
 from ..._progress import progress
 from ..._version import __version__
 from ...data.schema import PairDataset
+from ...models import LanguageModel
 from ..model import ModelWithGradiend
 from .results import DecoderResults, Selection
-from .selectors import Selector, constraint_of, explain_no_point, raises_metric, resolve_selector, result_key
+from .selectors import (
+    DEBIAS_KEY,
+    Selector,
+    constraint_of,
+    explain_no_point,
+    raises_metric,
+    resolve_selector,
+    result_key,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +48,31 @@ DEFAULT_FEATURE_FACTORS = (-1.0, 1.0)
 DEFAULT_RELATIVE_LRS = tuple(float(x) for x in np.logspace(-5, -1, 5))
 
 
+def bias_scores(lm: LanguageModel, prompts: Sequence[str], ids_a: Sequence[int], ids_b: Sequence[int],
+                batch_size: int = 16) -> dict[str, float]:
+    """Pronoun bias of ``lm`` on neutral prompts, with P(A) = Σ P(class A tokens) at each prediction point:
+
+    ``mean_abs_log_ratio`` = mean |log P(A) − log P(B)| (0 = balanced on every prompt),
+    ``mean_log_ratio`` = mean log P(A) − log P(B) (the signed lean: > 0 towards A), ``p_a``/``p_b`` the
+    mean probabilities, ``n`` the prompt count.
+    """
+    if not prompts:
+        raise ValueError("bias_scores needs at least one prompt")
+    ids = [*ids_a, *ids_b]
+    p = metrics.next_token_logprobs(lm, list(prompts), ids, batch_size=batch_size).double().exp()
+    pa, pb = p[:, :len(ids_a)].sum(-1), p[:, len(ids_a):].sum(-1)
+    ratio = pa.log() - pb.log()
+    return {"mean_abs_log_ratio": float(ratio.abs().mean()), "mean_log_ratio": float(ratio.mean()),
+            "p_a": float(pa.mean()), "p_b": float(pb.mean()), "n": len(prompts)}
+
+
 class DecoderProbe:
-    """Everything a grid point is scored with: prompts, class tokens and neutral text."""
+    """Everything a grid point is scored with: prompts, class tokens, neutral text and (optionally)
+    neutral prompts for the bias measure (grid metric ``"debias"``, see :func:`bias_scores`)."""
 
     def __init__(self, mwg: ModelWithGradiend, data: PairDataset, classes: tuple[str, str],
                  neutral: Sequence[str], batch_size: int = 16, max_rows_per_class: int | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, bias_prompts: Sequence[str] | None = None) -> None:
         lm = mwg.lm
         frame = data.to_frame()
         frame = frame[frame["factual_class"].isin(classes)]
@@ -61,11 +89,13 @@ class DecoderProbe:
         self.prompts = sub.prompts(lm.kind, lm.tokenizer.mask_token)
         self.row_class = frame["factual_class"].to_numpy()
         tokens = {c: sorted(set(frame.loc[frame["factual_class"] == c, "factual"])) for c in classes}
+        self.tokens = tokens
         self.token_ids = {c: lm.token_ids(tokens[c]) for c in classes}
         self.all_ids = sorted({i for ids in self.token_ids.values() for i in ids})
         self.col = {t: j for j, t in enumerate(self.all_ids)}
         self.points: dict[str, dict[str, Any]] = {}
         self.points_file: Path | None = None
+        self.bias_prompts = list(bias_prompts or [])
 
     def score(self) -> dict[str, Any]:
         """Probabilities and LMS of the model as it is now."""
@@ -82,6 +112,10 @@ class DecoderProbe:
             out["probs"][f"P({c}|{c} rows)"] = on_own
             out["metrics"][result_key(c, True)] = on_other
             out["metrics"][result_key(c, False)] = 1.0 - on_own
+        if self.bias_prompts:
+            a, b = self.classes
+            out["bias"] = bias_scores(lm, self.bias_prompts, self.token_ids[a], self.token_ids[b], self.batch_size)
+            out["metrics"][DEBIAS_KEY] = -out["bias"]["mean_abs_log_ratio"]
         return out
 
     def score_at(self, feature_factor: float, learning_rate: float) -> dict[str, Any]:
@@ -145,7 +179,8 @@ def evaluate_decoder(mwg: ModelWithGradiend, data: PairDataset, classes: tuple[s
                      feature_factors: Sequence[float] | None = None, learning_rates: Sequence[float] | None = None,
                      selector: str | Selector | None = None, refine_steps: int = 4,
                      batch_size: int = 16, max_rows_per_class: int | None = 64,
-                     cache_dir: Path | None = None, split: str = "") -> DecoderResults:
+                     cache_dir: Path | None = None, split: str = "",
+                     bias_prompts: Sequence[str] | None = None) -> DecoderResults:
     """Sweep the grid, select per requested class and direction, refine by bisection on the lr.
 
     ``split`` names the data split ``data`` comes from; it is recorded with every selection (the
@@ -153,6 +188,8 @@ def evaluate_decoder(mwg: ModelWithGradiend, data: PairDataset, classes: tuple[s
     With ``cache_dir``, results are stored under a fingerprint of every input (data hash, neutral
     text, grid, feature-model weights, model id, library version) and reused only on an exact match.
     ``max_rows_per_class`` caps the prompts scored per class (a seeded sample; ``None`` = all rows).
+    ``bias_prompts`` also scores every point's bias on these neutral prompts (grid metric ``"debias"``;
+    pass the same list to :func:`evaluate_debias` and it reuses the points).
     """
     targets = _targets(target_class, classes)
     keys = [result_key(c, increase_target_probabilities) for c in targets]
@@ -166,24 +203,21 @@ def evaluate_decoder(mwg: ModelWithGradiend, data: PairDataset, classes: tuple[s
     grid_key = {"ffs": ffs, "lrs": lrs, "targets": targets, "increase": increase_target_probabilities,
                 "selector": sel_name, "refine": refine_steps, "classes": list(classes),
                 "max_rows_per_class": max_rows_per_class, "rule": "admissible"}
-    fp = fingerprint(mwg, data, neutral, grid_key)
+    fp = fingerprint(mwg, data, neutral, {**grid_key, "bias_prompts": list(bias_prompts or [])})
     cached = cache_dir / f"decoder_{fp}.json" if cache_dir is not None else None
     if cached is not None and cached.is_file():
         logger.info("decoder results loaded from cache %s", cached)
         return DecoderResults.load(cached)
-    probe = DecoderProbe(mwg, data, classes, neutral, batch_size, max_rows_per_class)
-    if cache_dir is not None:
-        probe_fp = fingerprint(mwg, data, neutral, {"classes": list(classes), "max_rows_per_class": max_rows_per_class})
-        probe.use_point_cache(cache_dir / f"points_{probe_fp}.json")
+    probe = make_probe(mwg, data, classes, neutral, batch_size, max_rows_per_class, cache_dir, bias_prompts)
     base = probe.base_point()
     grid = [probe.score_at(ff, lr) for ff, lr in progress([(f, r) for f in ffs for r in lrs], desc="decoder grid")]
     for key in keys:
         grid += _refine(probe, grid, key, base, select, refine_steps)
-    selections = {key: _select(select, grid, key, cls, base, increase_target_probabilities, split)
+    selections = {key: select_point(select, grid, key, cls, base, increase_target_probabilities, split)
                   for key, cls in zip(keys, targets)}
     constraint = constraint_of(select)
     info = {"lr_scale": scale, "selector": sel_name, "neutral_texts": len(neutral), "rows": len(probe.prompts),
-            "split": split, "constraint": asdict(constraint) if constraint is not None
+            "split": split, "class_tokens": probe.tokens, "constraint": asdict(constraint) if constraint is not None
             else {"measure": None, "factor": None, "upper": None, "label": f"selector {sel_name} (no stated bound)"}}
     results = DecoderResults(selections, grid, base, fp, info)
     if cached is not None:
@@ -191,8 +225,20 @@ def evaluate_decoder(mwg: ModelWithGradiend, data: PairDataset, classes: tuple[s
     return results
 
 
-def _select(select: Selector, grid: list[dict[str, Any]], key: str, cls: str, base: dict[str, Any],
-            increase: bool, split: str) -> Selection:
+def make_probe(mwg: ModelWithGradiend, data: PairDataset, classes: tuple[str, str], neutral: Sequence[str],
+               batch_size: int, max_rows_per_class: int | None, cache_dir: Path | None,
+               bias_prompts: Sequence[str] | None) -> DecoderProbe:
+    """A ``DecoderProbe`` sharing scored points (file in ``cache_dir``) with every sweep of the same inputs."""
+    probe = DecoderProbe(mwg, data, classes, neutral, batch_size, max_rows_per_class, bias_prompts=bias_prompts)
+    if cache_dir is not None:
+        probe_fp = fingerprint(mwg, data, neutral, {"classes": list(classes), "max_rows_per_class": max_rows_per_class,
+                                                    "bias_prompts": list(bias_prompts or [])})
+        probe.use_point_cache(cache_dir / f"points_{probe_fp}.json")
+    return probe
+
+
+def select_point(select: Selector, grid: list[dict[str, Any]], key: str, cls: str, base: dict[str, Any],
+                 increase: bool, split: str) -> Selection:
     """The selector's choice as a ``Selection``; the base ("no admissible point", logged) when it chose
     nothing or a point that does not raise the metric above its base value."""
     best = select(grid, key, base)

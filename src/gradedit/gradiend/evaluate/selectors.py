@@ -130,28 +130,74 @@ class _ProductSelector(ConstrainedSelector):
 metric_times_lms = _ProductSelector("metric_times_lms", Constraint("lms_product", 1.0, False,
                                                                    "metric x LMS > base"))
 
+#: grid-metric key of the bias measure: −mean |log P(A) − log P(B)| on neutral prompts (0 = balanced)
+DEBIAS_KEY = "debias"
+
+
+class BalanceSelector(ConstrainedSelector):
+    """Towards balance: among points that lower the mean |log P(A) − log P(B)| on neutral prompts
+    below the base model's (grid metric ``"debias"``, its negative) and keep ``constraint``, take the
+    most balanced one (the smaller edit on a tie); else the base ("no admissible point").
+
+    The ``key`` it is called with is ignored: it always selects on ``"debias"``.
+    """
+
+    def admissible(self, points: Sequence[dict[str, Any]], key: str, base: dict[str, Any]) -> list[dict[str, Any]]:
+        return [p for p in points if DEBIAS_KEY in p["metrics"] and raises_metric(p, base, DEBIAS_KEY)
+                and self.constraint.holds(p, base, DEBIAS_KEY)]
+
+    def __call__(self, points: Sequence[dict[str, Any]], key: str, base: dict[str, Any]) -> dict[str, Any]:
+        if DEBIAS_KEY not in base["metrics"]:
+            raise ValueError("the balance selector needs grid points scored on neutral prompts (metric "
+                             f"{DEBIAS_KEY!r}); sweep with evaluate_debias(...) or bias_prompts=[...]")
+        ok = self.admissible(points, key, base)
+        return max(ok, key=lambda p: (p["metrics"][DEBIAS_KEY], -p["learning_rate"])) if ok else base
+
+    def explain(self, points: Sequence[dict[str, Any]], key: str, base: dict[str, Any]) -> str:
+        return explain_no_point(points, DEBIAS_KEY, base, self.constraint)
+
+
+def balance_constraint(max_increase: float = 0.02, measure: str = "perplexity") -> BalanceSelector:
+    """Debias: the most balanced point on neutral prompts whose neutral perplexity stays within
+    +``max_increase`` (``measure="lms"``: whose LMS stays ≥ (1 − ``max_increase``) × base)."""
+    if measure == "perplexity":
+        c = Constraint("perplexity", 1.0 + max_increase, True, f"perplexity <= {1.0 + max_increase:g} x base")
+    elif measure == "lms":
+        c = Constraint("lms", 1.0 - max_increase, False, f"LMS >= {1.0 - max_increase:g} x base")
+    else:
+        raise ValueError(f"measure must be 'perplexity' or 'lms', got {measure!r}")
+    return BalanceSelector(f"balance_constraint({max_increase}, {measure})", c)
+
+
 SELECTORS: dict[str, Selector] = {"lms": lms_constraint(0.99), "perplexity": perplexity_constraint(0.02),
-                                  "product": metric_times_lms}
+                                  "product": metric_times_lms, "balance": balance_constraint(0.02)}
+
+
+#: the selector ``evaluate_decoder`` uses when none is given
+DEFAULT_SELECTOR = "lms"
 
 
 def resolve_selector(selector: str | Selector | None) -> Selector:
-    """A selector from a name (``"lms"``, ``"perplexity"``, ``"product"``, ``"lms:0.95"``,
-    ``"perplexity:0.01"``), a callable(points, key, base), or ``None`` (= ``"lms"``)."""
+    """A selector from a name (``"lms"``, ``"perplexity"``, ``"product"``, ``"balance"``, ``"lms:0.95"``,
+    ``"perplexity:0.01"``, ``"balance:0.01"``), a callable(points, key, base), or ``None``
+    (= :data:`DEFAULT_SELECTOR`)."""
     if selector is None:
-        return SELECTORS["lms"]
+        selector = DEFAULT_SELECTOR
     if isinstance(selector, str):
         name, _, arg = selector.partition(":")
-        if arg and name in ("lms", "perplexity"):  # "perplexity:0.01" = at most +1% perplexity
+        if arg and name in ("lms", "perplexity", "balance"):  # "perplexity:0.01" = at most +1% perplexity
             try:
                 value = float(arg)
             except ValueError:
                 raise ValueError(f"selector {selector!r}: {arg!r} is not a number") from None
+            if name == "balance":
+                return balance_constraint(value)
             return lms_constraint(value) if name == "lms" else perplexity_constraint(value)
         try:
             return SELECTORS[selector]
         except KeyError:
             raise ValueError(f"unknown selector {selector!r}; use one of {list(SELECTORS)}, 'lms:RATIO', "
-                             "'perplexity:MAX_INCREASE' or a callable") from None
+                             "'perplexity:MAX_INCREASE', 'balance:MAX_INCREASE' or a callable") from None
     if not callable(selector):
         raise TypeError("selector must be a name, a callable(points, key, base) or None")
     return selector

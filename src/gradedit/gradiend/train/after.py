@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING, Any
 from transformers import PreTrainedModel
 
 from ...data.schema import PairDataset
+from ..evaluate.debias import evaluate_debias
 from ..evaluate.decoder import evaluate_decoder
 from ..evaluate.encoder import EncoderResults
 from ..evaluate.encoder import evaluate_encoder as _evaluate_encoder
 from ..evaluate.results import DecoderResults, Selector, result_key
+from ..evaluate.selectors import DEBIAS_KEY
 
 if TYPE_CHECKING:
     from ...models import LanguageModel
@@ -73,11 +75,13 @@ class AfterTraining:
                          increase_target_probabilities: bool = True, feature_factors: Sequence[float] | None = None,
                          learning_rates: Sequence[float] | None = None, selector: str | Selector | None = None,
                          plot: bool = False, split: str = "val", max_neutral: int = 64, refine_steps: int = 4,
-                         max_rows_per_class: int | None = 64, use_cache: bool = True) -> DecoderResults:
-        """Sweep feature_factor × learning_rate; select the best point per class under the LMS constraint.
+                         max_rows_per_class: int | None = 64, use_cache: bool = True,
+                         bias_prompts: Sequence[str] | None = None) -> DecoderResults:
+        """Sweep feature_factor × learning_rate; select the best point per class under the selector's constraint.
 
         Selection scores the ``split`` rows (default ``"val"``), so the encoder's and a report's
-        ``"test"`` figures stay held out; every ``Selection`` records its split.
+        ``"test"`` figures stay held out; every ``Selection`` records its split. ``bias_prompts`` also
+        scores each point's bias (then :meth:`evaluate_debias` with the same prompts reuses the points).
 
         Results are cached under ``experiment_dir/decoder/`` by a fingerprint of all inputs and merged
         into ``experiment_dir/decoder_results.json`` (what ``rewrite_base_model`` uses by default).
@@ -87,12 +91,38 @@ class AfterTraining:
             target_class=target_class, increase_target_probabilities=increase_target_probabilities,
             feature_factors=feature_factors, learning_rates=learning_rates, selector=selector,
             refine_steps=refine_steps, max_rows_per_class=max_rows_per_class,
-            cache_dir=self.experiment_dir / "decoder" if use_cache else None, split=split)
+            cache_dir=self.experiment_dir / "decoder" if use_cache else None, split=split, bias_prompts=bias_prompts)
         path = self.experiment_dir / DECODER_FILE
         merged = DecoderResults.load(path).merged(res) if path.is_file() else res
         merged.save(path)
         if plot:
             res.plot(self.experiment_dir / f"decoder_{'strengthen' if increase_target_probabilities else 'weaken'}.png")
+        return res
+
+    def evaluate_debias(self, prompts: Sequence[str] | None = None, selector: str | Selector | None = None,
+                        feature_factors: Sequence[float] | None = None, learning_rates: Sequence[float] | None = None,
+                        plot: bool = False, split: str = "val", max_neutral: int = 64, refine_steps: int = 3,
+                        max_rows_per_class: int | None = 64, use_cache: bool = True) -> DecoderResults:
+        """Select the rewrite that balances the two classes on neutral prompts (key ``"debias"``).
+
+        ``prompts`` default to the selection half of our occupation templates
+        (``gradedit.data.templates``; report the bias on the ``"heldout"`` half). Selector default
+        ``"balance:0.02"``: most balanced point with neutral perplexity within +2 %. Merged into
+        ``decoder_results.json``, so ``rewrite_base_model(target_class="debias")`` writes it.
+        """
+        from ...data.templates import occupation_prompts
+
+        if prompts is None:
+            prompts = occupation_prompts("selection", self.lm.kind, self.lm.tokenizer.mask_token)
+        res = evaluate_debias(
+            self.get_model(), self.data.split(split), self.classes, self._neutral_texts(max_neutral), list(prompts),
+            feature_factors=feature_factors, learning_rates=learning_rates, selector=selector,
+            refine_steps=refine_steps, max_rows_per_class=max_rows_per_class,
+            cache_dir=self.experiment_dir / "decoder" if use_cache else None, split=split)
+        path = self.experiment_dir / DECODER_FILE
+        (DecoderResults.load(path).merged(res) if path.is_file() else res).save(path)
+        if plot:
+            res.plot(self.experiment_dir / "decoder_debias.png")
         return res
 
     def rewrite_base_model(self, decoder_results: DecoderResults | None = None,
@@ -112,7 +142,7 @@ class AfterTraining:
                 raise FileNotFoundError(f"no decoder results in {path}; run trainer.evaluate_decoder() first")
             decoder_results = DecoderResults.load(path)
         if target_class is None:
-            raise ValueError(f"give target_class: one of {list(self.classes)}")
+            raise ValueError(f"give target_class: one of {list(self.classes)} (or {DEBIAS_KEY!r} after evaluate_debias)")
         many = not isinstance(target_class, str)
         wanted = list(target_class) if many else [str(target_class)]
         selections = [decoder_results[result_key(c, increase_target_probabilities)].require_admissible()
@@ -121,7 +151,8 @@ class AfterTraining:
         models = []
         for cls, sel in zip(wanted, selections):
             out = None if output_dir is None else (Path(output_dir) / cls if many else Path(output_dir))
-            info: dict[str, Any] = {"target_class": cls, "direction": "strengthen" if sel.increase else "weaken",
+            direction = "debias" if sel.key == DEBIAS_KEY else ("strengthen" if sel.increase else "weaken")
+            info: dict[str, Any] = {"target_class": cls, "direction": direction,
                                     "selected_value": sel.value, "base_value": sel.base_value,
                                     "selection_split": sel.split, "selector": decoder_results.info.get("selector"),
                                     "lms": sel.lms,
