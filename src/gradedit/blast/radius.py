@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -76,7 +77,21 @@ def _mean(total: float, n: int) -> float:
     return total / n if n else float("nan")
 
 
-def _result(k: int, totals: dict[str, CorpusTotals], target: Target) -> EditResult:
+def by_token(t: EditTotals, names: Mapping[int, str]) -> dict[str, dict[str, Any]]:
+    """Means per target token (keyed by its string): at the positions whose actual token it is, mean
+    log P / P of itself before and after, and mean P of every other target token (``p_other``)."""
+    out: dict[str, dict[str, Any]] = {}
+    for tid, d in sorted(t.by_token.items()):
+        n = d["n"]
+        out[names.get(tid, str(tid))] = {
+            "n_positions": n, "logp_before": d["logp_before"] / n, "logp_after": d["logp_after"] / n,
+            "p_before": d["p_before"] / n, "p_after": d["p_after"] / n,
+            "p_other": {names.get(u, str(u)): {"before": b / n, "after": a / n} for u, (b, a) in d["p_other"].items()}}
+    return out
+
+
+def _result(k: int, totals: dict[str, CorpusTotals], target: Target,
+            names: Mapping[int, str] | None = None) -> EditResult:
     """Edit ``k``'s means from the per-corpus totals."""
     langs = [key for key in totals if key != TARGET_KEY]
     ce_edit = {g: _mean(totals[g].edits[k].nll, totals[g].n) for g in langs}
@@ -96,7 +111,8 @@ def _result(k: int, totals: dict[str, CorpusTotals], target: Target) -> EditResu
         before, after = _mean(t.t_logp_before, t.t_n), _mean(t.t_logp_after, t.t_n)
         on_target = {"metric": "mean log P(target token) at target positions (nats)", "before": before,
                      "after": after, "delta": after - before, "p_before": _mean(t.t_p_before, t.t_n),
-                     "p_after": _mean(t.t_p_after, t.t_n), "n_positions": t.t_n}
+                     "p_after": _mean(t.t_p_after, t.t_n), "n_positions": t.t_n,
+                     "by_token": by_token(t, names or {})}
         surrounding = _mean(t.s_kl, t.s_n) if t.s_n else None
     return EditResult(ce_edit, ce_delta, kl, on_target, global_kl, surrounding)
 
@@ -122,17 +138,26 @@ def evaluate_edits(lm: LanguageModel, edits: Sequence[WeightEdit], corpora: Mapp
             raise TypeError(f"expected a WeightEdit, got {type(e).__name__}")
         e._bind(lm.model)  # fail on a mismatched edit before any forward pass
     totals: dict[str, CorpusTotals] = {}
-    for key, ts in texts.items():
+    for i, (key, ts) in enumerate(texts.items()):
+        logger.info("blast radius: corpus %d/%d %r (%d texts, %d edit(s)) ...", i + 1, len(texts), key, len(ts),
+                    len(edits))
+        t0 = time.time()
         totals[key] = compare_stream(lm, ts, edits, target_ids=tids if key == TARGET_KEY else None,
                                      keep_tokens=keep_tokens, topk=topk, batch_size=batch_size,
                                      desc=f"blast {key}")
+        logger.info("blast radius: corpus %r done in %.1f s", key, time.time() - t0)
         if totals[key].n == 0:
             raise ValueError(f"corpus {key!r}: no token could be scored (every text is shorter than two "
                              "tokens); give longer texts")
     if isinstance(target, TargetSpec) and totals[TARGET_KEY].edits[0].t_n == 0:
         raise ValueError(f"no scored token of the TargetSpec texts is one of {list(target.tokens)}; "
                          "give texts that contain the target tokens (CLM: not as the first token)")
-    return totals, [_result(k, totals, target) for k in range(len(edits))]
+    names: dict[int, str] = {}
+    if isinstance(target, TargetSpec):
+        for tok in target.tokens:
+            tid = tok if isinstance(tok, int) else lm.token_id(tok)
+            names[tid] = tok if isinstance(tok, str) else str(lm.tokenizer.decode([tok]))
+    return totals, [_result(k, totals, target, names) for k in range(len(edits))]
 
 
 def blast_radius(lm: LanguageModel, edit: WeightEdit, corpora: Mapping[str, Sequence[str]],

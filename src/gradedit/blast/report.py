@@ -61,6 +61,17 @@ def _clean(x: Any) -> Any:
     return x
 
 
+def on_target_token_lines(on_target: dict[str, Any]) -> list[str]:
+    """One line per target token (a ``TargetSpec`` report): at its own positions, P(itself) and
+    P(each other target token) before -> after. Pooled numbers hide a he -> she edit; these do not."""
+    lines = []
+    for tok, d in (on_target.get("by_token") or {}).items():
+        others = ", ".join(f"P({u!r}) {v['before']:.4f} -> {v['after']:.4f}" for u, v in d["p_other"].items())
+        lines.append(f"  at {tok!r} positions (n={d['n_positions']}): P({tok!r}) {d['p_before']:.4f} -> "
+                     f"{d['p_after']:.4f}" + (f"; {others}" if others else ""))
+    return lines
+
+
 @dataclass
 class BlastReport:
     """What an edit changed, per corpus, next to a random edit of the same structure and norm.
@@ -77,7 +88,8 @@ class BlastReport:
         target: the target corpus key, ``"spec"`` for a ``TargetSpec``, or ``None``.
         on_target: ``{"metric", "before", "after", "delta", ...}``: the target corpus's CE
             (corpus key) or mean log P(target token) at target positions with mean P before/after
-            (``p_before``/``p_after``) and ``n_positions`` (``TargetSpec``).
+            (``p_before``/``p_after``), ``n_positions`` and ``by_token`` (per target token: its own
+            P and the other target tokens' P at its positions; ``on_target_token_lines``) (``TargetSpec``).
         global_kl: token-weighted mean KL over the corpora other than the target (all corpora
             for a ``TargetSpec`` or no target); ``None`` when there are none.
         surrounding_kl: mean KL at the non-target positions of the ``TargetSpec`` texts.
@@ -163,6 +175,7 @@ class BlastReport:
             if self.control_on_target is not None:
                 line += f"; control delta {self.control_on_target['delta']:+.4f}"
             lines.append(line)
+            lines += on_target_token_lines(ot)
         for name, val, ctl in (("off-target KL", self.global_kl, self.control_global_kl),
                                ("surrounding KL", self.surrounding_kl, self.control_surrounding_kl)):
             if val is not None:

@@ -9,6 +9,7 @@ a sweep over many edits shares the base pass.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 #: positions per KL / top-k step (a [ROWS, V] fp32 temporary is 64 MiB for a 262k vocabulary)
 ROWS = 64
+#: a progress line at least this often (seconds) while a corpus is scored
+LOG_EVERY_S = 20.0
 
 
 @dataclass
@@ -44,6 +47,9 @@ class EditTotals:
     t_p_after: float = 0.0
     s_n: int = 0
     s_kl: float = 0.0
+    #: per target id t: {"n", "logp_before", "logp_after", "p_before", "p_after"} at positions whose token
+    #: is t, and "p_other": {u: [Σ P(u) before, Σ P(u) after]} for every other target id u
+    by_token: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -157,7 +163,30 @@ def _accumulate(tot: EditTotals, cb: ScoredChunk, ce: ScoredChunk, tids: torch.T
         tot.t_p_after += float(lp_e[is_t].double().exp().sum())
         tot.s_n += int((~is_t).sum())
         tot.s_kl += float(kl[~is_t].double().sum())
+        if bool(is_t.any()):
+            _accumulate_by_token(tot, cb, ce, lp_b, lp_e, tids)
     return kl
+
+
+def _accumulate_by_token(tot: EditTotals, cb: ScoredChunk, ce: ScoredChunk, lp_b: torch.Tensor, lp_e: torch.Tensor,
+                         tids: torch.Tensor) -> None:
+    """Per target token: its own log P / P at its positions, and every other target token's P there."""
+    for t in tids.tolist():
+        at = cb.targets == t
+        if not bool(at.any()):
+            continue
+        d = tot.by_token.setdefault(int(t), {"n": 0, "logp_before": 0.0, "logp_after": 0.0, "p_before": 0.0,
+                                             "p_after": 0.0, "p_other": {}})
+        d["n"] += int(at.sum())
+        d["logp_before"] += float(lp_b[at].double().sum())
+        d["logp_after"] += float(lp_e[at].double().sum())
+        d["p_before"] += float(lp_b[at].double().exp().sum())
+        d["p_after"] += float(lp_e[at].double().exp().sum())
+        for u in tids.tolist():
+            if u != t:
+                acc = d["p_other"].setdefault(int(u), [0.0, 0.0])
+                acc[0] += float(cb.logprobs[at, u].double().exp().sum())
+                acc[1] += float(ce.logprobs[at, u].double().exp().sum())
 
 
 def compare_stream(lm: LanguageModel, texts: Sequence[str], edits: Sequence[WeightEdit], *,
@@ -181,7 +210,11 @@ def compare_stream(lm: LanguageModel, texts: Sequence[str], edits: Sequence[Weig
     records = [_empty_record(lm, t, dec) for t in texts] if keep_tokens else None
     tids = target_ids.to(lm.device) if target_ids is not None else None
     groups = _groups(lm, texts, batch_size)
-    for group in progress(groups, desc=desc, disable=desc is None or len(groups) < 2, leave=False):
+    t0 = last = time.time()
+    for g, group in enumerate(progress(groups, desc=desc, disable=desc is None or len(groups) < 2, leave=False)):
+        if time.time() - last >= LOG_EVERY_S:
+            logger.info("%s: %d/%d batches of texts (%.0f s)", desc or "comparing", g, len(groups), time.time() - t0)
+            last = time.time()
         sub = [texts[i] for i in group]
         base = list(iter_scored(lm, sub, batch_size))
         for cb in base:
