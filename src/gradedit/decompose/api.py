@@ -136,10 +136,10 @@ def _finish(net: nn.Module, mods: Mapping[str, nn.Module], names: list[str], obj
         stats = component_stats(layers, xs, cfg.fire_threshold, cfg.leaky_alpha)
         recon = layer_reconstruction(layers, xs, objective.weights, cfg.seed + 1, cfg.leaky_alpha)
         pool = objective.pool
-        n_out = min(len(pool), 16 if pool.is_lm else 1024)
+        n_out = min(len(pool), 8 if pool.is_lm else 1024)
         kind = cfg.output_loss if cfg.output_loss != "auto" else ("kl" if pool.is_lm else "mse")
         out_rec = output_reconstruction(net, mods, layers, pool.data[:n_out], pool.is_lm, kind, cfg.seed + 2,
-                                        cfg.leaky_alpha)
+                                        cfg.leaky_alpha, chunk=1 if pool.is_lm else n_out)
     num = sum(float(r.double().pow(2).sum()) for r in residuals.values())
     den = sum(float(w.double().pow(2).sum()) for w in objective.weights.values())
     metrics = {

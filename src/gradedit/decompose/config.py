@@ -36,6 +36,8 @@ class DecomposeConfig:
             decaying to ``lr * lr_final_frac`` after a linear warm-up of ``lr_warmup_frac * steps``.
         faithfulness_warmup_steps / faithfulness_warmup_lr: steps fitting ``(VU)ᵀ`` to ``W`` alone,
             before the main phase (as in SPD).
+        faithfulness_rows: in the main phase, estimate faithfulness from this many random output rows
+            per layer (unbiased, cheaper for wide layers); ``None``: every row.
         faithfulness_coeff, stoch_coeff, layerwise_coeff, importance_coeff: loss weights;
             ``layerwise_coeff`` (one layer masked at a time) is used by ``objective="output"`` only.
         p_start, p_end, p_anneal_start_frac, p_anneal_end_frac: the importance-minimality exponent
@@ -69,6 +71,7 @@ class DecomposeConfig:
     faithfulness_warmup_steps: int = 200
     faithfulness_warmup_lr: float = 1e-2
     faithfulness_coeff: float = 1.0
+    faithfulness_rows: int | None = None
     stoch_coeff: float = 1.0
     layerwise_coeff: float = 1.0
     importance_coeff: float = 3e-3
@@ -130,6 +133,9 @@ class DecomposeConfig:
                 raise bad(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
         if self.p_anneal_end_frac < self.p_anneal_start_frac:
             raise bad("p_anneal_end_frac must be >= p_anneal_start_frac")
+        if self.faithfulness_rows is not None and (isinstance(self.faithfulness_rows, bool)
+                                                   or not isinstance(self.faithfulness_rows, int) or self.faithfulness_rows < 1):
+            raise bad(f"faithfulness_rows must be a positive int or None, got {self.faithfulness_rows!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise bad(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
 

@@ -12,11 +12,22 @@ from .layers import ComponentLayer
 __all__ = ["faithfulness", "importance_minimality", "sample_masks", "layer_recon", "output_recon", "mean_square"]
 
 
-def faithfulness(layers: Mapping[str, ComponentLayer], weights: Mapping[str, Tensor]) -> Tensor:
-    """``Σ_layers ‖W − (VU)ᵀ‖² / Σ_layers ‖W‖²`` (0 = the components sum to the weights exactly)."""
-    num = sum(((weights[n] - layer.weight()) ** 2).sum() for n, layer in layers.items())
-    den = sum(float((w.double() ** 2).sum()) for w in weights.values())
-    return num / max(den, 1e-30)  # type: ignore[return-value,operator]
+def faithfulness(layers: Mapping[str, ComponentLayer], weights: Mapping[str, Tensor], total: float,
+                 rows: Mapping[str, Tensor] | None = None) -> Tensor:
+    """``Σ_layers ‖W − (VU)ᵀ‖² / total`` with ``total = Σ_layers ‖W‖²`` (0 = the components sum to ``W``).
+
+    ``rows`` (per layer, output-row indices) gives an unbiased estimate from those rows only, scaled
+    by ``d_out / len(rows)``: much cheaper for wide layers.
+    """
+    num = torch.zeros(())
+    for n, layer in layers.items():
+        if rows is None:
+            num = num + ((weights[n] - layer.weight()) ** 2).sum()
+        else:
+            idx = rows[n]
+            part = weights[n][idx] - (layer.V @ layer.U[:, idx]).T
+            num = num + (part ** 2).sum() * (weights[n].shape[0] / idx.numel())
+    return num / max(total, 1e-30)
 
 
 def importance_minimality(g_upper: Mapping[str, Tensor], p: float, eps: float, beta: float) -> Tensor:

@@ -56,16 +56,21 @@ class _Base:
                  cfg: DecomposeConfig) -> None:
         self.model, self.modules, self.pool, self.cfg = model, dict(modules), pool, cfg
         self.weights = {n: logical_weight(m).detach().float().contiguous() for n, m in modules.items()}
-        self.biases = {n: (m.bias.detach().float() if getattr(m, "bias", None) is not None else None)
-                       for n, m in modules.items()}
+        self.weight_total = sum(float(w.double().pow(2).sum()) for w in self.weights.values())
 
-    def faithfulness(self, layers: Mapping[str, ComponentLayer]) -> Tensor:
-        return faithfulness(layers, self.weights)
+    def faithfulness(self, layers: Mapping[str, ComponentLayer], gen: torch.Generator | None = None) -> Tensor:
+        """Relative faithfulness error (exact; estimated from ``faithfulness_rows`` random rows when given ``gen``)."""
+        k = self.cfg.faithfulness_rows
+        if gen is None or k is None:
+            return faithfulness(layers, self.weights, self.weight_total)
+        rows = {n: torch.randint(0, w.shape[0], (min(k, w.shape[0]),), generator=gen) for n, w in self.weights.items()}
+        return faithfulness(layers, self.weights, self.weight_total, rows)
 
     def init_layers(self, layers: Mapping[str, ComponentLayer], xs: Mapping[str, Tensor],
                     gen: torch.Generator) -> None:
         """Set each layer's fixed importance-input scale to 1 / RMS norm of its inputs ``xs [rows, d_in]``;
-        with ``init="data"`` also point each ``V`` column at a random non-zero input row (unit norm)."""
+        with ``init="data"`` also point each ``V`` column at a random non-zero input row (unit norm) and
+        fit ``U`` by least squares (``U = pinv(V) Wᵀ``: exact for ``C ≥ rank W``)."""
         with torch.no_grad():
             for n, layer in layers.items():
                 x = xs[n].reshape(-1, xs[n].shape[-1]).float()
@@ -78,7 +83,9 @@ class _Base:
                         raise DecompositionError(f"{n} sees only zero inputs; give other inputs or init='random'")
                     pick = torch.randint(0, rows.shape[0], (layer.info.C,), generator=gen)
                     v = rows[pick]
-                    layer.V.copy_((v / v.norm(dim=-1, keepdim=True)).T)
+                    V = (v / v.norm(dim=-1, keepdim=True)).T.double()
+                    layer.V.copy_(V)
+                    layer.U.copy_(torch.linalg.pinv(V) @ self.weights[n].T.double())
 
     def minimality(self, gu: Mapping[str, Tensor], p: float) -> Tensor:
         flat = {n: g.reshape(-1, g.shape[-1]) for n, g in gu.items()}
@@ -131,7 +138,7 @@ class LayerObjective(_Base):
             recon = recon + layer_recon(layer, a[n], y, masks[n], dmasks[n], self.norms[n])
         recon = recon / len(layers)
         imp = self.minimality(gu, self.cfg.p_at(s))
-        return self.combine(self.faithfulness(layers), recon, imp, self.cfg.importance_coeff_at(s))
+        return self.combine(self.faithfulness(layers, gen), recon, imp, self.cfg.importance_coeff_at(s))
 
 
 class OutputObjective(_Base):
@@ -184,7 +191,7 @@ class OutputObjective(_Base):
                 lw = lw + output_recon(out, target, self.kind, self.norm)
             extra["layerwise"] = lw / len(layers)
         imp = self.minimality(gu, self.cfg.p_at(s))
-        return self.combine(self.faithfulness(layers), recon, imp, self.cfg.importance_coeff_at(s), extra)
+        return self.combine(self.faithfulness(layers, gen), recon, imp, self.cfg.importance_coeff_at(s), extra)
 
 
 def make_objective(model: nn.Module, modules: Mapping[str, nn.Module], pool: InputPool,

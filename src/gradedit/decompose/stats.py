@@ -73,26 +73,35 @@ def layer_reconstruction(layers: Mapping[str, ComponentLayer], xs: Mapping[str, 
 
 @torch.no_grad()
 def output_reconstruction(model: nn.Module, modules: Mapping[str, nn.Module], layers: Mapping[str, ComponentLayer],
-                          batch: Tensor, is_lm: bool, kind: str, seed: int, alpha: float = 0.01) -> dict[str, float]:
+                          batch: Tensor, is_lm: bool, kind: str, seed: int, alpha: float = 0.01,
+                          chunk: int = 1) -> dict[str, float]:
     """The model's output with all decomposed layers masked at once, vs the target model:
-    KL (``kind="kl"``, nats per position) or MSE, with stochastic masks and with importance as mask.
-    Importances come from the clean forward's layer inputs, as in training."""
-    with capture_inputs(modules) as seen:
-        target = call_model(model, batch, is_lm)
-    assert target is not None
-    if any(len(v) != 1 for v in seen.values()):
-        return {}
-    g = {n: layers[n].importance(seen[n][0], alpha) for n in layers}
+    KL (``kind="kl"``, nats per position) or MSE, with stochastic masks and with importance as mask
+    (residual off). Importances come from the clean forward's layer inputs, as in training.
+    Rows are processed ``chunk`` at a time (LM logits are large)."""
     gen = torch.Generator().manual_seed(seed)
-    masks, dmasks = sample_masks(g, gen, delta=True)
-    zeros = {n: torch.zeros(v.shape[:-1]) for n, v in g.items()}
-    res: dict[str, float] = {"rows": float(batch.shape[0])}
-    for tag, ms, ds in (("stochastic", masks, dmasks), ("importance", g, zeros)):
-        with masked_model(modules, layers, lambda n, _x, ms=ms, ds=ds: (ms[n], ds[n])):
-            pred = call_model(model, batch, is_lm)
-        assert pred is not None
-        res[f"{kind}_{tag}"] = float(output_recon(pred, target, kind))
-    return res
+    sums = {"stochastic": 0.0, "importance": 0.0}
+    for start in range(0, batch.shape[0], chunk):
+        part = batch[start: start + chunk]
+        with capture_inputs(modules) as seen:
+            target = call_model(model, part, is_lm)
+        assert target is not None
+        if any(len(v) != 1 for v in seen.values()):
+            return {}
+        g = {n: layers[n].importance(seen[n][0], alpha) for n in layers}
+        masks, dmasks = sample_masks(g, gen, delta=True)
+        zeros: dict[str, Tensor | None] = {n: torch.zeros(v.shape[:-1]) for n, v in g.items()}
+        for tag, ms, ds in (("stochastic", masks, dmasks), ("importance", g, zeros)):
+            def mask_fn(n: str, _x: Tensor, ms: Mapping[str, Tensor] = ms,
+                        ds: Mapping[str, Tensor | None] = ds) -> tuple[Tensor, Tensor | None]:
+                return ms[n], ds[n]
+
+            with masked_model(modules, layers, mask_fn):
+                pred = call_model(model, part, is_lm)
+            assert pred is not None
+            sums[tag] += float(output_recon(pred, target, kind)) * part.shape[0]
+    n = batch.shape[0]
+    return {"rows": float(n), **{f"{kind}_{tag}": v / n for tag, v in sums.items()}}
 
 
 def summarise(stats: Mapping[str, Mapping[str, Any]], recon: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
