@@ -33,6 +33,7 @@ from typing import Any
 
 from ..errors import FortunesMissing
 from .bible import DEFAULT_TRANSLATION, TRANSLATIONS, bible_verses
+from .columns import require_pandas
 
 logger = logging.getLogger(__name__)
 
@@ -291,8 +292,6 @@ def from_table(
 ) -> list[str]:
     """Sentences from one text column of a ``.csv`` or ``.parquet`` file (each cell sentence-split
     unless ``split=False``)."""
-    from .schema import require_pandas
-
     pd = require_pandas()
     path = Path(path)
     suffix = path.suffix.lower()

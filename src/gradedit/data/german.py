@@ -41,6 +41,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._files import atomic_path, cache_dir, locked
+from .._progress import progress
 from ..errors import GermanMissing
 
 logger = logging.getLogger(__name__)
@@ -185,8 +187,6 @@ def _find_package_file(module: str, *parts: str) -> Path:
 def load_lexicon(cache: bool = True) -> NounLexicon:
     """The ``german-nouns`` lexicon (102k nouns), parsed once per process; with ``cache`` also kept as
     a pickle in ``<gradedit cache>/morphology/`` keyed by the package version."""
-    from .._files import cache_dir
-
     csv_path = _find_package_file("german_nouns", "nouns.csv")
     version = importlib.metadata.version("german-nouns")
     pkl = cache_dir() / "morphology" / f"german-nouns-{version}-v{LEXICON_FORMAT}.pkl"
@@ -206,8 +206,6 @@ def load_lexicon(cache: bool = True) -> NounLexicon:
 
 def _write_pickle(path: Path, obj: object) -> None:
     """Pickle ``obj`` to ``path`` atomically (temp file + rename) under a file lock."""
-    from .._files import atomic_path, locked
-
     with locked(path), atomic_path(path) as tmp, tmp.open("wb") as fh:
         pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -258,8 +256,6 @@ class GermanArticleTagger:
         """``analyze`` for every sentence (progress bar). With the default lexicon and tagger and
         ``cache``, the result is stored under ``<gradedit cache>/morphology/`` keyed by a hash of the
         sentences, the HanTa and german-nouns versions and ``ANALYSIS_VERSION``."""
-        from .._progress import progress
-
         path = self._cache_path(sentences) if cache and self._default else None
         if path is not None and path.is_file():
             try:
@@ -275,8 +271,6 @@ class GermanArticleTagger:
 
     @staticmethod
     def _cache_path(sentences: Sequence[str]) -> Path | None:
-        from .._files import cache_dir
-
         try:
             versions = [importlib.metadata.version(p) for p in ("hanta", "german-nouns")]
         except importlib.metadata.PackageNotFoundError:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
     from ..models import LanguageModel
 
-from ..errors import DataError
+from ..errors import DataError, TokenError
 from .columns import COLUMNS, MASK, SPLITS, STRING_COLUMNS, require_pandas, split_masked
 from .io import canonical_value, load_class_frames, read_class_dir, read_table, require_datasets, write_table
 from .splits import assign_splits
@@ -334,8 +334,6 @@ class PairDataset:
 
     def validate_tokens(self, lm: LanguageModel) -> dict[str, int]:
         """Token id of every distinct factual/alternative token; DataError lists all that are not one token."""
-        from ..models import TokenError
-
         tokens = list(dict.fromkeys([*self._df["factual"], *self._df["alternative"]]))
         ids: dict[str, int] = {}
         bad: list[str] = []

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from .._files import read_json_object, save_safetensors_atomic, write_folder, write_json_atomic
+from .._version import __version__
 from ..errors import ArtifactError
 from .terms import TERM_TYPES, EditTerm
 
@@ -43,8 +44,6 @@ def save_edit(edit: WeightEdit, directory: Path) -> Path:
     Raises:
         TypeError: ``edit.metadata`` is not JSON-serialisable.
     """
-    from .._version import __version__
-
     metas, tensors = [], {}
     for i, term in enumerate(edit.terms):
         meta, ts = term.to_state(_prefix(i))

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .._files import atomic_dir, save_safetensors_atomic
+from ..models import infer_kind
 from .handle import param_table
 from .terms import EditError, EditTerm, LowRankTerm, compute_dtype
 
@@ -101,8 +102,6 @@ def _lora_target(canon: str, alias: dict[str, str], modules: dict[str, torch.nn.
 
 
 def _task_type(model: torch.nn.Module) -> str | None:
-    from ..models import infer_kind
-
     try:
         return "CAUSAL_LM" if infer_kind(model) == "clm" else None
     except ValueError:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._version import __version__
 from ..errors import ArtifactError  # noqa: F401  (re-exported: callers catch it from here)
 from ..models.param_map import ParamMap
 from .feature_model_io import FORMAT_VERSION, as_dtype, dtype_name, load_feature_model, save_feature_model
@@ -281,8 +282,6 @@ class FeatureModel(nn.Module):
 
     def to_config(self) -> dict[str, Any]:
         """What ``config.json`` holds."""
-        from .._version import __version__
-
         return {
             "model_type": "gradedit-feature-model", "format_version": FORMAT_VERSION,
             "library": "gradedit", "library_version": __version__,

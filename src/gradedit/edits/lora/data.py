@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ...errors import TokenError
 from ...models import LanguageModel
 from ..terms import EditError
 
@@ -164,8 +165,6 @@ def build_sequences(lm: LanguageModel, data: TargetData, other_texts: Sequence[s
     """
     wanted: set[int] | None = None
     if data.target_words is not None:
-        from ...models import TokenError
-
         try:
             wanted = set(lm.token_ids(data.target_words))
         except TokenError as err:

@@ -16,8 +16,10 @@ from pathlib import Path
 import torch
 
 from ..._files import atomic_dir, cache_dir, locked, write_json_atomic
+from ..._version import __version__
 from ..language_model import LanguageModel, ModelKind
 from .gguf import ModelPackageMissing, convert, package_dir
+from .minilm import build_minilm_mlm
 from .tiny import TINY_BUILDERS
 
 logger = logging.getLogger(__name__)
@@ -83,8 +85,6 @@ def _build_gemma(out: Path) -> dict:
 
 
 def _build_minilm(out: Path) -> dict:
-    from .minilm import build_minilm_mlm
-
     return build_minilm_mlm(out)
 
 
@@ -155,8 +155,6 @@ def prepare(name: str, *, force: bool = False) -> Path:
         t0 = time.time()
         with atomic_dir(final) as tmp:
             meta = e.build(tmp)
-            from ..._version import __version__
-
             meta.update({"name": name, "gradedit_version": __version__, "torch": torch.__version__,
                          "seconds": round(time.time() - t0, 1)})
             write_json_atomic(tmp / SOURCE_FILE, meta)

@@ -18,6 +18,7 @@ import torch
 from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerBase
 
 from ..._progress import progress
+from ...data.bible import bible_verses
 from .gguf import ModelPackageMissing
 
 logger = logging.getLogger(__name__)
@@ -42,8 +43,6 @@ def _minilm_path() -> Path:
 
 def default_texts() -> list[str]:
     """English training text: World English Bible + Bible in Basic English verses."""
-    from ...data.bible import bible_verses
-
     return [v for code in DEFAULT_TRANSLATIONS for v in bible_verses(code)]
 
 
