@@ -132,3 +132,44 @@ def test_hover_shows_tooltip_in_chromium(report: BlastReport, tmp_path: Path) ->
     assert dark > 0.5, f"tooltip area is not dark on the screenshot ({dark:.0%} dark pixels)"
     assert external(requests) == [], f"the page requested external resources: {external(requests)}"
     assert any(u.startswith("file://") for u in requests), "request recording did not work"
+
+
+def test_shared_colour_scale_and_hover_hint(report: BlastReport) -> None:
+    from gradedit.viz.html import HOVER_HINT, heatmap_vmax
+
+    frag = render_tokens(["a", "b"], [0.05, 0.1], vmax=0.2)
+    spans = re.findall(r'<span class="gx-tok"[^>]*>', frag)
+    assert "rgb(245,168,162)" in spans[1]  # 0.1 of 0.2: half-way from white to red (235,80,70)
+    assert "<span>0.2</span>" in frag and html_escape(HOVER_HINT) in frag
+    own = render_tokens(["a", "b"], [0.05, 0.1])
+    assert "rgb(235,80,70)" in re.findall(r'<span class="gx-tok"[^>]*>', own)[1]  # own max = full colour
+    # two heatmaps with one vmax colour the same KL the same
+    vmax = heatmap_vmax([report], ["en"])
+    kls = [v for rec in report.tokens["en"] for v in rec["kl"]]  # type: ignore[index]
+    assert vmax is not None and min(kls) <= vmax <= max(kls)
+    a, b = token_heatmap_html(report, "en", 0, vmax=vmax), token_heatmap_html(report, "en", 1, vmax=vmax)
+    assert f"<span>{vmax:.4g}</span>" in a and f"<span>{vmax:.4g}</span>" in b
+    assert heatmap_vmax([report], ["xx"]) is None
+
+
+def html_escape(text: str) -> str:
+    import html
+
+    return html.escape(text)
+
+
+def test_tables_have_no_index_column_and_one_precision_per_column(tmp_path: Path) -> None:
+    from gradedit.viz.html import format_frame
+
+    frame = pd.DataFrame({"language": ["en", "de"], "CE change (nats)": [0.0271234, -0.1],
+                          "KL": [0.00012, 0.0101], "tokens": [10, 20]})
+    shown = format_frame(frame)
+    assert shown["CE change (nats)"].tolist() == ["0.0271", "-0.1000"]
+    assert shown["KL"].tolist() == ["0.00012", "0.01010"]
+    assert shown["tokens"].tolist() == [10, 20]
+    named = format_frame(frame.set_index("language"))
+    assert list(named.columns)[0] == "language"  # a meaningful index becomes a column
+    page = write_html_report(tmp_path / "t.html", "t", [("t", frame)]).read_text()
+    head = re.search(r"<thead>.*?</thead>", page, re.S).group(0)  # type: ignore[union-attr]
+    assert re.findall(r"<th>([^<]*)</th>", head) == ["language", "CE change (nats)", "KL", "tokens"]
+    assert "<th></th>" not in page and "0.0271" in page

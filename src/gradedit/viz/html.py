@@ -40,6 +40,12 @@ img.gx-img{max-width:100%}
 .gx-tok:hover,.gx-tok:focus{outline:1px solid #333}
 .gx-legend{display:flex;align-items:center;gap:6px;font-size:12px;margin-top:0.3em}
 .gx-bar{width:180px;height:10px;border:1px solid #ccc}
+.gx-hint{color:#666;margin-left:1em;font-style:italic}
+.gx-conclusion{background:#f4f8ff;border:1px solid #c9d8f0;border-radius:6px;padding:0.6em 1em}
+.gx-conclusion p{margin:0.4em 0}
+.gx-ok{color:#17702a;font-weight:600}.gx-no{color:#a11;font-weight:600}
+table.gx-table th{background:#f6f6f6}
+table.gx-table td:first-child,table.gx-table th:first-child{text-align:left}
 """
 
 _WHITE = (255, 255, 255)
@@ -58,21 +64,26 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
 
-def _scale(values: Sequence[float | None]) -> tuple[bool, float]:
-    """(signed?, magnitude of the colour scale's end) from the finite values."""
+def _scale(values: Sequence[float | None], vmax: float | None = None) -> tuple[bool, float]:
+    """(signed?, magnitude of the colour scale's end) from the finite values (``vmax`` fixes the end)."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
     signed = any(v < 0 for v in finite)
-    top = max((abs(v) for v in finite), default=0.0)
+    top = vmax if vmax is not None else max((abs(v) for v in finite), default=0.0)
     return signed, top if top > 0 else 1.0
 
 
+HOVER_HINT = "Hover over (or tab to) a token to see its details."
+
+
 def render_tokens(tokens: Sequence[str], values: Sequence[float | None], tooltips: Sequence[str | None] | None = None,
-                  title: str | None = None, *, label: str = "value") -> str:
+                  title: str | None = None, *, label: str = "value", vmax: float | None = None) -> str:
     """An HTML fragment: tokens coloured by value, a legend, and a hover tooltip per token.
 
     Non-negative values run white → red; values of both signs run blue (negative) → white → red.
     ``None`` or non-finite values are left uncoloured. Tooltips are plain text (escaped; newlines
-    kept). Works for any per-token quantity: KL, Δlog p, component activations.
+    kept). Works for any per-token quantity: KL, Δlog p, component activations. ``vmax`` fixes the
+    value of full colour (share it between heatmaps to make their colours comparable; larger values
+    are clipped to full colour); default: the largest |value| of this fragment.
 
     Raises:
         ValueError: ``tokens``, ``values`` and ``tooltips`` differ in length.
@@ -80,7 +91,7 @@ def render_tokens(tokens: Sequence[str], values: Sequence[float | None], tooltip
     if len(values) != len(tokens) or (tooltips is not None and len(tooltips) != len(tokens)):
         raise ValueError(f"tokens ({len(tokens)}), values ({len(values)}) and tooltips "
                          f"({len(tooltips) if tooltips is not None else '-'}) must have the same length")
-    signed, top = _scale(values)
+    signed, top = _scale(values, vmax)
     spans = []
     for i, (tok, v) in enumerate(zip(tokens, values)):
         if v is not None and math.isfinite(v):
@@ -97,7 +108,8 @@ def render_tokens(tokens: Sequence[str], values: Sequence[float | None], tooltip
     grad = (f"linear-gradient(to right,{_mix(_BLUE, 1)},{_mix(_BLUE, 0)},{_mix(_RED, 1)})" if signed
             else f"linear-gradient(to right,{_mix(_RED, 0)},{_mix(_RED, 1)})")
     legend = (f'<div class="gx-legend"><span>{html.escape(label)}:</span><span>{_fmt(lo)}</span>'
-              f'<span class="gx-bar" style="background:{grad}"></span><span>{_fmt(top)}</span></div>')
+              f'<span class="gx-bar" style="background:{grad}"></span><span>{_fmt(top)}</span>'
+              f'<span class="gx-hint">{html.escape(HOVER_HINT)}</span></div>')
     head_html = f'<div class="gx-title">{html.escape(title)}</div>' if title else ""
     return f'<div class="gx-heat">{head_html}<div class="gx-tokens">{"".join(spans)}</div>{legend}</div>'
 
@@ -107,10 +119,13 @@ def _pairs_text(pairs: Sequence[Sequence[Any]], signed: bool = False) -> str:
     return ", ".join(f"{tok!r} {fmt.format(p)}" for tok, p in pairs)
 
 
-def token_heatmap_html(report: BlastReport, lang: str, text_index: int = 0, value: str = "kl") -> str:
+def token_heatmap_html(report: BlastReport, lang: str, text_index: int = 0, value: str = "kl",
+                       vmax: float | None = None, title: str | None = None) -> str:
     """Heatmap fragment of one text of a ``BlastReport``: tokens coloured by ``value`` (``"kl"``, the
     per-token KL(base ‖ edit), or ``"dlogprob"``, the change of log P of the actual token); hover shows
-    the values, top-k before/after and the largest probability shifts.
+    the values, top-k before/after and the largest probability shifts. ``vmax``: the value of full
+    colour (pass the same one to every heatmap of a page, see :func:`heatmap_vmax`); ``title``
+    replaces the default one.
 
     Raises:
         ValueError: no per-token values in the report, unknown ``lang`` or ``value``.
@@ -143,8 +158,38 @@ def token_heatmap_html(report: BlastReport, lang: str, text_index: int = 0, valu
         if tips[pos] is None:
             tips[pos] = f"token {rec['tokens'][pos]!r} (position {pos}): not scored"
     label = "KL (nats)" if value == "kl" else "Δ log p"
-    title = f"{lang}, text {text_index} ({report.model})"
-    return render_tokens(rec["tokens"], values, tips, title, label=label)
+    title = title or f"{lang}, text {text_index} ({report.model})"
+    return render_tokens(rec["tokens"], values, tips, title, label=label, vmax=vmax)
+
+
+def heatmap_vmax(reports: Sequence[BlastReport], langs: Sequence[str], value: str = "kl",
+                 quantile: float = 0.99) -> float | None:
+    """One colour-scale end for many heatmaps: the ``quantile`` of |value| over every scored token of
+    ``langs`` in ``reports`` (a high quantile, so one outlier does not wash out every other token).
+    ``None`` when no report has per-token values."""
+    vals = sorted(abs(float(v)) for rep in reports if rep.tokens for lang in langs
+                  for rec in rep.tokens.get(lang, []) for v in rec[value])
+    if not vals:
+        return None
+    return vals[min(len(vals) - 1, int(quantile * (len(vals) - 1)))] or None
+
+
+def format_frame(frame: Any) -> Any:
+    """A copy of a DataFrame for display: a non-default index becomes columns, and each float column
+    gets one number of decimals for all its cells (about 4 significant digits of its largest |value|)."""
+    out = frame.reset_index() if not _is_range_index(frame.index) else frame.copy()
+    for col in out.columns:
+        if out[col].dtype.kind != "f":
+            continue
+        finite = [abs(float(v)) for v in out[col] if v == v and math.isfinite(float(v))]
+        top = max(finite, default=0.0)
+        decimals = 4 if top == 0 else max(0, min(6, 3 - math.floor(math.log10(top))))
+        out[col] = [("" if not (v == v and math.isfinite(float(v))) else f"{float(v):.{decimals}f}") for v in out[col]]
+    return out
+
+
+def _is_range_index(index: Any) -> bool:
+    return type(index).__name__ == "RangeIndex" and index.name is None
 
 
 def _data_uri(data: bytes, mime: str) -> str:
@@ -171,7 +216,7 @@ def _section_html(content: Any) -> str:
         content.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
         return f'<img class="gx-img" alt="figure" src="{_data_uri(buf.getvalue(), "image/png")}">'
     if hasattr(content, "to_html"):
-        return str(content.to_html(classes="gx-table", border=0, float_format=lambda v: f"{v:.4g}", escape=True))
+        return str(format_frame(content).to_html(classes="gx-table", border=0, index=False, escape=True))
     raise TypeError(f"a section is HTML (str), an image Path, a matplotlib Figure or a DataFrame; "
                     f"got {type(content).__name__}")
 
