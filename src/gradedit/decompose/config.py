@@ -35,7 +35,8 @@ class DecomposeConfig:
         lr: Adam learning rate of the main phase; ``lr_schedule`` ``"cosine"`` or ``"constant"``,
             decaying to ``lr * lr_final_frac`` after a linear warm-up of ``lr_warmup_frac * steps``.
         faithfulness_warmup_steps / faithfulness_warmup_lr: steps fitting ``(VU)ᵀ`` to ``W`` alone,
-            before the main phase (as in SPD).
+            before the main phase (as in SPD); ``None``: 200 with ``init="random"``, 0 with ``init="data"``
+            (whose least-squares ``U`` is already faithful).
         faithfulness_rows: in the main phase, estimate faithfulness from this many random output rows
             per layer (unbiased, cheaper for wide layers); ``None``: every row.
         faithfulness_coeff, stoch_coeff, layerwise_coeff, importance_coeff: loss weights;
@@ -68,7 +69,7 @@ class DecomposeConfig:
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     lr_warmup_frac: float = 0.0
     lr_final_frac: float = 0.0
-    faithfulness_warmup_steps: int = 200
+    faithfulness_warmup_steps: int | None = None
     faithfulness_warmup_lr: float = 1e-2
     faithfulness_coeff: float = 1.0
     faithfulness_rows: int | None = None
@@ -98,6 +99,9 @@ class DecomposeConfig:
     def __post_init__(self) -> None:
         def bad(msg: str) -> DecompositionError:
             return DecompositionError(f"DecomposeConfig: {msg}")
+
+        if self.faithfulness_warmup_steps is None:
+            self.faithfulness_warmup_steps = 200 if self.init == "random" else 0
 
         if self.objective not in ("layer", "output"):
             raise bad(f"objective must be 'layer' or 'output', got {self.objective!r}")

@@ -69,23 +69,32 @@ class _Base:
     def init_layers(self, layers: Mapping[str, ComponentLayer], xs: Mapping[str, Tensor],
                     gen: torch.Generator) -> None:
         """Set each layer's fixed importance-input scale to 1 / RMS norm of its inputs ``xs [rows, d_in]``;
-        with ``init="data"`` also point each ``V`` column at a random non-zero input row (unit norm) and
-        fit ``U`` by least squares (``U = pinv(V) Wᵀ``: exact for ``C ≥ rank W``)."""
+        with ``init="data"`` also point each ``V`` column at a random input row (unit norm) and
+        fit ``U`` by (lightly ridged) least squares, ``(VU)ᵀ ≈ W``."""
         with torch.no_grad():
             for n, layer in layers.items():
                 x = xs[n].reshape(-1, xs[n].shape[-1]).float()
                 rms = float(x.double().pow(2).sum(-1).mean().sqrt())
                 layer.ci_in_scale.fill_(1.0 / max(rms, 1e-12))
                 if self.cfg.init == "data":
-                    norms = x.norm(dim=-1)
-                    rows = x[norms > 1e-6 * max(float(norms.max()), 1e-30)]
-                    if rows.shape[0] == 0:
-                        raise DecompositionError(f"{n} sees only zero inputs; give other inputs or init='random'")
-                    pick = torch.randint(0, rows.shape[0], (layer.info.C,), generator=gen)
-                    v = rows[pick]
-                    V = (v / v.norm(dim=-1, keepdim=True)).T.double()
-                    layer.V.copy_(V)
-                    layer.U.copy_(torch.linalg.pinv(V) @ self.weights[n].T.double())
+                    self._data_init(n, layer, x, gen)
+
+    def _data_init(self, name: str, layer: ComponentLayer, x: Tensor, gen: torch.Generator) -> None:
+        """``V`` columns = random non-zero input rows (unit norm); ``U`` = ridge least squares to ``W``
+        (the ridge keeps ``U`` small when the chosen rows are nearly collinear)."""
+        norms = x.norm(dim=-1)
+        rows = x[norms > 1e-6 * max(float(norms.max()), 1e-30)]
+        if rows.shape[0] == 0:
+            raise DecompositionError(f"{name} sees only zero inputs; give other inputs or init='random'")
+        pick = torch.randint(0, rows.shape[0], (layer.info.C,), generator=gen)
+        V = rows[pick].double()
+        V = (V / V.norm(dim=-1, keepdim=True)).T  # [d_in, C]
+        gram = V.T @ V
+        ridge = 1e-4 * float(gram.diagonal().mean())
+        U = torch.linalg.solve(gram + ridge * torch.eye(gram.shape[0], dtype=gram.dtype),
+                               V.T @ self.weights[name].T.double())
+        layer.V.copy_(V)
+        layer.U.copy_(U)
 
     def minimality(self, gu: Mapping[str, Tensor], p: float) -> Tensor:
         flat = {n: g.reshape(-1, g.shape[-1]) for n, g in gu.items()}
