@@ -46,6 +46,8 @@ img.gx-img{max-width:100%}
 .gx-ok{color:#17702a;font-weight:600}.gx-no{color:#a11;font-weight:600}
 table.gx-table th{background:#f6f6f6}
 table.gx-table td:first-child,table.gx-table th:first-child{text-align:left}
+table.gx-conclusion-table{margin-top:0.8em}
+table.gx-conclusion-table td,table.gx-conclusion-table th{text-align:left;vertical-align:top}
 """
 
 _WHITE = (255, 255, 255)
@@ -228,7 +230,8 @@ def html_document(title: str, sections: Sequence[tuple[str, Any]]) -> str:
         if not isinstance(item, (tuple, list)) or len(item) != 2:
             raise TypeError(f"sections[{i}] must be a (heading, content) pair")
         heading, content = item
-        body.append(f"<section><h2>{html.escape(str(heading))}</h2>{_section_html(content)}</section>")
+        head = f"<h2>{html.escape(str(heading))}</h2>" if heading else ""  # "" continues the previous section
+        body.append(f"<section>{head}{_section_html(content)}</section>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title><style>{CSS}</style></head>\n<body>\n"
             + "\n".join(body) + "\n</body></html>\n")

@@ -86,6 +86,16 @@ def _tok(tokens: Any) -> str:
     return " / ".join(repr(t) for t in tokens) if tokens else "?"
 
 
+def _shown(key: str) -> Any:
+    """Grid metric -> plotted value: the bias for "debias" (metric = −bias), P(C) for "C_weaken"
+    (metric = 1 − P(C)), the metric itself otherwise."""
+    if key == "debias":
+        return lambda v: -v
+    if key.endswith("_weaken"):
+        return lambda v: 1.0 - v
+    return lambda v: v
+
+
 def metric_label(key: str, info: dict[str, Any]) -> str:
     """Axis label of a decoder metric for a reader: which probability, on which rows."""
     toks = info.get("class_tokens") or {}
@@ -95,7 +105,7 @@ def metric_label(key: str, info: dict[str, Any]) -> str:
         return f"mean |log P({_tok(toks.get(a))}) - log P({_tok(toks.get(b))})|\non neutral prompts (0 = balanced)"
     if key.endswith("_weaken"):
         c = key[:-7]
-        return f"1 - mean P({_tok(toks.get(c))}) on {c} rows"
+        return f"mean P({_tok(toks.get(c))}) on {c} rows (lower = weaker)"
     other = next((o for o in classes if o != key), "other-class")
     return f"mean P({_tok(toks.get(key))}) on {other} rows"
 
@@ -107,7 +117,7 @@ def plot_decoder(results: Any, ax: Any = None) -> Any:
     plt = pyplot()
     keys = list(results.selections) or sorted(results.base["metrics"])
     if ax is None:
-        fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
+        fig, axes = plt.subplots(1, len(keys), figsize=(7.5 * len(keys), 5.2), squeeze=False)
         axes = list(axes[0])
     else:
         fig, axes = ax.figure, [ax] * len(keys)
@@ -119,23 +129,23 @@ def plot_decoder(results: Any, ax: Any = None) -> Any:
     split = results.info.get("split")
     for a, key in zip(axes, keys):
         side = a.twinx()
-        sign = -1.0 if key == "debias" else 1.0  # the debias metric is −bias: plot the bias itself
+        shown = _shown(key)  # what is drawn: the probability itself (weaken) or the bias (debias)
         for ff in ffs:
             pts = sorted((p for p in grid if p["feature_factor"] == ff and key in p["metrics"]),
                          key=lambda p: p["learning_rate"])
             xs = [p["learning_rate"] for p in pts]
-            a.plot(xs, [sign * p["metrics"][key] for p in pts], marker="o", label=f"feature factor {ff:+g}")
+            a.plot(xs, [shown(p["metrics"][key]) for p in pts], marker="o", label=f"feature factor {ff:+g}")
             side.plot(xs, [p[measure] for p in pts], linestyle=":", alpha=0.6, label=f"{name}, feature factor {ff:+g}")
-        a.axhline(sign * results.base["metrics"][key], color="grey", linewidth=0.8, label="base model")
+        a.axhline(shown(results.base["metrics"][key]), color="grey", linewidth=0.8, label="base model")
         if constraint.get("measure") == measure and constraint.get("factor") is not None:
             side.axhline(constraint["factor"] * results.base[measure], color="red", linewidth=0.8, linestyle="--",
                          label=f"selection bound: {constraint['label']}")
-            side.legend(fontsize=7, loc="upper right")
         if key in results.selections:
             s = results.selections[key]
-            a.scatter([s.learning_rate], [sign * s.value], s=120, facecolors="none", edgecolors="black", zorder=5,
+            a.scatter([s.learning_rate], [shown(s.value)], s=120, facecolors="none", edgecolors="black", zorder=5,
                       label="selected" if getattr(s, "admissible", True) else "no admissible point (base)")
         a.set_xscale("log")
+        a.ticklabel_format(axis="y", useOffset=False)
         a.set_xlabel("learning rate (size of the weight change)")
         a.set_ylabel(metric_label(key, results.info), fontsize=8)
         side.set_ylabel(f"{name} on neutral text (dotted)", fontsize=8)
@@ -143,6 +153,8 @@ def plot_decoder(results: Any, ax: Any = None) -> Any:
         what = {"debias": "debias"}.get(key, f"weaken {key[:-7]}" if key.endswith("_weaken") else f"strengthen {key}")
         a.set_title(f"decoder sweep: {what}" + (f" ({split} rows)" if split and key != "debias" else "")
                     + (f"\nselection rule: {rule}" if rule else ""), fontsize=9)
-        a.legend(fontsize=8, loc="upper left")
+        h1, l1 = a.get_legend_handles_labels()
+        h2, l2 = side.get_legend_handles_labels()
+        a.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
     fig.tight_layout()
     return fig
