@@ -17,6 +17,8 @@ import json
 import logging
 from pathlib import Path
 
+from .checks import NoEditFound
+
 logger = logging.getLogger(__name__)
 
 
@@ -36,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         e.add_argument("--n-texts", type=int, default=64, help="first n sentences per language to draw from")
         e.add_argument("--strengthen", action="store_true", help="lower the target CE instead of raising it")
         e.add_argument("--out", required=True, help="folder for the edit (WeightEdit.save)")
+        e.add_argument("--kl-weight", type=float, default=1.0,
+                       help="weight of the KL term that keeps the other languages' predictions (default 1)")
         if kind == "scalar":
             e.add_argument("--components", type=int, default=1, help="how many components to scale (default 1)")
             e.add_argument("--max-leak", type=float, default=0.1, help="allowed CE increase per other language")
@@ -46,31 +50,36 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
             e.add_argument("--rank", type=int, default=1)
             e.add_argument("--steps", type=int, default=24)
             e.add_argument("--lr", type=float, default=2e-3)
-            e.add_argument("--kl-weight", type=float, default=1.0)
         e.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    """Build the edit, save it, print what it used."""
+    """Build the edit, save it, print what it used; a scalar fit that finds no edit saves nothing (exit 3)."""
+    if args.tokens < 1 or args.n_texts < 1:
+        raise ValueError("--tokens and --n-texts must be >= 1")
+    if args.kl_weight < 0:
+        raise ValueError(f"--kl-weight must be >= 0, got {args.kl_weight}")
+    others = [x.strip() for x in args.others.split(",") if x.strip() and x.strip() != args.target]
+    if not others:
+        raise ValueError(f"--others {args.others!r} names no language besides the target {args.target!r}")
+    selection_tokens = _selection_budget(args.selection_tokens, args.tokens) if args.edit_kind == "scalar" else None
     from ..data.corpora import sentences
     from ..edits import LoraConfig, train_lora, tune_scalar
     from ..models import load_model
 
-    if args.tokens < 1 or args.n_texts < 1:
-        raise ValueError("--tokens and --n-texts must be >= 1")
-    others = [x.strip() for x in args.others.split(",") if x.strip() and x.strip() != args.target]
-    if not others:
-        raise ValueError(f"--others {args.others!r} names no language besides the target {args.target!r}")
     lm = load_model(args.model)
     target = sentences(args.target)[: args.n_texts]
     other = {lang: sentences(lang)[: max(4, args.n_texts // 4)] for lang in others}
     remove = not args.strengthen
     if args.edit_kind == "scalar":
         edit = tune_scalar(lm, target, other_texts=other, max_target_tokens=args.tokens, remove=remove,
-                           n_components=args.components, max_leak=args.max_leak,
+                           n_components=args.components, max_leak=args.max_leak, kl_weight=args.kl_weight,
                            s_range=(-8.0, 1.0) if remove else (1.0, 8.0), selection_score="impact",
-                           selection_tokens=_selection_budget(args.selection_tokens, args.tokens))
+                           selection_tokens=selection_tokens)
+        if edit.metadata.get("status") == "no-op":
+            raise NoEditFound(f"no-op: {edit.metadata.get('status_reason')}; nothing saved to {args.out} (try more "
+                              f"--tokens, --components, --selection-tokens all, or a smaller --kl-weight / larger --max-leak)")
     else:
         conf = LoraConfig(rank=args.rank, steps=args.steps, lr=args.lr, kl_weight=args.kl_weight,
                           max_target_tokens=args.tokens, batch_size=2, kl_topk=256)

@@ -4,26 +4,41 @@ from __future__ import annotations
 
 import argparse
 
+from .checks import check_run_class, run_dir
+
+DECODER_LEGEND = ("value: strengthen C = mean P(C's token) on the other class's prompts; weaken C (C_weaken) = "
+                  "1 - mean P(C's token) on C's own prompts. lr, ff: learning rate and feature factor of the chosen "
+                  "rewrite. LMS: language-modelling score = top-1 accuracy (share of tokens the model predicts "
+                  "as its most likely next token) on the run's neutral text")
+ENCODER_LEGEND = ("r = Pearson correlation of the encoded value with the +1/-1 class labels (|r| near 1: the "
+                  "feature is separated); accuracy = share of rows whose encoding has the label's sign")
+
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    run = run_dir(args.run_dir)
+    check_run_class(run, args.target_class)
     from ..gradiend.train import Trainer
 
-    trainer = Trainer.load(args.run_dir)
+    trainer = Trainer.load(run)
     if args.what == "decoder":
         dec = trainer.evaluate_decoder(target_class=args.target_class, increase_target_probabilities=not args.weaken,
                                        plot=args.plot, split=args.split or "val")
-        print(f"selected on the {dec.info.get('split')!r} split under {dec.info['constraint']['label']}")
+        constraint = (dec.info.get("constraint") or {}).get("label") or dec.info.get("selector")
+        print(f"selected on the {dec.info.get('split')!r} split under {constraint}")
         for key, sel in dec.items():
             if not sel.admissible:
                 print(f"{key:<14} {sel.reason}")
                 continue
             print(f"{key:<14} value {sel.base_value:.4g} -> {sel.value:.4g} (x{sel.ratio:.2f})  "
                   f"lr {sel.learning_rate:.3g}  ff {sel.feature_factor:+g}  LMS {sel.base_lms:.4f} -> {sel.lms:.4f}")
+        print(DECODER_LEGEND)
+        print(f"next: gradedit rewrite {run} --target-class {trainer.classes[1]} --out NEW_DIR")
     else:
         enc = trainer.evaluate_encoder(split=args.split or "test", plot=args.plot)
         print(f"r = {enc.correlation:+.3f} (with neutral {enc.correlation_with_neutral:+.3f}), "
               f"accuracy {enc.accuracy:.3f} (binary {enc.accuracy_binary:.3f})")
         print(enc.to_frame().to_string())
+        print(ENCODER_LEGEND)
     return 0
 
 
@@ -31,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``evaluate``."""
     ev = sub.add_parser("evaluate", help="evaluate a trained run's encoder or decoder")
     ev.add_argument("what", choices=["encoder", "decoder"])
-    ev.add_argument("run_dir")
+    ev.add_argument("run_dir", metavar="RUN", help="a folder written by gradedit train")
     ev.add_argument("--target-class", help="decoder: only this class (default: both)")
     ev.add_argument("--weaken", action="store_true", help="decoder: evaluate weakening instead of strengthening")
     ev.add_argument("--split", default=None,

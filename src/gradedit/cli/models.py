@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 
 def _cmd_models_list(args: argparse.Namespace) -> int:
@@ -57,23 +56,35 @@ def _cmd_models_info(args: argparse.Namespace) -> int:
 
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
-    texts = list(args.text or [])
+    from .checks import read_lines
+
+    texts = [t for t in (args.text or []) if t.strip()]
     if args.file:
-        texts += [ln.strip() for ln in Path(args.file).read_text(encoding="utf-8").splitlines() if ln.strip()]
+        texts += read_lines(args.file, "--file")
     if not texts:
-        raise SystemExit("error: give --text TEXT (repeatable) or --file FILE (one text per line)")
+        raise ValueError("give --text TEXT (repeatable) or --file FILE (one text per line)")
     return texts
 
 
+SCORE_EXPLAINED = {
+    "cross_entropy": "mean negative log-probability (nats) the model gives each scored token "
+                     "(CLM: every token after the first, from its left context; MLM: each token masked in turn)",
+    "perplexity": "exp(cross_entropy): the effective number of equally likely choices per token",
+    "lms": "language-modelling score = top-1 accuracy: the share of scored tokens that are the model's single "
+           "most likely prediction (1.0 = all)",
+    "tokens": "number of scored tokens",
+}
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
+    texts = _read_texts(args)  # before the model loads: a missing text costs nothing
     from .. import metrics
     from ..models import load_model
 
     lm = load_model(args.model)
-    texts = _read_texts(args)
-    ce = metrics.cross_entropy(lm, texts)
-    out = {"model": args.model, "texts": len(texts), "cross_entropy": ce, "perplexity": float(2.718281828459045**ce),
-           "lms": metrics.lms(lm, texts)}
+    sc = metrics.lm_scores(lm, texts)
+    out = {"model": args.model, "texts": len(texts), "cross_entropy": sc["cross_entropy"],
+           "perplexity": sc["perplexity"], "lms": sc["lms"], "tokens": sc["tokens"], "explain": SCORE_EXPLAINED}
     print(json.dumps(out, indent=2))
     return 0
 
@@ -92,7 +103,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     info.add_argument("--load", action="store_true", help="also load it and report parameters and vocabulary")
     info.set_defaults(func=_cmd_models_info)
 
-    score = sub.add_parser("score", help="cross-entropy, perplexity and LMS of a model on texts")
+    score = sub.add_parser("score", help="cross-entropy, perplexity and LMS (top-1 accuracy) of a model on texts")
     score.add_argument("--model", required=True, help="zoo name, local HF folder or hub id")
     score.add_argument("--text", action="append", help="a text (repeatable)")
     score.add_argument("--file", help="a file with one text per line")

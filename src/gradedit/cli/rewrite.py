@@ -5,30 +5,36 @@ from __future__ import annotations
 import argparse
 import logging
 
+from .checks import check_run_class, new_folder, run_dir
+
 logger = logging.getLogger(__name__)
 
 
 def _cmd_rewrite(args: argparse.Namespace) -> int:
+    run = run_dir(args.run_dir)
+    check_run_class(run, args.target_class)
+    out = new_folder(args.out)
     from ..gradiend.train import Trainer
 
-    trainer = Trainer.load(args.run_dir)
+    trainer = Trainer.load(run)
     increase = not args.weaken
     try:
         trainer.rewrite_base_model(target_class=args.target_class, increase_target_probabilities=increase,
-                                   output_dir=args.out)
+                                   output_dir=out)
     except (KeyError, FileNotFoundError):
         logger.info("no decoder results for this class and direction yet: evaluating the decoder first")
         dec = trainer.evaluate_decoder(target_class=args.target_class, increase_target_probabilities=increase)
         trainer.rewrite_base_model(dec, target_class=args.target_class, increase_target_probabilities=increase,
-                                   output_dir=args.out)
-    print(f"rewritten model saved to {args.out} (see rewrite_info.json)")
+                                   output_dir=out)
+    print(f"rewritten model saved to {out} (see rewrite_info.json)")
+    print(f"measure its blast radius: gradedit blast {out}")
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``rewrite``."""
     rw = sub.add_parser("rewrite", help="save the base model rewritten to strengthen or weaken a class")
-    rw.add_argument("run_dir")
+    rw.add_argument("run_dir", metavar="RUN", help="a folder written by gradedit train")
     rw.add_argument("--target-class", required=True)
     rw.add_argument("--weaken", action="store_true")
     rw.add_argument("--out", required=True, help="new folder for the HF model + tokenizer + rewrite_info.json")

@@ -1,4 +1,8 @@
-"""``gradedit train``: train a GRADIEND feature model into an experiment folder."""
+"""``gradedit train``: train a GRADIEND feature model into an experiment folder.
+
+The run records neutral text (``neutral.json``) for the decoder's LMS/perplexity constraint: the
+data's language by default (``features.neutral(lang)``), ``--neutral FILE|LANG`` to choose.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import json
 import logging
 from pathlib import Path
 
+from .checks import NEUTRAL_TEXTS, check_classes, data_spec, neutral_choice
 from .data import load_data
 
 logger = logging.getLogger(__name__)
@@ -18,10 +23,27 @@ def _topk(value: str) -> float | int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    # every check that needs no model first: a typo costs milliseconds, not a model load
+    spec = data_spec(args.data)
+    check_classes(spec, list(args.classes))
+    neutral_source, neutral = neutral_choice(args.neutral, spec)
+    values: dict[str, object] = {}
+    if args.config:
+        try:
+            values = json.loads(Path(args.config).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"--config {args.config}: no such file") from None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--config {args.config} is not JSON ({err})") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"--config {args.config} must hold a JSON object of TrainConfig fields")
+    for flag in ("max_steps", "eval_steps", "seeds", "batch_size"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    from .._files import write_json_atomic
     from ..gradiend.train import TrainConfig, Trainer
     from ..models import load_model
 
-    values: dict[str, object] = json.loads(Path(args.config).read_text()) if args.config else {}
     flags = {"max_steps": args.max_steps, "eval_steps": args.eval_steps, "source": args.source,
              "target": args.target, "learning_rate": args.lr, "pre_prune_topk": args.pre_prune,
              "max_seeds": args.seeds, "train_batch_size": args.batch_size}
@@ -30,15 +52,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig.from_dict(values)
     lm = load_model(args.model)
     data = load_data(args.data, lm)
-    trainer = Trainer(lm, data, args.classes, config=config)
+    if isinstance(neutral, str):
+        from ..data import features
+
+        neutral = features.neutral(neutral, n=NEUTRAL_TEXTS)
+    logger.info("neutral text: %d texts from %s", len(neutral), neutral_source)
+    trainer = Trainer(lm, data, args.classes, neutral=neutral, config=config)
     fm = trainer.train()
+    # where the neutral text came from, beside the texts (Trainer.load reads only "texts")
+    write_json_atomic(Path(args.out) / "neutral.json", {"texts": list(neutral), "source": neutral_source})
     res = max(trainer.seed_results, key=lambda r: abs(r.correlation))
     try:
         trainer.plot_training_convergence()
     except ImportError as err:
         logger.warning("no convergence plot: %s", err)
     print(f"feature model: {Path(args.out) / 'model'} (input dim {fm.input_dim:,})")
-    print(f"validation r = {res.correlation:+.3f}, class means {res.class_means}, converged: {res.converged}")
+    print(f"neutral text: {len(neutral)} texts from {neutral_source} (for the decoder's LMS/perplexity constraint)")
+    print(f"validation r = {res.correlation:+.3f} (Pearson correlation of the encoding with the +1/-1 labels), "
+          f"class means {res.class_means}, converged: {res.converged}")
+    print(f"next: gradedit evaluate encoder {args.out} ; gradedit evaluate decoder {args.out}")
     return 0
 
 
@@ -46,9 +78,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``train``."""
     train = sub.add_parser("train", help="train a GRADIEND feature model")
     train.add_argument("--model", required=True, help="zoo name, local HF folder or hub id")
-    train.add_argument("--data", required=True, help="PairDataset file/folder, or a built-in feature name")
+    train.add_argument("--data", required=True, help="PairDataset file/folder, or a built-in feature name "
+                                                     "(gradedit data build --help lists them)")
     train.add_argument("--classes", nargs=2, required=True, metavar=("A", "B"), help="target classes (A encodes +)")
     train.add_argument("--out", required=True, help="experiment directory")
+    train.add_argument("--neutral", metavar="FILE|LANG",
+                       help=f"neutral text for the decoder's constraint: a file with one text per line, or a language "
+                            f"({NEUTRAL_TEXTS} Bible sentences without the feature words); default: the data's language")
     train.add_argument("--config", help="JSON file with TrainConfig fields (flags override it)")
     train.add_argument("--max-steps", type=int)
     train.add_argument("--eval-steps", type=int)
