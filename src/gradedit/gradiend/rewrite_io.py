@@ -74,7 +74,10 @@ def rewrite_edit(folder: str | Path, lm: LanguageModel) -> WeightEdit:
     alias = {k: owner[id(v)] for k, v in lm.model.state_dict(keep_vars=True).items() if id(v) in owner}
     buffers = {k for k, _ in lm.model.named_buffers()}
     seen: set[str] = set()
-    names, shapes, indices, parts = [], [], [], []
+    names: list[str] = []
+    shapes: list[tuple[int, ...]] = []
+    indices: list[torch.Tensor | None] = []
+    parts: list[torch.Tensor] = []
     changed: dict[str, int] = {}
     for file in _weight_files(folder):
         with safe_open(str(file), framework="pt") as fh:
@@ -98,19 +101,23 @@ def rewrite_edit(folder: str | Path, lm: LanguageModel) -> WeightEdit:
                 if n == 0:
                     continue
                 diff = (new - old).reshape(-1)
-                dense = n > DENSE_ABOVE * mask.numel()
-                idx = None if dense else torch.nonzero(mask).reshape(-1).cpu()
                 names.append(name)
                 shapes.append(tuple(old.shape))
-                indices.append(idx)
-                parts.append(diff if dense else diff[idx.to(diff.device)])
+                if n > DENSE_ABOVE * mask.numel():
+                    indices.append(None)
+                    parts.append(diff)
+                else:
+                    idx = torch.nonzero(mask).reshape(-1)
+                    indices.append(idx.cpu())
+                    parts.append(diff[idx])
                 changed[name] = n
     missing = sorted(set(named) - seen)
     if missing:
         raise ArtifactError(f"{folder} lacks {len(missing)} of {lm.name}'s tensors (e.g. {missing[0]!r}); "
                             f"it is not a complete rewrite of {lm.name}")
-    meta = {"method": "rewrite", "base_model": lm.name, "rewrite_dir": str(folder), "changed_entries": changed,
-            **{k: info[k] for k in ("target_class", "direction", "learning_rate", "feature_factor") if k in info}}
+    meta: dict[str, Any] = {"method": "rewrite", "base_model": lm.name, "rewrite_dir": str(folder), "changed_entries": changed,
+                            **{k: info[k] for k in ("target_class", "direction", "learning_rate", "feature_factor")
+                               if k in info}}
     if not names:
         raise ValueError(f"{folder} has exactly the weights of {lm.name}: the rewrite changed nothing to measure")
     logger.info("%s differs from %s in %d entries of %d tensors", folder, lm.name, sum(changed.values()), len(names))
