@@ -60,13 +60,13 @@ def test_evaluate_and_rewrite_commands(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--model", "tiny-gpt2", "--data", str(data), "--classes", "masc", "fem", "--out", str(run),
                  "--max-steps", "6", "--eval-steps", "3", "--pre-prune", "300"]) == 0
-    # train recorded neutral English text (the data's classes are en-pronouns'); a run's neutral.json
-    # can still be replaced by hand
+    # train recorded neutral English text (the data's classes are en-pronouns'); --neutral overrides it
     assert "features.neutral('en'" in json.loads((run / "neutral.json").read_text())["source"]
-    neutral = {"texts": ["The city is quiet and the house is old.", "The quick brown fox jumps over the dog."]}
-    (run / "neutral.json").write_text(json.dumps(neutral))
-    assert main(["evaluate", "decoder", str(run), "--target-class", "fem"]) == 0
-    assert "fem" in capsys.readouterr().out
+    neutral = tmp_path / "neutral.txt"
+    neutral.write_text("The city is quiet and the house is old.\nThe quick brown fox jumps over the dog.\n")
+    assert main(["evaluate", "decoder", str(run), "--target-class", "fem", "--neutral", str(neutral)]) == 0
+    out_text = capsys.readouterr().out
+    assert "fem" in out_text and f"neutral text: 2 texts from {neutral}" in out_text
     out = tmp_path / "rewritten"
     assert main(["rewrite", str(run), "--target-class", "masc", "--weaken", "--out", str(out)]) == 0
     info = json.loads((out / "rewrite_info.json").read_text())

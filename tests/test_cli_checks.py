@@ -206,3 +206,22 @@ def test_edit_scalar_that_finds_no_edit_exits_3_and_saves_nothing(tmp_path: Path
     line = err.strip().splitlines()[-1]
     assert line.startswith("gradedit: ") and "Traceback" not in err
     assert "no-op" in line and "no scale moved" in line
+
+
+def test_languages_are_checked_before_torch_loads(tmp_path: Path) -> None:
+    code, _, err, mods, _ = _cli("edit", "lora", "--model", "tiny-llama", "--target", "xx", "--out", str(tmp_path / "e"))
+    assert code == 2 and "'xx'" in _one_line(err) and "torch" not in mods
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "edit.json").write_text(json.dumps({"base_model": "tiny-llama", "metadata": {}}))
+    code, _, err, mods, _ = _cli("blast", str(tmp_path / "e"), "--langs", "en,klingon")
+    assert code == 2 and "'klingon'" in _one_line(err) and "torch" not in mods
+
+
+def test_a_run_without_neutral_text_asks_for_neutral_before_loading(tmp_path: Path) -> None:
+    run = _fake_run(tmp_path / "run")
+    (run / "neutral.json").write_text(json.dumps({"texts": None}))  # as runs trained before this fix recorded it
+    for argv in (["evaluate", "decoder", str(run)],
+                 ["rewrite", str(run), "--target-class", "fem", "--out", str(tmp_path / "o")]):
+        code, _, err, mods, _ = _cli(*argv)
+        line = _one_line(err)
+        assert code == 2 and "records no neutral text" in line and "--neutral FILE" in line and "torch" not in mods

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .checks import edit_source
+from .checks import check_langs, edit_source
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     """Load the model and the edit, measure, print the per-language frame, write report.json + report.html."""
     kind, edit_dir, recorded = edit_source(args.edit_dir)
     langs = _langs(args.langs)
+    check_langs(langs, "--langs")
     if args.target is not None and args.target not in langs:
         raise ValueError(f"--target {args.target!r} is not one of --langs {langs}")
     if args.n_texts < 1:

@@ -10,8 +10,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["NEUTRAL_TEXTS", "DataSpec", "NoEditFound", "check_classes", "check_run_class", "data_spec", "edit_source",
-           "neutral_choice", "new_folder", "read_lines", "run_classes", "run_dir"]
+__all__ = ["NEUTRAL_TEXTS", "DataSpec", "NoEditFound", "check_classes", "check_langs", "check_run_class", "data_spec",
+           "edit_source", "neutral_choice", "neutral_texts", "new_folder", "read_lines", "run_classes", "run_dir",
+           "run_neutral"]
 
 NEUTRAL_TEXTS = 256
 """Neutral sentences ``train`` records by default (the decoder scores the first 64)."""
@@ -100,6 +101,15 @@ def check_classes(data: DataSpec, classes: list[str]) -> None:
         raise ValueError(f"class(es) {bad} not in {what}; its classes are {', '.join(data.classes)}")
 
 
+def check_langs(langs: list[str], flag: str) -> None:
+    """Every language has a Bible to read text from (``--langs``, ``--target``, ``--others``)."""
+    from ..data.bible import DEFAULT_TRANSLATION
+
+    bad = [lang for lang in langs if lang not in DEFAULT_TRANSLATION]
+    if bad:
+        raise ValueError(f"{flag}: no Bible text for {', '.join(map(repr, bad))}; languages: {', '.join(DEFAULT_TRANSLATION)}")
+
+
 def read_lines(file: str | Path, what: str) -> list[str]:
     """The non-empty stripped lines of a UTF-8 text file (``what`` names the flag in errors)."""
     path = Path(file)
@@ -127,6 +137,22 @@ def neutral_choice(value: str | None, data: DataSpec) -> tuple[str, str | list[s
             raise ValueError(f"cannot tell the language of {data.spec} (its classes match no built-in feature); give "
                              f"--neutral FILE (one neutral text per line) or --neutral LANG ({', '.join(catalog.NEUTRAL_LANGS)})")
         return f"features.neutral({data.lang!r}, n={NEUTRAL_TEXTS})", data.lang
+    return _neutral_flag(value)
+
+
+def neutral_texts(chosen: str | list[str]) -> list[str]:
+    """The texts of a :func:`neutral_choice` / :func:`run_neutral` result (a language loads its corpus)."""
+    if isinstance(chosen, list):
+        return chosen
+    from ..data import features
+
+    return features.neutral(chosen, n=NEUTRAL_TEXTS)
+
+
+def _neutral_flag(value: str) -> tuple[str, str | list[str]]:
+    """``--neutral FILE|LANG``: a file's lines, or a language for ``features.neutral``."""
+    from ..data import catalog
+
     if Path(value).is_file() or value not in catalog.NEUTRAL_LANGS:
         return value, read_lines(value, "--neutral")
     return f"features.neutral({value!r}, n={NEUTRAL_TEXTS})", value
@@ -158,6 +184,25 @@ def run_classes(run: Path) -> list[str]:
     except (OSError, ValueError):
         return []
     return [str(c) for c in meta.get("classes") or []]
+
+
+def run_neutral(run: Path, override: str | None) -> tuple[str, str | list[str]] | None:
+    """The neutral text a step on ``run`` should use: ``None`` = the run's own ``neutral.json``;
+    else (source, language or texts) from ``--neutral FILE|LANG``. Raises ValueError when the run
+    records none and no ``--neutral`` is given (runs trained before ``train`` recorded it)."""
+    from ..data import catalog
+
+    if override is not None:
+        return _neutral_flag(override)
+    try:
+        texts = json.loads((run / "neutral.json").read_text(encoding="utf-8")).get("texts")
+    except (OSError, ValueError, AttributeError):
+        texts = None
+    if not texts:
+        raise ValueError(f"{run} records no neutral text (neutral.json; runs trained before gradedit train recorded "
+                         f"it): give --neutral FILE (one text per line) or --neutral LANG "
+                         f"({', '.join(catalog.NEUTRAL_LANGS)})")
+    return None
 
 
 def check_run_class(run: Path, target_class: str | None) -> None:

@@ -17,7 +17,7 @@ import json
 import logging
 from pathlib import Path
 
-from .checks import NoEditFound
+from .checks import NoEditFound, check_langs
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     others = [x.strip() for x in args.others.split(",") if x.strip() and x.strip() != args.target]
     if not others:
         raise ValueError(f"--others {args.others!r} names no language besides the target {args.target!r}")
+    check_langs([args.target], "--target")
+    check_langs(others, "--others")
     selection_tokens = _selection_budget(args.selection_tokens, args.tokens) if args.edit_kind == "scalar" else None
     from ..data.corpora import sentences
     from ..edits import LoraConfig, train_lora, tune_scalar

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .checks import check_run_class, run_dir
+from .checks import check_run_class, neutral_texts, run_dir, run_neutral
 
 DECODER_LEGEND = ("value: strengthen C = mean P(C's token) on the other class's prompts; weaken C (C_weaken) = "
                   "1 - mean P(C's token) on C's own prompts. lr, ff: learning rate and feature factor of the chosen "
@@ -17,9 +17,13 @@ ENCODER_LEGEND = ("r = Pearson correlation of the encoded value with the +1/-1 c
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     run = run_dir(args.run_dir)
     check_run_class(run, args.target_class)
+    override = run_neutral(run, args.neutral) if args.what == "decoder" or args.neutral else None
     from ..gradiend.train import Trainer
 
     trainer = Trainer.load(run)
+    if override is not None:
+        trainer.neutral = neutral_texts(override[1])
+        print(f"neutral text: {len(trainer.neutral)} texts from {override[0]} (instead of the run's neutral.json)")
     if args.what == "decoder":
         dec = trainer.evaluate_decoder(target_class=args.target_class, increase_target_probabilities=not args.weaken,
                                        plot=args.plot, split=args.split or "val")
@@ -52,4 +56,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--split", default=None,
                     help="data split to score (encoder default: test; decoder default: val, so test stays held out)")
     ev.add_argument("--plot", action="store_true", help="also write the figure into the run directory")
+    ev.add_argument("--neutral", metavar="FILE|LANG",
+                    help="neutral text instead of the run's neutral.json (a file with one text per line, or a language)")
     ev.set_defaults(func=_cmd_evaluate)

@@ -11,7 +11,7 @@ import json
 import logging
 from pathlib import Path
 
-from .checks import NEUTRAL_TEXTS, check_classes, data_spec, neutral_choice
+from .checks import NEUTRAL_TEXTS, check_classes, data_spec, neutral_choice, neutral_texts
 from .data import load_data
 
 logger = logging.getLogger(__name__)
@@ -52,10 +52,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig.from_dict(values)
     lm = load_model(args.model)
     data = load_data(args.data, lm)
-    if isinstance(neutral, str):
-        from ..data import features
-
-        neutral = features.neutral(neutral, n=NEUTRAL_TEXTS)
+    neutral = neutral_texts(neutral)
     logger.info("neutral text: %d texts from %s", len(neutral), neutral_source)
     trainer = Trainer(lm, data, args.classes, neutral=neutral, config=config)
     fm = trainer.train()
