@@ -406,7 +406,7 @@ def test_tune_scalar_several_components_explore_the_whole_range(tiny_llama: ge.L
     across it, and the fit must end somewhere better than no edit."""
     lo, hi = -8.0, 1.0
     edit = tune_scalar(tiny_llama, DE, {"en": EN, "fr": FR}, n_components=2, max_target_tokens=6,
-                       modules=[GATE], s_range=(lo, hi), steps=3, lr=0.2, grid=9, golden_iters=0)
+                       modules=[GATE], s_range=(lo, hi), steps=3, lr=0.2, scan_grid=5)
     meta = edit.metadata
     tried = [h["s"] for h in meta["fit"]["history"]]
     for k in range(2):

@@ -14,9 +14,9 @@ counted as well: ``selection_tokens`` caps it (``None`` = all of it), and
 ``metadata["target_tokens_used"]`` gives the target tokens read per purpose (``selection``, ``fit``)
 and their distinct ``total``.
 One component: the bounded scale is found by a grid over ``s_range`` (which includes ``s = 1``, so
-the result is never worse than no edit) refined by golden-section search. Several components: the
-same grid for each component alone (the others at 1), so every scale is tried across the whole
-range, then Adam steps on the vector of scales from the best of those points (projected into
+the result is never worse than no edit) refined by golden-section search. Several components: a
+coarse grid (``scan_grid`` points) for each component alone (the others at 1), so every scale is
+tried across the whole range, then Adam steps on the vector of scales from the best of those points (projected into
 ``s_range``), keeping the best point seen. ``s_init`` replaces the grid by a given start.
 
 A fit that finds nothing better than no edit (no scale moved from 1, or the objective did not
@@ -242,7 +242,7 @@ def tune_scalar(lm: LanguageModel, target_texts: Sequence[str],
                 top: int | None = None, selection_score: str = "d", max_other_tokens: int = 256, max_leak: float | None = None,
                 leak_weight: float = 100.0, grid: int = 17, golden_iters: int = 12, steps: int = 40,
                 lr: float = 0.2, s_init: Sequence[float] | None = None, batch_size: int = 16,
-                selection_tokens: int | None = None) -> WeightEdit:
+                selection_tokens: int | None = None, scan_grid: int = 9) -> WeightEdit:
     """Fit component scales that raise (``remove=True``) or lower the target tokens' CE.
 
     Args:
@@ -259,9 +259,10 @@ def tune_scalar(lm: LanguageModel, target_texts: Sequence[str],
             (see :mod:`gradedit.edits.components.activations`).
         kl_weight / max_leak / leak_weight: the regularisers (module docstring); ``max_leak`` in
             nats of CE increase per other set.
-        s_range: bounds for every scale. grid / golden_iters: one-component search (``grid`` is also
-            the per-component scan that starts several components); steps / lr: Adam (several
-            components), started from the best scanned point, or from ``s_init`` when given.
+        s_range: bounds for every scale. grid / golden_iters: one-component search; steps / lr: Adam
+            (several components), started from the best point of a ``scan_grid``-point scan of each
+            component over ``s_range`` (``scan_grid`` forward passes per component, no gradients), or
+            from ``s_init`` when given.
         max_other_tokens: other tokens used for KL/leakage, split evenly across the other sets.
 
     Returns:
@@ -281,8 +282,8 @@ def tune_scalar(lm: LanguageModel, target_texts: Sequence[str],
     if selection_tokens is not None and (isinstance(selection_tokens, bool) or not isinstance(selection_tokens, int)
                                          or selection_tokens < 1):
         raise EditError(f"selection_tokens must be None (all selection text) or a positive int, got {selection_tokens!r}")
-    if grid < 3:
-        raise EditError(f"grid must be >= 3, got {grid}")
+    if grid < 3 or scan_grid < 3:
+        raise EditError(f"grid and scan_grid must be >= 3, got {grid}, {scan_grid}")
     sets = other_sets(other_texts) if other_texts is not None else {}
     selection = None
     ledger = TokenLedger()
@@ -326,7 +327,7 @@ def tune_scalar(lm: LanguageModel, target_texts: Sequence[str],
             s, history = _fit_one(obj, lo, hi, grid, golden_iters)
             how = "grid+golden"
         else:
-            s, history = _fit_many(obj, init, lo, hi, steps, lr, grid, len(cs))
+            s, history = _fit_many(obj, init, lo, hi, steps, lr, scan_grid, len(cs))
             how = "adam" if init is not None else "grid+adam"
     best = min(history, key=lambda h: h["objective"])
     reason = _no_op_reason(s, base_parts["objective"], best["objective"], target.n, (lo, hi))
