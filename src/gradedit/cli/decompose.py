@@ -1,0 +1,36 @@
+"""``gradedit decompose``: an SPD-style parameter decomposition of chosen linear layers, saved as a
+folder (checkpoints, resumable) — from a preset or from ``--model --modules -C``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _cmd_decompose(args: argparse.Namespace) -> int:
+    from ..decompose.presets import run_cli_args
+
+    dec = run_cli_args(args)
+    stats = dec.faithfulness()
+    print(f"decomposition saved to {args.out}: {len(dec.modules)} modules, "
+          f"faithfulness error {stats:.3g} (mean squared residual per weight)")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``decompose`` (arguments declared here so ``--help`` does not import torch)."""
+    p = sub.add_parser("decompose", help="learn sparse rank-1 components (SPD-style) of chosen linear layers")
+    p.add_argument("--preset", help="a ready-made recipe: gemma3-270m (MLP gate/up of layers 0, 14-17) or tiny")
+    p.add_argument("--model", help="zoo name or model folder (not with --preset)")
+    p.add_argument("--modules", nargs="+", help="module names or fnmatch patterns of linear layers")
+    p.add_argument("-C", "--n-components", type=int, help="components per module")
+    p.add_argument("--texts", help="UTF-8 text file, one text per line (default: mixed Bible text of 5 languages)")
+    p.add_argument("--out", required=True, help="output folder (checkpoints and the result)")
+    p.add_argument("--objective", choices=("layer", "output"),
+                   help="layer: each layer's output by MSE (cheap); output: the model's output by KL (SPD's)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="any DecomposeConfig field, e.g. --set importance_coeff=1e-3 lr=0.003")
+    p.add_argument("--no-resume", action="store_true", help="start over even if --out has a checkpoint")
+    p.set_defaults(func=_cmd_decompose)
