@@ -89,7 +89,7 @@ def dec1(tms: TMS, x: torch.Tensor, tmp_path_factory: pytest.TempPathFactory) ->
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("dec1")
     return decompose(tms, "linear1", 20, x, objective="layer", steps=600, batch_size=512, seed=0, lr=0.01,
-                     importance_coeff=0.1, out=out)
+                     importance_coeff=0.1, init="data", out=out)
 
 
 def test_layer_objective_recovers_mechanisms_that_svd_cannot(tms: TMS, dec1: Decomposition) -> None:
@@ -128,7 +128,7 @@ def test_statistics(dec1: Decomposition) -> None:
 def test_output_objective_recovers_both_tms_layers(tms: TMS, x: torch.Tensor) -> None:
     torch.set_num_threads(1)
     dec = decompose(tms, ["linear1", "linear2"], 20, x, objective="output", steps=1000, batch_size=512, seed=1,
-                    lr=0.01, importance_coeff=0.3)
+                    lr=0.01, importance_coeff=0.3, init="data")
     best, svd_best = [], []
     for layer in ("linear1", "linear2"):
         mech = mechanisms(tms, layer)

@@ -34,9 +34,12 @@ class DecomposeConfig:
         seed: seeds initialisation, batch sampling and mask noise (one ``torch.Generator``).
         lr: Adam learning rate of the main phase; ``lr_schedule`` ``"cosine"`` or ``"constant"``,
             decaying to ``lr * lr_final_frac`` after a linear warm-up of ``lr_warmup_frac * steps``.
+        ci_lr: learning rate of the importance MLPs (``None``: ``lr``). Adam moves every parameter by
+            about ``lr`` per step, so components of a large model (entries ~0.03) want a far smaller ``lr``
+            than the O(1) importance MLPs.
         faithfulness_warmup_steps / faithfulness_warmup_lr: steps fitting ``(VU)ᵀ`` to ``W`` alone,
-            before the main phase (as in SPD); ``None``: 200 with ``init="random"``, 0 with ``init="data"``
-            (whose least-squares ``U`` is already faithful).
+            before the main phase (as in SPD, from a random ``U``); ``None`` or 0: no warm-up, ``U`` starts
+            at the (ridge) least-squares fit to ``W`` instead.
         faithfulness_rows: in the main phase, estimate faithfulness from this many random output rows
             per layer (unbiased, cheaper for wide layers); ``None``: every row.
         faithfulness_coeff, stoch_coeff, layerwise_coeff, importance_coeff: loss weights;
@@ -46,8 +49,10 @@ class DecomposeConfig:
         importance_warmup_frac: the importance coefficient ramps linearly from 0 to ``importance_coeff``
             over this share of the main phase (lets components separate before sparsity bites).
         frequency_beta: weight of the frequency term ``mean_c · log2(1 + sum_c)`` (VPD); 0 turns it off.
-        init: ``"random"`` (Gaussian ``V``, as in SPD) or ``"data"`` (each ``V`` column starts at a random
-            input row of its layer, unit norm; ``U`` is then fitted by the faithfulness warm-up).
+        init: ``V`` starts ``"random"`` (a random tight frame, unit-norm-ish columns; right for dense LM
+            activations) or at
+            ``"data"``: random input rows of its layer, unit norm (far more reliable on sparse toy inputs,
+            ill-conditioned on anisotropic LM activations).
         ci_hidden: hidden width of each component's causal-importance MLP (scalar in, scalar out).
         leaky_alpha: slope of the leaky hard sigmoid outside ``[0, 1]``.
         delta_component: mask the residual ``Δ = W − (VU)ᵀ`` with its own random mask in training.
@@ -66,6 +71,7 @@ class DecomposeConfig:
     batch_size: int = 256
     seed: int = 0
     lr: float = 1e-3
+    ci_lr: float | None = None
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     lr_warmup_frac: float = 0.0
     lr_final_frac: float = 0.0
@@ -83,7 +89,7 @@ class DecomposeConfig:
     p_anneal_end_frac: float = 1.0
     importance_eps: float = 1e-12
     frequency_beta: float = 0.0
-    init: Literal["random", "data"] = "data"
+    init: Literal["random", "data"] = "random"
     ci_hidden: int = 16
     leaky_alpha: float = 0.01
     delta_component: bool = True
@@ -101,7 +107,7 @@ class DecomposeConfig:
             return DecompositionError(f"DecomposeConfig: {msg}")
 
         if self.faithfulness_warmup_steps is None:
-            self.faithfulness_warmup_steps = 200 if self.init == "random" else 0
+            self.faithfulness_warmup_steps = 0
 
         if self.objective not in ("layer", "output"):
             raise bad(f"objective must be 'layer' or 'output', got {self.objective!r}")
@@ -137,6 +143,8 @@ class DecomposeConfig:
                 raise bad(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
         if self.p_anneal_end_frac < self.p_anneal_start_frac:
             raise bad("p_anneal_end_frac must be >= p_anneal_start_frac")
+        if self.ci_lr is not None and not (math.isfinite(self.ci_lr) and self.ci_lr > 0):
+            raise bad(f"ci_lr must be > 0 or None, got {self.ci_lr!r}")
         if self.faithfulness_rows is not None and (isinstance(self.faithfulness_rows, bool)
                                                    or not isinstance(self.faithfulness_rows, int) or self.faithfulness_rows < 1):
             raise bad(f"faithfulness_rows must be a positive int or None, got {self.faithfulness_rows!r}")

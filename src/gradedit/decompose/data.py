@@ -74,13 +74,13 @@ def build_pool(inputs: Tensor | Iterable[Tensor] | Sequence[str], *, tokenizer: 
             if tokenizer is None:
                 raise DecompositionError("texts need a gradedit LanguageModel (its tokenizer); pass the LanguageModel "
                                          "as model, or pass tensors")
-            data = pack_texts(tokenizer, items, seq_len)  # type: ignore[arg-type]
+            data = pack_texts(tokenizer, items, seq_len)
         elif all(isinstance(i, Tensor) for i in items):
-            shapes = {tuple(i.shape[1:]) for i in items}  # type: ignore[union-attr]
+            shapes = {tuple(i.shape[1:]) for i in items}
             if len(shapes) != 1:
                 raise DecompositionError(f"input tensors have different trailing shapes {sorted(shapes)[:3]}; "
                                          f"give batches of one shape")
-            data = torch.cat(items, 0)  # type: ignore[arg-type]
+            data = torch.cat(items, 0)
         else:
             kinds = sorted({type(i).__name__ for i in items})
             raise DecompositionError(f"inputs mix {kinds}; give texts or tensors")

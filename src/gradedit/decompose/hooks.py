@@ -91,7 +91,7 @@ def call_model(model: nn.Module, batch: Tensor, is_lm: bool) -> Tensor | None:
     except StopForward:
         return None
     if hasattr(out, "logits"):
-        return out.logits  # type: ignore[no-any-return]
+        return out.logits
     if isinstance(out, (tuple, list)):
         out = out[0]
     if not isinstance(out, Tensor):

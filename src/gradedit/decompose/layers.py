@@ -17,7 +17,7 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -42,7 +42,7 @@ def _is_linear(module: nn.Module) -> bool:
 
 def logical_weight(module: nn.Module) -> Tensor:
     """The weight in ``[out, in]`` orientation (a transposed view for ``Conv1D``)."""
-    return module.weight.T if is_conv1d(module) else module.weight  # type: ignore[union-attr,return-value]
+    return module.weight.T if is_conv1d(module) else module.weight  # type: ignore[return-value]
 
 
 def find_linear_modules(model: nn.Module, patterns: str | Sequence[str]) -> dict[str, nn.Module]:
@@ -99,7 +99,9 @@ def model_fingerprint(modules: Mapping[str, nn.Module]) -> dict[str, str]:
     for name in sorted(modules):
         h = hashlib.sha256(name.encode())
         mod = modules[name]
-        for tag, t in (("weight", mod.weight), ("bias", getattr(mod, "bias", None))):
+        pairs: list[tuple[str, Tensor | None]] = [("weight", cast(Tensor, mod.weight)),
+                                                 ("bias", cast("Tensor | None", getattr(mod, "bias", None)))]
+        for tag, t in pairs:
             if t is None:
                 h.update(f"{tag}=None;".encode())
                 continue
@@ -114,13 +116,13 @@ class _LowerLeaky(torch.autograd.Function):
     """``clamp(x, 0, 1)``; below 0 a gradient that would raise ``x`` passes at slope ``alpha``."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, alpha: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, alpha: float) -> Tensor:
         ctx.save_for_backward(x)
         ctx.alpha = alpha
         return x.clamp(0.0, 1.0)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         (x,) = ctx.saved_tensors
         zero = torch.zeros_like(grad)
         below = torch.where(grad < 0, ctx.alpha * grad, zero)
@@ -129,7 +131,7 @@ class _LowerLeaky(torch.autograd.Function):
 
 def lower_leaky_hard_sigmoid(x: Tensor, alpha: float) -> Tensor:
     """Importance used for masks: values in ``[0, 1]`` (dead components can be revived by gradient)."""
-    return _LowerLeaky.apply(x, alpha)  # type: ignore[no-any-return]
+    return cast(Tensor, _LowerLeaky.apply(x, alpha))
 
 
 def upper_leaky_hard_sigmoid(x: Tensor, alpha: float) -> Tensor:
@@ -166,6 +168,8 @@ class ComponentLayer(nn.Module):
     pre-sigmoid logit: ``logit_c = Σ_h w2[c,h] · gelu(a_c · s · w1[c,h] + b1[c,h]) + b2[c]``.
     """
 
+    ci_in_scale: Tensor
+
     def __init__(self, info: LayerInfo, hidden: int, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.info = info
@@ -174,7 +178,11 @@ class ComponentLayer(nn.Module):
         def randn(*shape: int) -> Tensor:
             return torch.randn(*shape, generator=generator)
 
-        self.V = nn.Parameter(randn(info.d_in, C) / math.sqrt(info.d_in))
+        # a random tight frame: orthonormal columns (C <= d_in) or orthonormal rows scaled (C > d_in), so
+        # that a least-squares U needs no cancelling between components (a square Gaussian V would)
+        q, _ = torch.linalg.qr(randn(max(info.d_in, C), min(info.d_in, C)))
+        v = q[: info.d_in] if C <= info.d_in else q.T * math.sqrt(C / info.d_in)
+        self.V = nn.Parameter(v.contiguous())
         self.U = nn.Parameter(randn(C, info.d_out) / math.sqrt(C))
         self.w1 = nn.Parameter(randn(C, H) * math.sqrt(2.0))
         self.b1 = nn.Parameter(torch.zeros(C, H))

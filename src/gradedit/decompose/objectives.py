@@ -68,33 +68,28 @@ class _Base:
 
     def init_layers(self, layers: Mapping[str, ComponentLayer], xs: Mapping[str, Tensor],
                     gen: torch.Generator) -> None:
-        """Set each layer's fixed importance-input scale to 1 / RMS norm of its inputs ``xs [rows, d_in]``;
-        with ``init="data"`` also point each ``V`` column at a random input row (unit norm) and
-        fit ``U`` by (lightly ridged) least squares, ``(VU)ᵀ ≈ W``."""
+        """Before training: set each layer's fixed importance-input scale to 1 / RMS norm of its inputs
+        ``xs [rows, d_in]``; with ``init="data"`` point each ``V`` column at a random non-zero input row
+        (unit norm); unless a faithfulness warm-up is asked for, fit ``U`` by ridge least squares so
+        that ``(VU)ᵀ ≈ W`` from the first step (exact up to the tiny ridge when ``C ≥ rank W``)."""
         with torch.no_grad():
             for n, layer in layers.items():
                 x = xs[n].reshape(-1, xs[n].shape[-1]).float()
                 rms = float(x.double().pow(2).sum(-1).mean().sqrt())
                 layer.ci_in_scale.fill_(1.0 / max(rms, 1e-12))
                 if self.cfg.init == "data":
-                    self._data_init(n, layer, x, gen)
-
-    def _data_init(self, name: str, layer: ComponentLayer, x: Tensor, gen: torch.Generator) -> None:
-        """``V`` columns = random non-zero input rows (unit norm); ``U`` = ridge least squares to ``W``
-        (the ridge keeps ``U`` small when the chosen rows are nearly collinear)."""
-        norms = x.norm(dim=-1)
-        rows = x[norms > 1e-6 * max(float(norms.max()), 1e-30)]
-        if rows.shape[0] == 0:
-            raise DecompositionError(f"{name} sees only zero inputs; give other inputs or init='random'")
-        pick = torch.randint(0, rows.shape[0], (layer.info.C,), generator=gen)
-        V = rows[pick].double()
-        V = (V / V.norm(dim=-1, keepdim=True)).T  # [d_in, C]
-        gram = V.T @ V
-        ridge = 1e-4 * float(gram.diagonal().mean())
-        U = torch.linalg.solve(gram + ridge * torch.eye(gram.shape[0], dtype=gram.dtype),
-                               V.T @ self.weights[name].T.double())
-        layer.V.copy_(V)
-        layer.U.copy_(U)
+                    norms = x.norm(dim=-1)
+                    rows = x[norms > 1e-6 * max(float(norms.max()), 1e-30)]
+                    if rows.shape[0] == 0:
+                        raise DecompositionError(f"{n} sees only zero inputs; give other inputs or init='random'")
+                    v = rows[torch.randint(0, rows.shape[0], (layer.info.C,), generator=gen)]
+                    layer.V.copy_((v / v.norm(dim=-1, keepdim=True)).T)
+                if not self.cfg.faithfulness_warmup_steps:
+                    V = layer.V.double()
+                    gram = V.T @ V
+                    ridge = 1e-4 * float(gram.diagonal().mean())
+                    eye = torch.eye(gram.shape[0], dtype=gram.dtype)
+                    layer.U.copy_(torch.linalg.solve(gram + ridge * eye, V.T @ self.weights[n].T.double()))
 
     def minimality(self, gu: Mapping[str, Tensor], p: float) -> Tensor:
         flat = {n: g.reshape(-1, g.shape[-1]) for n, g in gu.items()}

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors.torch import load_file
@@ -48,9 +48,11 @@ def new_state(infos: Mapping[str, LayerInfo], cfg: DecomposeConfig) -> TrainStat
     layers = nn.ModuleDict()
     for i, info in enumerate(infos.values()):
         layers[str(i)] = ComponentLayer(info, cfg.ci_hidden, gen)
-    uv = [p for layer in layers.values() for p in (layer.V, layer.U)]
+    comps = [cast(ComponentLayer, m) for m in layers.values()]
+    uv = [p for layer in comps for p in (layer.V, layer.U)]
     opt_warm = torch.optim.Adam(uv, lr=cfg.faithfulness_warmup_lr)
-    opt = torch.optim.Adam(list(layers.parameters()), lr=cfg.lr)
+    ci = [p for layer in comps for p in (layer.w1, layer.b1, layer.w2, layer.b2)]
+    opt = torch.optim.Adam([{"params": uv, "lr": cfg.lr}, {"params": ci, "lr": cfg.ci_lr or cfg.lr}])
     return TrainState(layers, opt_warm, opt, gen)
 
 
@@ -93,7 +95,7 @@ def read_checkpoint_meta(path: Path) -> dict[str, Any]:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as fh:
-        return json.loads((fh.metadata() or {})["gradedit"])  # type: ignore[no-any-return]
+        return json.loads((fh.metadata() or {})["gradedit"])
 
 
 def load_checkpoint(path: Path, state: TrainState) -> dict[str, Any]:
@@ -119,7 +121,8 @@ def train(model: nn.Module, names: list[str], objective: LayerObjective | Output
           on_step: StepCallback | None = None) -> TrainState:
     """Run (or continue) training from ``state.step`` to ``faithfulness_warmup_steps + steps``."""
     layers = by_name(state, names)
-    warm, total = cfg.faithfulness_warmup_steps, cfg.faithfulness_warmup_steps + cfg.steps
+    warm = int(cfg.faithfulness_warmup_steps or 0)
+    total = warm + cfg.steps
     if state.step == 0:
         objective.setup(layers, state.gen)
     bar = progress(total=total, initial=state.step, desc="decompose", leave=False)
@@ -139,8 +142,9 @@ def train(model: nn.Module, names: list[str], objective: LayerObjective | Output
                     s = t - warm
                     loss, terms = objective.step(layers, state.gen, s)
                     opt = state.opt
-                    for g in opt.param_groups:
-                        g["lr"] = cfg.lr_at(s)
+                    scale = cfg.lr_at(s) / cfg.lr
+                    opt.param_groups[0]["lr"] = cfg.lr * scale
+                    opt.param_groups[1]["lr"] = (cfg.ci_lr or cfg.lr) * scale
                 if not torch.isfinite(loss):
                     raise DecompositionError(f"loss became {float(loss)} at step {t}; lower lr (now {cfg.lr}) or "
                                              f"importance_coeff, or set grad_clip")
