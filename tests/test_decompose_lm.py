@@ -119,3 +119,21 @@ def test_tiny_preset_runs_and_resumes_from_its_folder(tmp_path: Path) -> None:
     dec = run_preset("tiny", tmp_path / "t", steps=10)
     again = run_preset("tiny", tmp_path / "t", steps=10)  # finished: loaded, not retrained
     assert torch.equal(again.components(dec.modules[0])[0], dec.components(dec.modules[0])[0])
+
+
+def test_cli_entry(tmp_path: Path) -> None:
+    import argparse
+
+    from gradedit.decompose.presets import add_arguments, run_cli_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    torch.set_num_threads(1)
+    dec = run_cli_args(parser.parse_args(["--preset", "tiny", "--out", str(tmp_path / "c"), "--steps", "3",
+                                          "--set", "importance_coeff=0.01", "init=\"data\""]))
+    assert dec.config.steps == 3 and dec.config.importance_coeff == 0.01 and dec.config.init == "data"
+    assert (tmp_path / "c" / "decomposition.json").is_file()
+    with pytest.raises(DecompositionError, match="unknown decomposition option"):
+        run_cli_args(parser.parse_args(["--preset", "tiny", "--out", str(tmp_path / "d"), "--set", "lrr=1"]))
+    with pytest.raises(DecompositionError, match="give --model"):
+        run_cli_args(parser.parse_args(["--out", str(tmp_path / "e"), "--model", "tiny-llama"]))

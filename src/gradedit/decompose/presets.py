@@ -23,7 +23,7 @@ from .config import DecomposeConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Preset", "PRESETS", "preset_texts", "run_preset", "add_arguments", "run_cli_args"]
+__all__ = ["Preset", "PRESETS", "preset_texts", "run_preset", "add_arguments", "parse_sets", "run_cli_args"]
 
 LANGUAGES = ("de", "en", "fr", "es", "it")
 
@@ -121,7 +121,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-resume", action="store_true", help="start over even if --out has a checkpoint")
 
 
-def _parse_sets(items: Sequence[str]) -> dict[str, Any]:
+def parse_sets(items: Sequence[str]) -> dict[str, Any]:
+    """``["lr=0.003", "init=data"]`` → ``{"lr": 0.003, "init": "data"}`` (values parsed as JSON when they can be)."""
     fields = DecomposeConfig.__dataclass_fields__
     out: dict[str, Any] = {}
     for item in items:
@@ -139,7 +140,7 @@ def _parse_sets(items: Sequence[str]) -> dict[str, Any]:
 
 def run_cli_args(args: argparse.Namespace) -> Decomposition:
     """Do the work of ``gradedit decompose`` for parsed ``args`` (see :func:`add_arguments`)."""
-    overrides = _parse_sets(args.set)
+    overrides = parse_sets(args.set)
     for key in ("objective", "steps", "batch_size", "seed"):
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
