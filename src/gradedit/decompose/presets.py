@@ -55,9 +55,10 @@ PRESETS: dict[str, Preset] = {
     "gemma3-270m": Preset(
         model="gemma3-270m",
         modules=tuple(f"model.layers.{i}.mlp.{p}_proj" for i in _GEMMA_LAYERS for p in ("gate", "up")),
-        n_components=640,
-        options={"objective": "layer", "steps": 2000, "batch_size": 256, "lr": 3e-3, "importance_coeff": 1e-3,
-                 "faithfulness_warmup_steps": 0, "faithfulness_rows": 256, "ci_hidden": 8, "seq_len": 64,
+        n_components=1024,
+        options={"objective": "layer", "steps": 2500, "batch_size": 256, "lr": 3e-4, "ci_lr": 3e-3,
+                 "lr_final_frac": 0.1, "importance_coeff": 2e-4, "p_start": 1.0, "p_end": 0.4,
+                 "faithfulness_coeff": 300.0, "faithfulness_rows": 256, "ci_hidden": 8, "seq_len": 64,
                  "max_pool_rows": 32768, "checkpoint_every": 100, "stats_rows": 8192},
         per_language=300,
     ),
