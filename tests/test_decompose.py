@@ -163,8 +163,10 @@ def test_save_load_identical_importances(tms: TMS, dec1: Decomposition, x: torch
 
 
 def _tiny_run(tms: TMS, x: torch.Tensor, out: Path | None, **kw: object) -> Decomposition:
-    return decompose(tms, ["linear1", "linear2"], 8, x[:4096], objective="output", steps=30, batch_size=64,
-                     seed=3, faithfulness_warmup_steps=5, checkpoint_every=10, out=out, **kw)  # type: ignore[arg-type]
+    """A 5 + 30 step run (warm-up from a random U, then the main phase) of both TMS layers."""
+    opts: dict = {"objective": "output", "steps": 30, "batch_size": 64, "seed": 3, "faithfulness_warmup_steps": 5,
+                  "checkpoint_every": 10, **kw}
+    return decompose(tms, ["linear1", "linear2"], 8, x[:4096], out=out, **opts)
 
 
 def test_resume_equals_uninterrupted(tms: TMS, x: torch.Tensor, tmp_path: Path) -> None:
@@ -244,3 +246,20 @@ def test_config_validation() -> None:
     cfg = DecomposeConfig(steps=100, p_start=2.0, p_end=0.4)
     assert cfg.p_at(0) == 2.0 and cfg.p_at(100) == pytest.approx(0.4) and cfg.p_at(50) == pytest.approx(1.2)
     assert DecomposeConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_deterministic_and_leaves_the_model_alone(tms: TMS, x: torch.Tensor) -> None:
+    torch.set_num_threads(1)
+    before = {k: v.clone() for k, v in tms.state_dict().items()}
+    flags = [p.requires_grad for p in tms.parameters()]
+    tms.train()
+    a = _tiny_run(tms, x, None)
+    b = _tiny_run(tms, x, None)
+    for layer in ("linear1", "linear2"):
+        sa, sb = a.layer(layer).state_dict(), b.layer(layer).state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    c = _tiny_run(tms, x, None, seed=4)
+    assert not torch.equal(c.components("linear1")[0], a.components("linear1")[0])
+    assert all(torch.equal(v, before[k]) for k, v in tms.state_dict().items())
+    assert [p.requires_grad for p in tms.parameters()] == flags and tms.training
+    tms.eval()
