@@ -137,3 +137,11 @@ def test_cli_entry(tmp_path: Path) -> None:
         run_cli_args(parser.parse_args(["--preset", "tiny", "--out", str(tmp_path / "d"), "--set", "lrr=1"]))
     with pytest.raises(DecompositionError, match="give --model"):
         run_cli_args(parser.parse_args(["--out", str(tmp_path / "e"), "--model", "tiny-llama"]))
+
+
+def test_statistics_on_other_text(tiny_llama: ge.LanguageModel, llama_dec: Decomposition) -> None:
+    de = llama_dec.statistics(tiny_llama, ["Der Mann ist hier und die Frau ist dort."] * 20, max_rows=200)
+    name = llama_dec.modules[0]
+    assert de[name]["rows"] <= 200 and len(de[name]["firing_frequency"]) == 96
+    same = llama_dec.statistics(tiny_llama, tiny_corpus(0)[:120], max_rows=llama_dec.stats[name]["rows"])
+    assert same[name]["firing_frequency"] == llama_dec.stats[name]["firing_frequency"]

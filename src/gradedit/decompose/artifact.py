@@ -166,6 +166,25 @@ class Decomposition:
         with torch.no_grad(), masked_model({n: mods[n] for n in chosen}, chosen, mask_fn):
             yield
 
+    def statistics(self, model: Any, inputs: Any, *, threshold: float | None = None,
+                   max_rows: int = 8192) -> dict[str, dict[str, Any]]:
+        """Component statistics (firing frequency, mean importance, alive, mean L0) on other inputs,
+        e.g. German-only text: ``inputs`` as for :func:`~gradedit.decompose.decompose` (texts need a
+        LanguageModel), at most ``max_rows`` rows (tokens) per layer."""
+        from .data import build_pool, cache_layer_inputs
+        from .objectives import frozen
+        from .stats import component_stats
+
+        mods = self.check(model)
+        net = _model_of(model)
+        tok = getattr(model, "tokenizer", None) if not isinstance(model, nn.Module) else None
+        pool = build_pool(inputs, tokenizer=tok, seq_len=self.config.seq_len)
+        with frozen(net):
+            acts, groups = cache_layer_inputs(net, mods, pool, max_rows)
+        xs = {n: acts[groups[n]] for n in self.modules}
+        thr = self.config.fire_threshold if threshold is None else threshold
+        return component_stats(self._layers, xs, thr, self.config.leaky_alpha)
+
     # ------------------------------------------------------------------ persistence
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "modules": [i.to_dict() for i in self.infos.values()],
