@@ -283,3 +283,22 @@ def test_convergence_plot_marks_best_step_and_labels_the_loss(tiny_gpt2, pronoun
     fig2 = Trainer.load(tmp_path / "run", lm=tiny_gpt2).plot_training_convergence(tmp_path / "again.png")
     labels2 = [t.get_text() for t in fig2.axes[0].get_legend().get_texts()]
     assert labels2 == labels
+
+
+def test_kept_model_is_not_re_validated_and_its_sign_flip_is_exact(tiny_gpt2, pronouns, tmp_path, monkeypatch):
+    from gradedit.gradiend.train import loop
+
+    calls = []
+    real = loop.SeedTrainer.evaluate
+    monkeypatch.setattr(loop.SeedTrainer, "evaluate", lambda self, fm: calls.append(1) or real(self, fm))
+    tr = Trainer(tiny_gpt2, pronouns, ["masc", "fem"], config=_cfg(tmp_path, max_steps=10, eval_steps=5))
+    tr.train()
+    assert len(calls) == 2, "only the two scheduled validation passes may run"
+    res = tr.seed_results[0]
+    assert not res.stopped_early and res.last_step == 10  # reaching max_steps is not an early stop
+    # the reported r and class means are those of the saved (sign-normalised) model
+    st = loop.SeedTrainer(tr.engine, tr.feature_model.param_map, tr.config, 0, tr._rows("train"),
+                          tr._rows("val", cap=16, seed=0), tr.classes, tmp_path / "x", {})
+    r, means, _ = real(st, FeatureModel.from_pretrained(tmp_path / "run" / "seed_0" / "best"))
+    assert r == pytest.approx(res.correlation, abs=1e-6) and means["masc"] > 0
+    assert means == pytest.approx(res.class_means, abs=1e-6)

@@ -204,14 +204,15 @@ class SeedTrainer:
         bar.close()
         if best is None:  # max_steps reached before any evaluation (resumed finished run)
             raise RuntimeError(f"{self.dir} has no evaluated checkpoint; delete it and train again")
-        stopped = stop_reason(history, cfg)
+        stopped = stop_reason(history, cfg) if step < cfg.max_steps else ""
         if stopped:
             logger.info("seed %d: early stop at step %d of %d: %s", self.seed, step, cfg.max_steps, stopped)
         best_fm = FeatureModel.from_pretrained(self.dir / "best")
-        r, means, _ = self.evaluate(best_fm)
+        # the kept model was evaluated when it was saved: no second validation pass is needed
+        r, means = float(best["correlation"]), dict(best["class_means"])
         if means[self.classes[0]] < 0:  # sign normalisation: class A encodes positive
-            best_fm.flip_sign_()
-            r, means, _ = self.evaluate(best_fm)
+            best_fm.flip_sign_()  # negates every encoding exactly (tanh is odd), hence r and the means
+            r, means = -r, {k: -v for k, v in means.items()}
         best_fm.metadata.update({"seed": self.seed, "best_step": best["step"], "correlation": r})
         self._save_model(best_fm, self.dir / "best", best)
         converged = is_converged(r, means, best["step"], cfg)
