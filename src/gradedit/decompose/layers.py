@@ -23,6 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import DecompositionError
+from ..models.linear import find_linear_modules as _find_linear_modules
+from ..models.linear import is_conv1d, logical_weight
 
 __all__ = [
     "ComponentLayer", "LayerInfo", "find_linear_modules", "is_conv1d", "logical_weight",
@@ -30,47 +32,14 @@ __all__ = [
 ]
 
 
-def is_conv1d(module: nn.Module) -> bool:
-    """HF GPT-2 style ``Conv1D`` (weight stored ``[in, out]``), detected without importing transformers."""
-    w = getattr(module, "weight", None)
-    return type(module).__name__ == "Conv1D" and isinstance(w, Tensor) and w.dim() == 2 and hasattr(module, "nf")
-
-
-def _is_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or is_conv1d(module)
-
-
-def logical_weight(module: nn.Module) -> Tensor:
-    """The weight in ``[out, in]`` orientation (a transposed view for ``Conv1D``)."""
-    return module.weight.T if is_conv1d(module) else module.weight  # type: ignore[return-value]
-
-
 def find_linear_modules(model: nn.Module, patterns: str | Sequence[str]) -> dict[str, nn.Module]:
-    """Linear / ``Conv1D`` modules whose names match a name or fnmatch pattern, in model order.
+    """Linear / ``Conv1D`` modules whose names match a name or fnmatch pattern, in model order
+    (:func:`gradedit.models.linear.find_linear_modules`).
 
     Raises:
         DecompositionError: no pattern, a pattern matching nothing, or only non-linear modules.
     """
-    pats = [patterns] if isinstance(patterns, str) else list(patterns)
-    if not pats:
-        raise DecompositionError("no module pattern given; pass e.g. 'model.layers.*.mlp.gate_proj'")
-    named = dict(model.named_modules())
-    chosen: set[str] = set()
-    for pat in pats:
-        if not isinstance(pat, str):
-            raise DecompositionError(f"module patterns are strings (names or fnmatch globs), got {type(pat).__name__}")
-        hits = [n for n in named if n and fnmatch.fnmatchcase(n, pat)]
-        if not hits:
-            lin = [n for n, m in named.items() if _is_linear(m)]
-            raise DecompositionError(f"module pattern {pat!r} matches no module of {type(model).__name__}; "
-                                     f"linear modules look like: {', '.join(lin[:4]) or 'none'}")
-        lin_hits = [n for n in hits if _is_linear(named[n])]
-        if not lin_hits:
-            kinds = sorted({type(named[n]).__name__ for n in hits})
-            raise DecompositionError(f"module pattern {pat!r} matches {hits[:3]} ({', '.join(kinds)}), not an "
-                                     f"nn.Linear or Conv1D layer; name the linear layers inside it")
-        chosen.update(lin_hits)
-    return {n: m for n, m in named.items() if n in chosen}
+    return _find_linear_modules(model, patterns, DecompositionError)
 
 
 def resolve_components(names: Sequence[str], n_components: int | Mapping[str, int]) -> dict[str, int]:

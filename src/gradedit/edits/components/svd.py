@@ -19,12 +19,10 @@ again. The checksum reads the weight once (much cheaper than the SVD it guards).
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import logging
 import numbers
 import operator
-import re
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,6 +31,8 @@ from typing import Any, overload
 import torch
 
 from ...models import LanguageModel
+from ...models.linear import ModulePatterns, find_linear_modules, is_conv1d
+from ...models.linear import logical_weight as _logical_weight
 from ..terms import EditError
 from ..weight_edit import WeightEdit
 
@@ -40,7 +40,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Component", "ComponentSet", "clear_svd_cache", "linear_modules", "logical_weight", "svd_components"]
 
-ModulePatterns = str | re.Pattern[str] | Sequence[str | re.Pattern[str]]
 
 # id(parameter) -> (weak reference to it, content checksum at decomposition, U [out, k], S [k], Vh [k, in]),
 # in [out, in] orientation; an entry is dropped when its parameter is garbage-collected
@@ -53,23 +52,6 @@ def _checksum(t: torch.Tensor) -> tuple[Any, ...]:
     data = flat.view(torch.uint8).numpy()
     # numpy's stubs declare ndarray.__buffer__ only for Python >= 3.12; the buffer protocol works on 3.11 too
     return tuple(t.shape), str(t.dtype), hashlib.blake2b(data, digest_size=16).digest()  # type: ignore[arg-type]
-
-
-def _conv1d_type() -> type | None:
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # pragma: no cover - transformers always ships it today
-        return None
-    return Conv1D
-
-
-def _is_conv1d(module: torch.nn.Module) -> bool:
-    conv = _conv1d_type()
-    return conv is not None and isinstance(module, conv)
-
-
-def _is_linear(module: torch.nn.Module) -> bool:
-    return isinstance(module, torch.nn.Linear) or _is_conv1d(module)
 
 
 @dataclass(frozen=True, eq=False)
@@ -201,63 +183,28 @@ def _model_of(lm_or_model: LanguageModel | torch.nn.Module) -> torch.nn.Module:
     return lm_or_model.model if isinstance(lm_or_model, LanguageModel) else lm_or_model
 
 
-def _matches(pattern: str | re.Pattern[str], name: str) -> bool:
-    if isinstance(pattern, re.Pattern):
-        return pattern.fullmatch(name) is not None
-    return fnmatch.fnmatchcase(name, pattern)
-
-
 def linear_modules(lm_or_model: LanguageModel | torch.nn.Module,
                    patterns: ModulePatterns) -> dict[str, torch.nn.Module]:
-    """Linear (``nn.Linear`` / ``Conv1D``) modules whose names match, in model order.
-
-    A ``str`` pattern is a glob (``"model.layers.*.mlp.gate_proj"``), a compiled ``re.Pattern`` must
-    match the whole name. Non-linear modules matched by a wildcard are skipped.
+    """Linear (``nn.Linear`` / ``Conv1D``) modules whose names match, in model order
+    (:func:`gradedit.models.linear.find_linear_modules`; a ``str`` is a glob, a ``re.Pattern`` must
+    match the whole name; non-linear modules matched by a wildcard are skipped).
 
     Raises:
         EditError: a pattern matches no module, or matches only modules that are not linear layers.
     """
-    model = _model_of(lm_or_model)
-    pats = [patterns] if isinstance(patterns, (str, re.Pattern)) else list(patterns)
-    if not pats:
-        raise EditError("no module pattern given; pass e.g. 'model.layers.*.mlp.gate_proj'")
-    named = dict(model.named_modules())
-    chosen: set[str] = set()
-    for pat in pats:
-        if not isinstance(pat, (str, re.Pattern)):
-            raise EditError(f"module patterns are glob strings or compiled regexes, got {type(pat).__name__}")
-        hits = [n for n in named if n and _matches(pat, n)]
-        if not hits:
-            lin = [n for n, m in named.items() if _is_linear(m)]
-            raise EditError(f"module pattern {getattr(pat, 'pattern', pat)!r} matches no module of "
-                            f"{type(model).__name__}; linear modules look like: {', '.join(lin[:4])}, ...")
-        lin_hits = [n for n in hits if _is_linear(named[n])]
-        if not lin_hits:
-            kinds = sorted({type(named[n]).__name__ for n in hits})
-            raise EditError(f"module pattern {getattr(pat, 'pattern', pat)!r} matches {hits[:3]} ({', '.join(kinds)}), "
-                            f"which {'is' if len(hits) == 1 else 'are'} not a linear layer; components need "
-                            f"nn.Linear or Conv1D modules, e.g. {hits[0]}.<child projection>")
-        chosen.update(lin_hits)
-    return {n: m for n, m in named.items() if n in chosen}
-
-
-def _weight(module: torch.nn.Module) -> torch.Tensor:
-    """``module.weight``, checked to be a tensor (``nn.Module`` attributes may also be modules)."""
-    w = module.weight
-    if not isinstance(w, torch.Tensor):
-        raise EditError(f"{type(module).__name__}.weight is a {type(w).__name__}, not a tensor")
-    return w
+    return find_linear_modules(_model_of(lm_or_model), patterns, EditError)
 
 
 def logical_weight(module: torch.nn.Module) -> torch.Tensor:
     """The weight in ``[out, in]`` orientation (a transposed view for ``Conv1D``)."""
-    w = _weight(module)
-    return w.T if _is_conv1d(module) else w
+    return _logical_weight(module, EditError)
 
 
 def _svd(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Cached thin SVD of the module's ``[out, in]`` weight: ``U [out, k]``, ``S [k]``, ``Vh [k, in]``."""
-    param = _weight(module)
+    param = module.weight
+    if not isinstance(param, torch.Tensor):
+        raise EditError(f"{type(module).__name__}.weight is a {type(param).__name__}, not a tensor")
     key = id(param)
     hit = _SVD_CACHE.get(key)
     checksum = _checksum(param)
@@ -294,7 +241,7 @@ def svd_components(lm: LanguageModel | torch.nn.Module, modules: ModulePatterns,
     for name, mod in linear_modules(lm, modules).items():
         U, S, Vh = _svd(mod)
         k = S.numel() if top is None else min(top, S.numel())
-        transposed = _is_conv1d(mod)
+        transposed = is_conv1d(mod)
         comps.extend(Component(name, i, U[:, i], Vh[i], float(S[i]), transposed) for i in range(k))
         logger.debug("%s: %d of %d components", name, k, S.numel())
     return ComponentSet(comps)
