@@ -62,6 +62,21 @@ PRESETS: dict[str, Preset] = {
                  "max_pool_rows": 32768, "checkpoint_every": 100, "stats_rows": 8192},
         per_language=300,
     ),
+    # The redirect study's layers (gradedit.demo.redirect, docs/redirect.md): smollm2-135m's MLP down
+    # projections write straight into the residual stream (no post-MLP norm as in Gemma 3). Same text
+    # (sentences 100-399 of each language, mixed) and options as gemma3-270m; 3 layers of 1536 -> 576 at
+    # C=1024 cost ~1.1x a gemma gate/up layer per step (rows x C x (d_in + d_out) plus faithfulness rows
+    # d_in x C x 256), i.e. ~1/3 of gemma3-270m's 10 layers, and 2000 instead of 2500 steps: ~27% of it.
+    "smollm2-135m-down": Preset(
+        model="smollm2-135m",
+        modules=tuple(f"model.layers.{i}.mlp.down_proj" for i in (12, 19, 26)),
+        n_components=1024,
+        options={"objective": "layer", "steps": 2000, "batch_size": 256, "lr": 3e-4, "ci_lr": 3e-3,
+                 "lr_final_frac": 0.1, "importance_coeff": 2e-4, "p_start": 1.0, "p_end": 0.4,
+                 "faithfulness_coeff": 300.0, "faithfulness_rows": 256, "ci_hidden": 8, "seq_len": 64,
+                 "max_pool_rows": 32768, "checkpoint_every": 100, "stats_rows": 8192},
+        per_language=300,
+    ),
     "tiny": Preset(
         model="tiny-llama",
         modules=("model.layers.*.mlp.gate_proj", "model.layers.*.mlp.up_proj"),

@@ -1,0 +1,121 @@
+"""Trained redirects from ``n`` examples: a component's write vector, or a LoRA adapter, with
+cross-entropy on the target at the fire positions plus ``λ`` · KL(base ‖ edit) elsewhere.
+
+Both methods see exactly the same data: the ``n`` :class:`~gradedit.demo.redirect_data.Example` texts
+(a fit passage cut after one fire token, target appended) — CE of the target at each example's fire
+position, KL at its other positions — plus the ``unrelated_fit`` texts (KL at every position).
+
+:func:`fit_write_vector` optimises only the component's write vector ``w`` (start: its current
+``σU``), through a forward hook that adds ``(V·x) · (w − σU)`` to the module's output, and returns
+the rank-1 :func:`~gradedit.edits.replace_write_vector` edit. It differs from
+:func:`gradedit.edits.train_write_vector` in two ways the study needs: the fire positions are given
+(where the context class occurs, not where ``|V·x|`` is in its top quantile) and the trained token
+is a fixed target (not the text's own next token).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..edits import Component, LoraConfig, TargetData, WeightEdit, replace_write_vector, train_lora
+from ..edits._fit import Positions, TokenLedger, base_logprobs, batches, frozen_params, kl_rows, logprobs_at
+from ..edits._hooks import add_to_outputs
+from ..edits.components import linear_modules
+from ..errors import EditError
+from ..models import LanguageModel
+from .redirect_data import Example
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["fit_lora", "fit_write_vector"]
+
+
+def _positions(lm: LanguageModel, examples: Sequence[Example],
+               kl_texts: Sequence[str], max_kl_tokens: int | None) -> tuple[Positions, Positions, Positions]:
+    texts = [e.text for e in examples]
+    fire_at = {(i, e.fire) for i, e in enumerate(examples)}
+    fire = Positions.from_texts(lm, texts, keep=lambda t, p: (t, p) in fire_at)
+    quiet = Positions.from_texts(lm, texts, keep=lambda t, p: (t, p) not in fire_at)
+    other = Positions.from_texts(lm, kl_texts, max_kl_tokens) if kl_texts else Positions([], [], [])
+    if fire.n != len(examples):
+        raise EditError(f"{len(examples)} examples but {fire.n} fire positions were found in them; this is a bug")
+    return fire, quiet, other
+
+
+def fit_write_vector(lm: LanguageModel, component: Component, examples: Sequence[Example], kl_texts: Sequence[str],
+                     target_id: int, *, kl_weight: float = 1.0, steps: int = 40, lr: float = 0.02,
+                     max_kl_tokens: int | None = 512, batch_size: int = 16) -> tuple[WeightEdit, list[dict[str, Any]]]:
+    """Train the write vector of ``component`` (see the module docstring).
+
+    Returns:
+        ``(edit, history)``: ``history`` has one dict per step (``loss``, ``ce`` = mean −log P(target) at
+        the fire positions, ``kl``) before that step's update, and one for the final vector.
+        ``edit.metadata["target_tokens_used"]`` = ``{"fit": text tokens of the examples, "total"}``.
+    """
+    if not examples:
+        raise EditError("no fit examples given")
+    if steps < 0 or kl_weight < 0:
+        raise EditError(f"steps and kl_weight must be >= 0, got {steps} and {kl_weight}")
+    fire, quiet, other = _positions(lm, examples, kl_texts, max_kl_tokens)
+    texts = [e.text for e in examples]
+    ledger = TokenLedger()
+    ledger.add_positions(lm, "fit", texts, fire)
+    ledger.add_positions(lm, "fit", texts, quiet)
+    mods = linear_modules(lm, [component.module_name])
+    dev, dtype = lm.device, next(lm.model.parameters()).dtype
+    V, w0 = component.V.to(dev, dtype), component.write.to(dev, dtype)
+    w = torch.nn.Parameter(w0.clone())
+    fire_b = batches(lm, fire, batch_size)
+    kl_b = batches(lm, quiet, batch_size) + batches(lm, other, batch_size)
+    n_kl = quiet.n + other.n
+    history: list[dict[str, Any]] = []
+    with frozen_params(lm.model):
+        refs = base_logprobs(lm, kl_b)
+        opt = torch.optim.Adam([w], lr=lr)
+
+        def delta(name: str, x: torch.Tensor) -> torch.Tensor:
+            return (x @ V)[..., None] * (w - w0)
+
+        for step in range(steps + 1):
+            opt.zero_grad()
+            with add_to_outputs(mods, delta):
+                ce = sum((-logprobs_at(lm, b)[:, target_id].sum() for b in fire_b),
+                         torch.zeros((), device=dev)) / fire.n
+                kl = sum((kl_rows(r, logprobs_at(lm, b)).sum() for b, r in zip(kl_b, refs)),
+                         torch.zeros((), device=dev)) / max(1, n_kl)
+            loss = ce + kl_weight * kl
+            history.append({"step": step, "loss": float(loss.detach()), "ce": float(ce.detach()),
+                            "kl": float(kl.detach())})
+            if step == steps:
+                break
+            loss.backward()
+            opt.step()
+    edit = replace_write_vector(component, w.detach())
+    edit.metadata.update({"method": "redirect_trained", "target_id": int(target_id), "kl_weight": kl_weight,
+                          "steps": steps, "lr": lr, "n_examples": len(examples), "n_kl_tokens": n_kl,
+                          "target_tokens_used": ledger.counts(), "history": history})
+    logger.info("fit_write_vector %s (n=%d, λ=%g): loss %.3f -> %.3f, CE %.3f -> %.3f", component.label,
+                len(examples), kl_weight, history[0]["loss"], history[-1]["loss"], history[0]["ce"], history[-1]["ce"])
+    return edit, history
+
+
+def fit_lora(lm: LanguageModel, examples: Sequence[Example], kl_texts: Sequence[str], target: str,
+             modules: Sequence[str], *, kl_weight: float = 1.0, rank: int = 1, steps: int = 40, lr: float = 2e-3,
+             seed: int = 0) -> tuple[WeightEdit, list[dict[str, float]]]:
+    """:func:`gradedit.edits.train_lora` on the examples (target positions: where the next token is the
+    appended ``target``; KL at their other positions and on ``kl_texts``)."""
+    if not examples:
+        raise EditError("no fit examples given")
+    conf = LoraConfig(rank=rank, modules=tuple(modules), steps=steps, lr=lr, kl_weight=kl_weight,
+                      batch_size=min(len(examples), 8), seed=seed)
+    res = train_lora(lm, TargetData([e.text for e in examples], [target]), conf, remove=False,
+                     other_texts=list(kl_texts) or None, progress=False)
+    if res.n_target_tokens != len(examples):
+        raise EditError(f"LoRA trained on {res.n_target_tokens} target positions for {len(examples)} examples: "
+                        f"{target!r} also occurs inside the example text; choose a rarer target token")
+    res.edit.metadata.update({"n_examples": len(examples), "kl_weight": kl_weight})
+    return res.edit, res.history
