@@ -1,4 +1,9 @@
-"""``gradedit demo [pronouns|german] [--smoke]``: the main job and the studies."""
+"""``gradedit demo [pronouns|german] [--smoke]``: the main job and the studies.
+
+The German study also takes ``--decomposition DIR`` (adds the ``decomposed-sel*`` methods),
+``--target-ce X`` (matched German CE increase on calibration text) and ``--methods LIST`` (a subset),
+e.g. ``gradedit demo german --decomposition runs/decomp-gemma3 --target-ce 2
+--methods decomposed-sel16,component-sel16,lora-r4-16tok``."""
 
 from __future__ import annotations
 
