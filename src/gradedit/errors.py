@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["GradeditError", "DecompositionError", "TokenError", "DataError", "ArtifactError", "ModelPackageMissing", "EditError", "FortunesMissing", "GermanMissing", "SonofmanMissing", "MorphologyUnavailable"]
+__all__ = ["GradeditError", "DecompositionError", "TokenError", "DataError", "ArtifactError", "ModelPackageMissing", "EditError", "FortunesMissing", "GermanMissing", "SonofmanMissing", "MorphologyUnavailable", "FolderLocked", "TrainingError"]
 
 
 class GradeditError(Exception):
@@ -47,3 +47,11 @@ class SonofmanMissing(GradeditError, RuntimeError):
 
 class MorphologyUnavailable(GradeditError, ImportError):
     """The backend a filter needs (spaCy and a pipeline, HanTa, german-nouns) is not installed."""
+
+
+class FolderLocked(GradeditError, RuntimeError):
+    """Another process holds the lock on a run or output folder (two runs must not share one)."""
+
+
+class TrainingError(GradeditError, RuntimeError):
+    """Training cannot go on (a NaN/Inf loss or gradient); the last good checkpoint is kept."""
