@@ -24,8 +24,15 @@ from gradedit.demo.redirect_data import (
     split_texts,
     text_tokens,
 )
+from gradedit.demo.redirect_eval import fire_logp
 from gradedit.demo.redirect_fit import fit_lora, fit_write_vector
-from gradedit.demo.redirect_select import choose_component, fire_selectivity, orientation, redirect_write
+from gradedit.demo.redirect_select import (
+    choose_component,
+    fire_selectivity,
+    orientation,
+    redirect_write,
+    unit_alpha,
+)
 from gradedit.demo.strength import TokenReads
 from gradedit.edits import Component, ComponentSet, component_activations, svd_components
 from gradedit.edits.components.write_vector import unembedding_direction
@@ -146,6 +153,25 @@ def test_analytic_rewrite_raises_the_target_where_the_oriented_activation_is_pos
         assert float(torch.corrcoef(torch.stack([a, d]))[0, 1]) > 0.8
 
 
+def test_unit_strength_raises_the_target_by_one_nat_on_the_calibration_text(
+        tiny_llama: ge.LanguageModel, study_texts: StudyTexts) -> None:
+    lm, t = tiny_llama, study_texts
+    fires = t.fires_of(t.selection)
+    ch = choose_component(lm, svd_components(lm, "model.layers.*.mlp.down_proj"), "svd", t.selection, fires,
+                          t.unrelated_selection, min_score=-math.inf)
+    tid = lm.token_id(" o")
+    unit = unit_alpha(lm, ch, tid, t.selection, fires)
+    assert unit.reached and unit.gain == pytest.approx(1.0, abs=0.1) and len(unit.probes) >= 2
+    base = fire_logp(lm, t.selection, fires, tid)
+    assert base.numel() == sum(len(f) for f in fires)
+    for k, lo, hi in ((1.0, 0.9, 1.1), (0.25, 0.0, 0.9)):
+        with redirect_write(lm, ch.component, tid, k * unit.alpha, ch.sign).applied(lm.model):
+            gain = float((fire_logp(lm, t.selection, fires, tid) - base).mean())
+        assert lo < gain < hi
+    with redirect_write(lm, ch.component, tid, unit.alpha, -ch.sign).applied(lm.model):  # the wrong sign lowers it
+        assert float((fire_logp(lm, t.selection, fires, tid) - base).mean()) < 0
+
+
 def test_token_accounting_by_purpose(tiny_llama: ge.LanguageModel, study_texts: StudyTexts) -> None:
     lm, t = tiny_llama, study_texts
     exs = fit_examples(lm, t.fit, t.fires_of(t.fit), " o", 3)
@@ -190,14 +216,16 @@ def test_study_runs_end_to_end(tiny_llama: ge.LanguageModel, tiny_down_dec: Path
     sel = summ["texts"]["selection"]["tokens"]
     for p in pts:
         used, hook, m = p["tokens_used"], p["tokens_hook"], p["measured"]
+        # selection and calibration read the same passages: the distinct total counts them once
         assert used["total"] == used["selection"] + used["fit"] == hook["total"]
-        assert used["selection"] == (0 if p["family"] == "lora" else sel)
+        assert used["selection"] == used["calibration"] == (0 if p["family"] == "lora" else sel)
+        assert all(hook.get(k, 0) == used[k] for k in ("selection", "calibration", "fit"))
         assert (used["fit"] == 0) == p["family"].startswith("analytic")
         assert p["fire_positions_used"]["fit"] == p["params"].get("n", 0)
         assert m["n_fire"] == summ["texts"]["evaluation"]["fire_positions"] > 0
         assert m["surrounding_kl"] >= 0 and m["global_kl"] >= 0 and 0 < m["p_target"] < 1
     # the two sizes of analytic rewrite: the larger α moves the held-out fire positions more
-    a = {p["params"]["alpha_sigma"]: p["measured"] for p in pts if p["family"] == "analytic-svd"}
+    a = {p["params"]["alpha"]: p["measured"] for p in pts if p["family"] == "analytic-svd"}
     assert a[8.0]["surrounding_kl"] > a[1.0]["surrounding_kl"]
     heat = json.loads((tmp_path / "heatmaps.json").read_text())
     assert set(heat["edits"]) and heat["target"] == " o"

@@ -5,8 +5,8 @@ class occurs (default: question marks in English Bible passages), and make the m
 target token (default ``" o"``) right after it, three ways:
 
 - ``analytic-<family>``: the component's write vector becomes ``s · α · û(target)`` (``α`` swept in
-  units of the component's own write norm ``σ``; ``s`` orients the sign, see
-  :mod:`gradedit.demo.redirect_select`);
+  multiples of ``α₁``, the strength that raises log P(target) by 1 nat on the selection text; ``s``
+  orients the sign, see :mod:`gradedit.demo.redirect_select`);
 - ``trained-<family>``: the write vector trained on ``n`` examples (CE on the target at the fire
   positions + ``λ`` · KL elsewhere, :func:`gradedit.demo.redirect_fit.fit_write_vector`);
 - ``lora``: a rank-r LoRA on the same modules, same examples and loss (``n × λ``).
@@ -17,32 +17,30 @@ its own most selective component. Every point is measured on held-out text that 
 (:mod:`gradedit.demo.redirect_eval`): P(target) at fire positions, KL at the surrounding positions,
 KL on unrelated text. Text sets and fire positions: :mod:`gradedit.demo.redirect_data`.
 
-Class-text tokens are counted per point and purpose (``selection``: the selection passages read to
-choose and orient the component; ``fit``: the example texts trained on; ``total``), from each method's
-own bookkeeping and, independently, by a hook on the input embedding (``tokens_hook``).
+Class-text tokens are counted per point and purpose (``selection``, ``calibration``, ``fit``,
+``total``; :mod:`gradedit.demo.redirect_build`), from each method's own bookkeeping and, independently,
+by a hook on the input embedding (``tokens_hook``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
-from ..edits import ComponentSet, WeightEdit
+from ..edits import ComponentSet
 from ..errors import DecompositionError, EditError
 from ..models import LanguageModel, load_model
 from .common import DemoResult, stage
-from .redirect_data import Example, StudyTexts, fit_examples, passages, split_texts, text_tokens
-from .redirect_select import SCORES, Choice, choose_component, redirect_write
+from .redirect_build import Point, build_points, prepare_families
+from .redirect_data import fit_examples, passages, split_texts
+from .redirect_select import SCORES
 from .strength import TokenReads
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Point", "RedirectConfig", "component_families", "run"]
+__all__ = ["Point", "RedirectConfig", "component_families", "heatmap_choice", "run"]
 
 
 @dataclass
@@ -53,8 +51,10 @@ class RedirectConfig:
     ``window`` sentences from ``sentences[text_start:text_stop]`` — by default after the sentences the
     decomposition presets read (100–399) and before the last 32 (the German study's held-out text).
     ``context`` is a regex of the class, ``target`` one token. Set sizes are passages.
-    ``alphas`` are in units of the chosen component's ``σ``. ``min_score``: a family whose best
-    component scores less reports that and contributes no points.
+    ``alphas``: multiples of ``α₁``, the analytic strength that raises log P(target) by ``unit_gain``
+    nats at the selection text's fire positions. ``min_score``: a family whose best component scores
+    less reports that and contributes no points. ``train_lr`` is relative (Adam lr = ``train_lr · α₁ /
+    √d``). ``lora_modules``: default the modules of the chosen components.
     """
 
     model: str = "smollm2-135m"
@@ -76,16 +76,18 @@ class RedirectConfig:
     unrelated_fit: int = 16
     score: str = "d"
     min_score: float = 1.0
-    alphas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+    unit_gain: float = 1.0
+    alphas: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
     fit_sizes: tuple[int, ...] = (1, 4, 8, 16)
     kl_weights: tuple[float, ...] = (0.1, 1.0, 10.0)
     train_steps: int = 40
-    train_lr: float = 0.02
+    train_lr: float = 0.1
     max_kl_tokens: int = 512
     lora: bool = True
     lora_rank: int = 1
     lora_steps: int = 40
-    lora_lr: float = 2e-3
+    lora_lr: float = 5e-3
+    lora_modules: tuple[str, ...] | None = None
     heatmap_texts: int = 3
     heatmap_kl_budget: float = 0.05
     seed: int = 0
@@ -100,36 +102,9 @@ class RedirectConfig:
         if not self.fit_sizes or min(self.fit_sizes) < 1 or not self.kl_weights or min(self.kl_weights) < 0:
             raise ValueError(f"fit_sizes must be positive ints and kl_weights >= 0, got {self.fit_sizes}, {self.kl_weights}")
         if not self.alphas or min(self.alphas) <= 0:
-            raise ValueError(f"alphas must be positive multiples of sigma, got {self.alphas}")
+            raise ValueError(f"alphas must be positive multiples of the unit strength, got {self.alphas}")
         if self.decomposition is None and not self.modules:
             raise ValueError("without a decomposition give modules, e.g. ('model.layers.19.mlp.down_proj',)")
-
-
-@dataclass
-class Point:
-    """One edit of the study and what it cost (``measured`` is filled in by the held-out measurement)."""
-
-    family: str
-    method: str
-    params: dict[str, Any]
-    edit: WeightEdit = field(repr=False)
-    tokens_used: dict[str, int]
-    fire_positions_used: dict[str, int]
-    tokens_hook: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
-    component: str | None = None
-    final: dict[str, float] = field(default_factory=dict)
-    measured: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        return self.family + " " + " ".join(f"{k}={v:g}" for k, v in self.params.items())
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if k != "edit"}
-        d["label"] = self.label
-        d["edit_norm"] = self.edit.norm()
-        return d
 
 
 def component_families(lm: LanguageModel, cfg: RedirectConfig) -> tuple[dict[str, ComponentSet], list[str]]:
@@ -153,77 +128,6 @@ def component_families(lm: LanguageModel, cfg: RedirectConfig) -> tuple[dict[str
         modules = list(linear_modules(lm, list(cfg.modules or ())))
     fams["svd"] = svd_components(lm, modules)
     return fams, modules
-
-
-@contextlib.contextmanager
-def _counted(reads: TokenReads, purpose: str, into: dict[str, int]) -> Iterator[None]:
-    """Record class-text rows fed inside the block; adds the distinct count to ``into[purpose]``."""
-    fresh = reads.fresh()
-    with fresh.record(purpose):
-        yield
-    into[purpose] = into.get(purpose, 0) + fresh.counts().get(purpose, 0)
-
-
-def _selection(lm: LanguageModel, cfg: RedirectConfig, texts: StudyTexts, fams: dict[str, ComponentSet],
-               reads: TokenReads) -> tuple[dict[str, Choice], dict[str, str], dict[str, int]]:
-    choices: dict[str, Choice] = {}
-    failed: dict[str, str] = {}
-    hook: dict[str, int] = {}
-    with _counted(reads, "selection", hook):  # every family reads the same selection text
-        for fam, cs in fams.items():
-            try:
-                choices[fam] = choose_component(lm, cs, fam, texts.selection, texts.fires_of(texts.selection),
-                                                texts.unrelated_selection, kind=cfg.score, min_score=cfg.min_score,
-                                                batch_size=cfg.batch_size)
-            except EditError as err:
-                logger.warning("%s", err)
-                failed[fam] = str(err)
-    return choices, failed, hook
-
-
-def _build(lm: LanguageModel, cfg: RedirectConfig, texts: StudyTexts, examples: list[Example],
-           choices: dict[str, Choice], sel: tuple[dict[str, int], dict[str, int]], reads: TokenReads,
-           modules: list[str]) -> list[Point]:
-    from .redirect_fit import fit_lora, fit_write_vector
-
-    tid = lm.token_id(cfg.target)
-    sel_tokens, sel_hook = sel
-    points: list[Point] = []
-    n_fire_sel = sum(len(f) for f in texts.fires_of(texts.selection))
-    for fam, ch in choices.items():
-        c = ch.component
-        for k in cfg.alphas:
-            t0 = time.perf_counter()
-            edit = redirect_write(lm, c, tid, k * c.sigma, ch.sign)
-            points.append(Point(f"analytic-{fam}", "analytic", {"alpha_sigma": k}, edit, dict(sel_tokens),
-                                {"selection": n_fire_sel, "fit": 0}, dict(sel_hook), time.perf_counter() - t0, c.label))
-    for fam, ch in choices.items():
-        for n in cfg.fit_sizes:
-            for lam in cfg.kl_weights:
-                t0, hook = time.perf_counter(), dict(sel_hook)
-                with _counted(reads, "fit", hook):
-                    edit, hist = fit_write_vector(lm, ch.component, examples[:n], texts.unrelated_fit, tid,
-                                                  kl_weight=lam, steps=cfg.train_steps, lr=cfg.train_lr,
-                                                  max_kl_tokens=cfg.max_kl_tokens)
-                fit = edit.metadata["target_tokens_used"]["fit"]
-                used = {"selection": sel_tokens["selection"], "fit": fit, "total": sel_tokens["selection"] + fit}
-                points.append(Point(f"trained-{fam}", "trained", {"n": n, "lambda": lam}, edit, used,
-                                    {"selection": n_fire_sel, "fit": n}, hook, time.perf_counter() - t0,
-                                    ch.component.label, hist[-1]))
-    if cfg.lora:
-        for n in cfg.fit_sizes:
-            for lam in cfg.kl_weights:
-                t0, hook = time.perf_counter(), {"selection": 0}
-                with _counted(reads, "fit", hook):
-                    edit, hist = fit_lora(lm, examples[:n], texts.unrelated_fit, cfg.target, modules, kl_weight=lam,
-                                          rank=cfg.lora_rank, steps=cfg.lora_steps, lr=cfg.lora_lr, seed=cfg.seed)
-                fit = edit.metadata["target_tokens_used"]["fit"]
-                points.append(Point("lora", "lora", {"n": n, "lambda": lam, "rank": cfg.lora_rank}, edit,
-                                    {"selection": 0, "fit": fit, "total": fit}, {"selection": 0, "fit": n},
-                                    hook, time.perf_counter() - t0, None, hist[-1] if hist else {}))
-    for p in points:
-        p.tokens_hook["total"] = p.tokens_hook.get("selection", 0) + p.tokens_hook.get("fit", 0)
-    return points
 
 
 def heatmap_choice(points: list[Point], budget: float) -> dict[str, int]:
@@ -265,14 +169,14 @@ def run(cfg: RedirectConfig | None = None, lm: LanguageModel | None = None) -> D
     held = TokenReads(lm, texts.evaluation + texts.unrelated_eval,
                       exclude=texts.selection + texts.fit + [e.text for e in examples] + others)
     with held.record("build"):
-        with stage("component selection", timings):
-            choices, failed, sel_hook = _selection(lm, cfg, texts, fams, reads)
-        if not choices:
+        with stage("component selection and strength unit", timings):
+            families, failed = prepare_families(lm, cfg, texts, fams, reads)
+        if not families:
             raise EditError("no component family has a selective component: " + " | ".join(failed.values()))
-        sel_tokens = {"selection": sum(text_tokens(lm, t) for t in texts.selection), "fit": 0}
-        sel_tokens["total"] = sel_tokens["selection"]
+        lora_modules = list(cfg.lora_modules or dict.fromkeys(f.choice.component.module_name
+                                                             for f in families.values()))
         with stage("edits (analytic, trained, LoRA)", timings):
-            points = _build(lm, cfg, texts, examples, choices, (sel_tokens, sel_hook), reads, modules)
+            points = build_points(lm, cfg, texts, examples, families, reads, lora_modules)
     leaked = held.counts().get("total", 0)
     if leaked:
         logger.error("%d held-out tokens were read while the edits were built; the evaluation is not clean", leaked)
@@ -291,7 +195,8 @@ def run(cfg: RedirectConfig | None = None, lm: LanguageModel | None = None) -> D
     timings["total"] = round(time.perf_counter() - t_all, 1)
     info = {"model": lm.name, "target": cfg.target, "target_id": tid, "context": cfg.context, "modules": modules,
             "base": base.to_dict(), "texts": texts.sizes(lm), "n_examples": len(examples),
-            "choices": {f: c.to_dict() for f, c in choices.items()}, "failed_families": failed,
+            "choices": {f: {**v.choice.to_dict(), "unit": asdict(v.unit)} for f, v in families.items()},
+            "failed_families": failed, "lora_modules": lora_modules,
             "held_out_tokens_read_while_building": leaked, "timings_s": timings, "config": asdict(cfg)}
     report, summary, headline = write_outputs(out, info, points, heat, lm=lm)
     return DemoResult(out_dir=out, report=report, headline=headline, summary=summary)

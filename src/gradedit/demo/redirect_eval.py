@@ -28,7 +28,7 @@ from .redirect_data import display_tokens
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Measured", "measure_edits", "token_records"]
+__all__ = ["Measured", "fire_logp", "measure_edits", "token_records"]
 
 
 @dataclass
@@ -137,6 +137,19 @@ def measure_edits(lm: LanguageModel, edits: Sequence[WeightEdit], texts: Sequenc
     logger.info("measured %d edits on %d fire / %d surrounding / %d unrelated positions", len(edits), ref.n_fire,
                 ref.n_surrounding, ref.n_global)
     return ref, out
+
+
+def fire_logp(lm: LanguageModel, texts: Sequence[str], fires: Sequence[Sequence[int]], target_id: int, *,
+              batch_size: int | None = None) -> torch.Tensor:
+    """``log P(target)`` at every fire position of ``texts`` with the model as it is, ``[n_fire]`` fp64
+    (texts in order, positions in text order)."""
+    out: dict[int, list[tuple[int, float]]] = {}
+    for ch in iter_scored(lm, list(texts), batch_size):
+        f = set(fires[ch.text_index])
+        for p, v in zip((ch.positions - 1).tolist(), ch.logprobs[:, target_id].tolist()):
+            if p in f:
+                out.setdefault(ch.text_index, []).append((p, v))
+    return torch.tensor([v for i in sorted(out) for _, v in sorted(out[i])], dtype=torch.float64)
 
 
 def token_records(lm: LanguageModel, edit: WeightEdit, texts: Sequence[str], fires: Sequence[Sequence[int]],

@@ -43,7 +43,8 @@ def _row(p: Point) -> dict[str, Any]:
     return {"family": p.family, "params": " ".join(f"{k}={v:g}" for k, v in p.params.items()),
             "component": p.component or "-", "P(target)": m.get("p_target"), "top-1 share": m.get("top1_target"),
             "surrounding KL": m.get("surrounding_kl"), "global KL": m.get("global_kl"),
-            "class tokens selection": p.tokens_used.get("selection", 0), "class tokens fit": p.tokens_used.get("fit", 0),
+            "class tokens selection": p.tokens_used.get("selection", 0),
+            "class tokens calibration": p.tokens_used.get("calibration", 0), "class tokens fit": p.tokens_used.get("fit", 0),
             "class tokens total": p.tokens_used.get("total", 0), "hook total": p.tokens_hook.get("total", 0),
             "fire positions fit": p.fire_positions_used.get("fit", 0), "seconds": round(p.seconds, 1)}
 
@@ -73,7 +74,9 @@ def _choices_rows(info: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append({"family": fam, "component": c["label"], "sigma": c["component"]["sigma"],
                      f"selectivity ({c['kind']})": c["score"], "sign s": c["sign"], "sign agreement": c["sign_agreement"],
                      "mean |a| fire": c["fire_mean_abs"], **{f"mean |a| {k}": v for k, v in c["other_mean_abs"].items()},
-                     "candidates": c["n_candidates"]})
+                     "candidates": c["n_candidates"], "unit α₁": c["unit"]["alpha"],
+                     "α₁ / σ": c["unit"]["alpha"] / c["component"]["sigma"], "gain at α₁ (nats)": c["unit"]["gain"],
+                     "unit reached": c["unit"]["reached"]})
     for fam, why in info["failed_families"].items():
         rows.append({"family": fam, "component": "none: " + why[:160]})
     return rows
@@ -96,10 +99,13 @@ def _intro(info: dict[str, Any], n_points: int, budget: float) -> str:
         f"{info['n_examples']} examples cut from {t['fit']['texts']} fit passages, plus "
         f"{t['unrelated_fit']['texts']} unrelated passages for the KL term. Held-out tokens read while the edits "
         f"were built (hook on the input embedding): <b>{info['held_out_tokens_read_while_building']}</b>.</p>",
-        "<p><i>analytic</i>: the component's write vector becomes s·α·û(target), α in units of its σ, s = sign of "
-        "its mean activation at the selection text's fire positions; <i>trained</i>: the write vector trained on n "
-        "examples with CE on the target + λ·KL elsewhere; <i>lora</i>: LoRA on the same layers, same data and loss. "
-        "Class tokens: tokens of class text each edit read, by purpose; <i>hook total</i> is the same count "
+        "<p><i>analytic</i>: the component's write vector becomes s·α·û(target), s = sign of its mean activation "
+        "at the selection text's fire positions, α = k·α₁ where α₁ raises log P(target) by "
+        f"{info['config']['unit_gain']:g} nat at those positions (calibration, on the selection text); "
+        "<i>trained</i>: the write vector trained on n examples with CE on the target + λ·KL elsewhere; "
+        f"<i>lora</i>: rank-{info['config']['lora_rank']} LoRA on <code>{html.escape(', '.join(info['lora_modules']))}"
+        "</code>, same data and loss. Class tokens: tokens of class text each edit read, by purpose (distinct "
+        "total); <i>hook total</i> is the same count "
         f"measured independently on the input embedding. Heatmaps: per family, the best point with surrounding KL "
         f"≤ {budget:g} (else its lowest-KL point).</p>",
     ]

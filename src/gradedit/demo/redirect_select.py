@@ -18,6 +18,12 @@ orientation where fire activations are positive. So the new write vector is ``s 
 ``s = sign(mean a_c over fire positions)``; in the other orientation both ``s`` and ``V`` flip and
 the weight change ``(s·α·û − σU) Vᵀ`` is the same. ``sign_agreement`` reports the share of fire
 positions whose activation has sign ``s`` (1.0: the component points one way at every fire position).
+
+**Strength unit.** How large ``α`` must be depends on the component (its activations), the layer
+(what happens downstream) and the final norm, so the sweep is not in absolute units: :func:`unit_alpha`
+finds ``α₁``, the ``α`` at which the rewrite raises the mean ``log P(target)`` at the *selection*
+text's fire positions by 1 nat (bracketing by doubling, then bisection on ``log α``), and the study
+sweeps multiples of it. That reads the selection text again (purpose ``calibration``).
 """
 
 from __future__ import annotations
@@ -34,10 +40,12 @@ from ..edits import Component, ComponentSet, WeightEdit, component_activations, 
 from ..edits.components.write_vector import unembedding_direction
 from ..errors import EditError
 from ..models import LanguageModel
+from .redirect_eval import fire_logp
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Choice", "SCORES", "choose_component", "fire_selectivity", "orientation", "redirect_write"]
+__all__ = ["Choice", "SCORES", "Unit", "choose_component", "fire_selectivity", "orientation", "redirect_write",
+           "unit_alpha"]
 
 SCORES = ("d", "impact")
 EPS = 1e-8
@@ -202,3 +210,57 @@ def redirect_write(lm: LanguageModel, component: Component, target: str | int, a
     edit = replace_write_vector(component, float(sign) * float(alpha) * u)
     edit.metadata.update({"method": "redirect_write", "target": target, "alpha": float(alpha), "sign": float(sign)})
     return edit
+
+
+@dataclass
+class Unit:
+    """``alpha``: the calibrated ``α₁``; ``gain``: its mean ``Δ log P(target)`` (nats) at the calibration
+    fire positions; ``reached``: within 10% of the asked gain; ``probes``: every ``(α, gain)`` tried."""
+
+    alpha: float
+    gain: float
+    reached: bool
+    probes: list[tuple[float, float]] = field(default_factory=list)
+
+
+def unit_alpha(lm: LanguageModel, choice: Choice, target_id: int, texts: Sequence[str], fires: Sequence[Sequence[int]],
+               *, gain: float = 1.0, max_probes: int = 24, iters: int = 6, batch_size: int | None = None) -> Unit:
+    """``α₁`` of the analytic rewrite of ``choice`` (see the module docstring), starting at ``σ``.
+
+    When the gain is never bracketed, the probe with the largest gain is returned (``reached`` False)."""
+    if gain <= 0:
+        raise EditError(f"gain must be positive nats, got {gain}")
+    base = fire_logp(lm, texts, fires, target_id, batch_size=batch_size)
+    c, probes = choice.component, []
+
+    def f(a: float) -> float:
+        with redirect_write(lm, c, target_id, a, choice.sign).applied(lm.model):
+            g = float((fire_logp(lm, texts, fires, target_id, batch_size=batch_size) - base).mean())
+        probes.append((a, g))
+        return g
+
+    a = max(c.sigma, 1e-6)
+    g = f(a)
+    factor = 0.5 if g >= gain else 2.0
+    lo = hi = None
+    for _ in range(max_probes):
+        lo, hi = (lo, a) if g >= gain else (a, hi)
+        if lo is not None and hi is not None:
+            break
+        a *= factor
+        g = f(a)
+    if lo is None or hi is None:
+        best = max(probes, key=lambda p: p[1])
+        logger.warning("%s: a gain of %.2f nats was not reached in %d probes; unit alpha = %.4g (gain %.3f)",
+                       c.label, gain, len(probes), best[0], best[1])
+        return Unit(best[0], best[1], False, probes)
+    for _ in range(iters):
+        mid = math.sqrt(lo * hi)
+        if f(mid) < gain:
+            lo = mid
+        else:
+            hi = mid
+    best = min(probes, key=lambda p: abs(p[1] - gain))
+    logger.info("%s: unit alpha %.4g (= %.3g sigma) raises log P(target) by %.3f nats on the selection text",
+                c.label, best[0], best[0] / c.sigma, best[1])
+    return Unit(best[0], best[1], abs(best[1] - gain) <= 0.1 * gain, probes)
