@@ -273,13 +273,14 @@ def test_components_json_round_trip_and_refusals(labels: ComponentLabels, dec_di
         ComponentLabels.load(tmp_path)
 
 
-def _selective_token(labels: ComponentLabels) -> str:
-    """A context token that some, not all, alive components match when searched."""
+def _selective_token(labels: ComponentLabels, spaced: bool = False) -> str:
+    """A context token that some, not all, alive components match when searched (``spaced``: one
+    with its leading space, e.g. ``' said'``)."""
     alive = sum(r["alive"] for r in labels.components)
     for rec in labels.select(sort="freq"):
         for ctx in rec["contexts"]:
-            tok = ctx["token"].strip()
-            if len(tok) >= 3 and 0 < len(labels.select(search=tok)) < alive:
+            tok = ctx["token"] if spaced else ctx["token"].strip()
+            if len(tok.strip()) >= 3 and tok.startswith(" ") == spaced and 0 < len(labels.select(search=tok)) < alive:
                 return tok
     raise AssertionError("no selective token in the contexts")
 
@@ -301,6 +302,10 @@ def test_cli_show_prints_top_rows_and_search_filters(labels: ComponentLabels, de
     assert main(["components", "show", str(dec_dir), "--search", token, "--top", "1000", "--module", "layers.1"]) == 0
     rows = _table_rows(capsys.readouterr().out)
     assert rows == [(r["module"], r["index"]) for r in matches if r["module"].startswith("model.layers.1")]
+    assert main(["components", "show", str(dec_dir), "--sort", "selectivity:de", "--top", "5"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^module\s+c\s+freq\s+imp\s+best\s+de ×\s+label", out, re.M)
+    assert _table_rows(out) == [(r["module"], r["index"]) for r in labels.select(sort="selectivity:de", top=5)]
     assert main(["components", "show", str(dec_dir), "--sort", "selectivity:xx"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no text set 'xx'" in err[0]
@@ -358,6 +363,10 @@ def test_html_page_searches_sorts_and_escapes_in_chromium(labels: ComponentLabel
         assert pg.inner_text("#gx-count").startswith(f"{n_match} of {len(alive)}")
         shown = pg.eval_on_selector_all("#gx-body tr:not([hidden])", "rs => rs.map(r => r.dataset.search)")
         assert all(token.lower() in s for s in shown)
+        spaced = _selective_token(labels, spaced=True)  # a leading space counts, as in --search
+        pg.fill("#gx-search", spaced)
+        assert pg.locator("#gx-body tr:visible").count() == len(labels.select(search=spaced))
+        assert len(labels.select(search=spaced)) <= len(labels.select(search=spaced.strip()))
         pg.fill("#gx-search", "no such token anywhere")
         assert pg.locator("#gx-body tr:visible").count() == 0
         pg.fill("#gx-search", "")

@@ -65,23 +65,22 @@ def _cmd_label(args: argparse.Namespace) -> int:
     return 0
 
 
-def _row(rec: dict[str, Any]) -> list[str]:
-    best = rec.get("best_set")
-    if best is None:
-        shown = "-"
-    else:
-        r = rec["selectivity"][best]["ratio"]
-        shown = f"{best} only" if r is None else f"{best} {r:.2f}x"
-    return [rec["module"], str(rec["index"]), f"{rec['firing_frequency']:.3f}", f"{rec['mean_importance']:.3f}",
-            shown, rec["label"]]
+def _ratio(rec: dict[str, Any], name: str) -> str:
+    sel = rec["selectivity"][name]
+    return ("only" if sel["mean_importance"] > 0 else "-") if sel["ratio"] is None else f"{sel['ratio']:.2f}×"
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """The ``show`` table: one line per component, columns padded (the label last, unpadded)."""
-    head = ["module", "c", "freq", "imp", "best", "label"]
-    cells = [head] + [_row(r) for r in rows]
+def format_table(rows: list[dict[str, Any]], sel_set: str | None = None) -> str:
+    """The ``show`` table: one line per component, columns padded (the label last, unpadded); with
+    ``sel_set`` a column with each component's ratio on that set."""
+    head = ["module", "c", "freq", "imp", "best"] + ([f"{sel_set} ×"] if sel_set else []) + ["label"]
+    cells = [head]
+    for r in rows:
+        best = "-" if r.get("best_set") is None else f"{r['best_set']} {_ratio(r, r['best_set'])}"
+        cells.append([r["module"], str(r["index"]), f"{r['firing_frequency']:.3f}", f"{r['mean_importance']:.3f}",
+                      best] + ([_ratio(r, sel_set)] if sel_set else []) + [r["label"]])
     widths = [max(len(c[i]) for c in cells) for i in range(len(head) - 1)]
-    right = {1, 2, 3}
+    right = {1, 2, 3, 5} if sel_set else {1, 2, 3}
     lines = []
     for c in cells:
         parts = [c[i].rjust(widths[i]) if i in right else c[i].ljust(widths[i]) for i in range(len(widths))]
@@ -105,7 +104,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
     print(LEGEND.format(thr=d["settings"]["threshold"]))
     print(f"{len(rows)} components match; showing {min(args.top, len(rows))}, sorted by {args.sort}\n")
     if rows and args.top:
-        print(format_table(rows[: args.top]))
+        sel_set = args.sort.split(":", 1)[1] if args.sort.startswith("selectivity:") else None
+        print(format_table(rows[: args.top], sel_set))
     if args.html:
         from ..viz.components_page import write_components_page
 

@@ -123,6 +123,10 @@ def _forward_inputs(lm: LanguageModel, mods: Mapping[str, Any], texts: Sequence[
             lm.model(input_ids=ids, attention_mask=mask)
         except StopForward:
             pass
+    missing = [n for n, v in seen.items() if not v]
+    if missing:
+        raise DecompositionError(f"module(s) {missing[:3]} were not called by the model's forward; label a "
+                                 f"decomposition of layers this model uses")
     lengths = mask.sum(1).tolist()
     return ({n: seen[n][0][keep].float().cpu() for n in mods}, keep.cpu(),
             [row[:length] for row, length in zip(ids.tolist(), lengths)])

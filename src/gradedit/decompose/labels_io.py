@@ -30,7 +30,7 @@ SORT_KEYS = ("freq", "importance", "selectivity:SET")
 _TOP_KEYS = ("format", "model", "decomposition_id", "texts", "settings", "lens", "modules", "components")
 _COMPONENT_KEYS = ("module", "index", "alive", "firing_frequency", "mean_importance", "selectivity", "contexts",
                    "lens", "label")
-_FIX = "run `gradedit components label DIR --model M` again"
+_FIX = "run `gradedit components label DIR --model M` to (re)compute it"
 
 
 def decomposition_id(meta: Mapping[str, Any]) -> str:
@@ -135,7 +135,8 @@ class ComponentLabels:
 
         Args:
             module: fnmatch pattern or substring of the module name.
-            search: case-insensitive substring of :func:`search_text` (label, module, tokens).
+            search: case-insensitive substring of :func:`search_text` (label, module, tokens); leading
+                and trailing spaces count (``" der"``); only spaces means no filter.
             sort: ``freq`` (firing frequency), ``importance`` (mean importance) or ``selectivity:SET``
                 (mean importance on ``SET`` over the other sets').
             alive_only: leave out components that never fired on these texts.
@@ -150,7 +151,7 @@ class ComponentLabels:
             recs = [r for r in recs if r["alive"]]
         if module:
             recs = [r for r in recs if module in r["module"] or fnmatch.fnmatchcase(r["module"], module)]
-        if search:
+        if search and search.strip():  # spaces kept: ' der' finds the token ' der', not 'oder'
             needle = search.lower()
             recs = [r for r in recs if needle in search_text(r)]
         out = sorted(recs, key=lambda r: -_sort_value(r, sort))  # stable: ties keep module/index order

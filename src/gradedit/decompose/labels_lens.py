@@ -140,12 +140,12 @@ def token_lens(unembed: Tensor, gain: Tensor | None, D: Tensor, k: int, chunk: i
         ``(plus_values, plus_ids, minus_values, minus_ids)``, each ``[C, k]``; ``minus_values`` are
         entries of ``−W_E (s ⊙ d)`` (positive for the most suppressed tokens).
     """
-    W = unembed.detach()
+    W = unembed.detach().float()  # no copy when already float32
     dirs = D.float() if gain is None else D.float() * gain.float().to(D.device)[:, None]
     k = min(k, W.shape[0])
     outs: list[tuple[Tensor, ...]] = []
     for start in range(0, dirs.shape[1], chunk):
-        logits = (W.float() @ dirs[:, start: start + chunk].to(W.device)).T.cpu()  # [c, vocab]
+        logits = (W @ dirs[:, start: start + chunk].to(W.device)).T.cpu()  # [c, vocab]
         pv, pi = logits.topk(k, dim=-1)
         mv, mi = (-logits).topk(k, dim=-1)
         outs.append((pv, pi, mv, mi))

@@ -2,8 +2,9 @@
 
 One table row per component: module, index, firing frequency, mean importance, selectivity per
 text set, the automatic label, the output-token lens and the top contexts (marked token
-highlighted). A search box filters rows by token or label text (the same text as
-:func:`gradedit.decompose.labels_io.search_text`), a select box and the column headers sort.
+highlighted). A search box filters rows by token or label text (the same text and matching as
+:meth:`ComponentLabels.select`: case-insensitive substring, spaces kept so ``' der'`` finds the token),
+a select box and the column headers sort.
 Everything is inline (CSS, one small script allowed by its hash in a Content-Security-Policy, no
 external URL); all corpus text, token and set names are HTML-escaped.
 """
@@ -50,8 +51,8 @@ SCRIPT = """(function(){
 var q=document.getElementById('gx-search'),body=document.getElementById('gx-body'),
 count=document.getElementById('gx-count'),sel=document.getElementById('gx-sort');
 var rows=Array.prototype.slice.call(body.rows),dir={};
-function filter(){var s=q.value.trim().toLowerCase(),n=0;
-rows.forEach(function(r){var ok=!s||r.getAttribute('data-search').indexOf(s)>=0;r.hidden=!ok;if(ok)n++;});
+function filter(){var s=q.value.toLowerCase(),all=!s.trim(),n=0;
+rows.forEach(function(r){var ok=all||r.getAttribute('data-search').indexOf(s)>=0;r.hidden=!ok;if(ok)n++;});
 count.textContent=n+' of '+rows.length+' components shown';}
 function sortBy(key,asc){rows.sort(function(a,b){var x=a.getAttribute('data-'+key),y=b.getAttribute('data-'+key),
 fx=parseFloat(x),fy=parseFloat(y),c=(isNaN(fx)||isNaN(fy))?x.localeCompare(y):(fx<fy?-1:(fx>fy?1:0));
