@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .layers import logical_weight
+from ..models.linear import is_linear, logical_weight
 
 __all__ = ["final_norm_gain", "token_lens", "token_pieces", "vocab_piece", "write_directions"]
 
@@ -95,7 +95,7 @@ def _sibling(named: dict[str, nn.Module], name: str, d_out: int) -> str | None:
         cands.insert(0, name[: -len("intermediate.dense")] + "output.dense")
     for cand in cands:
         mod = named.get(cand)
-        if cand != name and mod is not None and hasattr(mod, "weight") and logical_weight(mod).shape[1] == d_out:
+        if cand != name and mod is not None and is_linear(mod) and logical_weight(mod).shape[1] == d_out:
             return cand
     return None
 
