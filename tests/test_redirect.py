@@ -182,6 +182,9 @@ def test_token_accounting_by_purpose(tiny_llama: ge.LanguageModel, study_texts: 
         edit, hist = fit_write_vector(lm, c, exs, t.unrelated_fit, lm.token_id(" o"), steps=3, lr=0.05)
     assert edit.metadata["target_tokens_used"] == {"fit": expect, "total": expect} == reads.counts()
     assert hist[-1]["ce"] < hist[0]["ce"] and hist[0]["kl"] == pytest.approx(0.0, abs=1e-7)
+    # oracle: the loop's CE before training is −mean log P(target) at the examples' fire positions
+    base = fire_logp(lm, [e.text for e in exs], [[e.fire] for e in exs], lm.token_id(" o"))
+    assert base.numel() == len(exs) and hist[0]["ce"] == pytest.approx(-float(base.mean()), abs=1e-4)
     reads = reads.fresh()
     with reads.record("fit"):
         ledit, _ = fit_lora(lm, exs, t.unrelated_fit, " o", [DOWN], steps=2)
@@ -258,3 +261,18 @@ def test_config_is_checked() -> None:
         redirect.RedirectConfig(score="z")
     with pytest.raises(ValueError, match="alphas"):
         replace(redirect.RedirectConfig(), alphas=(0.0,))
+
+
+def test_the_preset_decomposes_text_the_study_never_reads() -> None:
+    """smollm2-135m-down reads sentences 100-399 of each language; the study's passages come from
+    sentences[text_start:text_stop] (English here, so only the English Bible is loaded)."""
+    from gradedit.data import corpora
+    from gradedit.decompose.presets import PRESETS, preset_texts
+
+    p = PRESETS["smollm2-135m-down"]
+    assert p.model == "smollm2-135m" and all(m.endswith("mlp.down_proj") for m in p.modules)
+    cfg = redirect.RedirectConfig()
+    decomposed = set(preset_texts(replace(p, languages=("en",))))
+    study = corpora.sentences("en")[cfg.text_start:cfg.text_stop]
+    assert len(decomposed) == p.per_language and study and not decomposed & set(study)
+    assert cfg.text_start >= p.start + p.per_language

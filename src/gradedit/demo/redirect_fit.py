@@ -1,9 +1,11 @@
 """Trained redirects from ``n`` examples: a component's write vector, or a LoRA adapter, with
 cross-entropy on the target at the fire positions plus ``λ`` · KL(base ‖ edit) elsewhere.
 
-Both methods see exactly the same data: the ``n`` :class:`~gradedit.demo.redirect_data.Example` texts
-(a fit passage cut after one fire token, target appended) — CE of the target at each example's fire
-position, KL at its other positions — plus the ``unrelated_fit`` texts (KL at every position).
+Both methods read the same data: the ``n`` :class:`~gradedit.demo.redirect_data.Example` texts (a fit
+passage cut after one fire token, target appended) — CE of the target at each example's fire
+position, KL at its other positions — plus the ``unrelated_fit`` texts for KL at every position (the
+write vector: all examples and the first ``max_kl_tokens`` unrelated positions every step; LoRA cycles
+through all of them, ``min(n, 8)`` examples and as many unrelated texts per step).
 
 :func:`fit_write_vector` optimises only the component's write vector ``w`` (start: its current
 ``σU``), through a forward hook that adds ``(V·x) · (w − σU)`` to the module's output, and returns
@@ -22,7 +24,16 @@ from typing import Any
 import torch
 
 from ..edits import Component, LoraConfig, TargetData, WeightEdit, replace_write_vector, train_lora
-from ..edits._fit import Positions, TokenLedger, base_logprobs, batches, frozen_params, kl_rows, logprobs_at
+from ..edits._fit import (
+    Batch,
+    Positions,
+    TokenLedger,
+    base_logprobs,
+    batches,
+    frozen_params,
+    kl_rows,
+    logprobs_at,
+)
 from ..edits._hooks import add_to_outputs
 from ..edits.components import linear_modules
 from ..errors import EditError
@@ -34,21 +45,15 @@ logger = logging.getLogger(__name__)
 __all__ = ["fit_lora", "fit_write_vector"]
 
 
-def _positions(lm: LanguageModel, examples: Sequence[Example],
-               kl_texts: Sequence[str], max_kl_tokens: int | None) -> tuple[Positions, Positions, Positions]:
-    texts = [e.text for e in examples]
-    fire_at = {(i, e.fire) for i, e in enumerate(examples)}
-    fire = Positions.from_texts(lm, texts, keep=lambda t, p: (t, p) in fire_at)
-    quiet = Positions.from_texts(lm, texts, keep=lambda t, p: (t, p) not in fire_at)
-    other = Positions.from_texts(lm, kl_texts, max_kl_tokens) if kl_texts else Positions([], [], [])
-    if fire.n != len(examples):
-        raise EditError(f"{len(examples)} examples but {fire.n} fire positions were found in them; this is a bug")
-    return fire, quiet, other
+def _last_of_row(b: Batch) -> torch.Tensor:
+    """``[N]`` bool: the position is the last scored one of its row (an example's fire position)."""
+    row = b.row
+    return torch.cat([row[1:] != row[:-1], torch.ones(1, dtype=torch.bool)]).to(b.flat.device)
 
 
 def fit_write_vector(lm: LanguageModel, component: Component, examples: Sequence[Example], kl_texts: Sequence[str],
-                     target_id: int, *, kl_weight: float = 1.0, steps: int = 40, lr: float = 0.02,
-                     max_kl_tokens: int | None = 512, batch_size: int = 16) -> tuple[WeightEdit, list[dict[str, Any]]]:
+                     target_id: int, *, kl_weight: float = 1.0, steps: int = 20, lr: float = 0.02,
+                     max_kl_tokens: int | None = 128, batch_size: int = 16) -> tuple[WeightEdit, list[dict[str, Any]]]:
     """Train the write vector of ``component`` (see the module docstring).
 
     Returns:
@@ -60,21 +65,27 @@ def fit_write_vector(lm: LanguageModel, component: Component, examples: Sequence
         raise EditError("no fit examples given")
     if steps < 0 or kl_weight < 0:
         raise EditError(f"steps and kl_weight must be >= 0, got {steps} and {kl_weight}")
-    fire, quiet, other = _positions(lm, examples, kl_texts, max_kl_tokens)
     texts = [e.text for e in examples]
+    # every example ends with its target right after the fire token, so the fire position is the last
+    # scored position of its row: one forward per batch scores the CE and the example's own KL positions
+    own = Positions.from_texts(lm, texts)
+    if [texts[i] for i in own.text_index] != texts or any(
+            s[-1] != examples[i].fire for s, i in zip(own.sources, own.text_index)):
+        raise EditError("an example does not end with its target right after the fire token; build examples "
+                        "with redirect_data.fit_examples")
+    other = Positions.from_texts(lm, kl_texts, max_kl_tokens) if kl_texts else Positions([], [], [])
     ledger = TokenLedger()
-    ledger.add_positions(lm, "fit", texts, fire)
-    ledger.add_positions(lm, "fit", texts, quiet)
+    ledger.add_positions(lm, "fit", texts, own)
     mods = linear_modules(lm, [component.module_name])
     dev, dtype = lm.device, next(lm.model.parameters()).dtype
     V, w0 = component.V.to(dev, dtype), component.write.to(dev, dtype)
     w = torch.nn.Parameter(w0.clone())
-    fire_b = batches(lm, fire, batch_size)
-    kl_b = batches(lm, quiet, batch_size) + batches(lm, other, batch_size)
-    n_kl = quiet.n + other.n
+    own_b, other_b = batches(lm, own, batch_size), batches(lm, other, batch_size)
+    fire_m = [_last_of_row(b) for b in own_b]
+    n_fire, n_kl = len(examples), own.n - len(examples) + other.n
     history: list[dict[str, Any]] = []
     with frozen_params(lm.model):
-        refs = base_logprobs(lm, kl_b)
+        refs_own, refs_other = base_logprobs(lm, own_b), base_logprobs(lm, other_b)
         opt = torch.optim.Adam([w], lr=lr)
 
         def delta(name: str, x: torch.Tensor) -> torch.Tensor:
@@ -82,11 +93,16 @@ def fit_write_vector(lm: LanguageModel, component: Component, examples: Sequence
 
         for step in range(steps + 1):
             opt.zero_grad()
+            ce = torch.zeros((), device=dev)
+            kl = torch.zeros((), device=dev)
             with add_to_outputs(mods, delta):
-                ce = sum((-logprobs_at(lm, b)[:, target_id].sum() for b in fire_b),
-                         torch.zeros((), device=dev)) / fire.n
-                kl = sum((kl_rows(r, logprobs_at(lm, b)).sum() for b, r in zip(kl_b, refs)),
-                         torch.zeros((), device=dev)) / max(1, n_kl)
+                for b, r, m in zip(own_b, refs_own, fire_m):
+                    lp = logprobs_at(lm, b)
+                    ce = ce - lp[m, target_id].sum()
+                    kl = kl + kl_rows(r[~m], lp[~m]).sum()
+                for b, r in zip(other_b, refs_other):
+                    kl = kl + kl_rows(r, logprobs_at(lm, b)).sum()
+            ce, kl = ce / n_fire, kl / max(1, n_kl)
             loss = ce + kl_weight * kl
             history.append({"step": step, "loss": float(loss.detach()), "ce": float(ce.detach()),
                             "kl": float(kl.detach())})
@@ -104,14 +120,15 @@ def fit_write_vector(lm: LanguageModel, component: Component, examples: Sequence
 
 
 def fit_lora(lm: LanguageModel, examples: Sequence[Example], kl_texts: Sequence[str], target: str,
-             modules: Sequence[str], *, kl_weight: float = 1.0, rank: int = 1, steps: int = 40, lr: float = 2e-3,
+             modules: Sequence[str], *, kl_weight: float = 1.0, rank: int = 1, steps: int = 25, lr: float = 5e-3,
              seed: int = 0) -> tuple[WeightEdit, list[dict[str, float]]]:
     """:func:`gradedit.edits.train_lora` on the examples (target positions: where the next token is the
     appended ``target``; KL at their other positions and on ``kl_texts``)."""
     if not examples:
         raise EditError("no fit examples given")
+    # base distributions as top-256 summaries computed once (as the German study's LoRA), not a base pass per step
     conf = LoraConfig(rank=rank, modules=tuple(modules), steps=steps, lr=lr, kl_weight=kl_weight,
-                      batch_size=min(len(examples), 8), seed=seed)
+                      batch_size=min(len(examples), 8), seed=seed, kl_topk=256)
     res = train_lora(lm, TargetData([e.text for e in examples], [target]), conf, remove=False,
                      other_texts=list(kl_texts) or None, progress=False)
     if res.n_target_tokens != len(examples):
