@@ -1,11 +1,14 @@
-"""Files: the on-disk cache folder, inter-process locks, and atomic writes of files and folders
-(text, JSON, safetensors) — readers never see half an artefact. Reading JSON artefacts with errors
-that name the file and the fix."""
+"""Files: the on-disk cache folder, inter-process locks (cache entries; one process per run folder),
+and atomic writes of files and folders (text, JSON, safetensors) — readers never see half an
+artefact. Reading JSON artefacts with errors that name the file and the fix. State trees (nested
+containers of tensors and JSON values, e.g. optimiser state) are saved as safetensors + JSON: no
+pickle is ever written or read."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import numbers
 import os
 import shutil
 import tempfile
@@ -14,15 +17,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
-from .errors import ArtifactError
+from .errors import ArtifactError, FolderLocked
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["atomic_dir", "atomic_path", "cache_dir", "current_umask", "default_mode", "locked", "read_json_object",
-           "save_safetensors_atomic", "write_folder", "write_json_atomic", "write_text_atomic"]
+__all__ = ["FOLDER_LOCK", "atomic_dir", "atomic_path", "cache_dir", "current_umask", "default_mode", "load_tree",
+           "lock_folder", "locked", "read_json_object", "save_safetensors_atomic", "save_tree_atomic", "write_folder",
+           "write_json_atomic", "write_text_atomic"]
+
+#: the lock file :func:`lock_folder` keeps inside a run folder
+FOLDER_LOCK = ".gradedit.lock"
 
 _UMASK_LOCK = threading.Lock()
 
@@ -80,6 +87,55 @@ def locked(path: Path, timeout: float = -1) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock", timeout=timeout):
         yield
+
+
+@contextlib.contextmanager
+def lock_folder(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (created if missing) for the block, or fail at once.
+
+    The lock is an ``flock`` on ``<folder>/.gradedit.lock``, which holds the owner's process id. The
+    kernel drops it when the process ends however it ends (exit, exception, kill -9), so a leftover
+    file never blocks a later run. Within one process the lock is not re-entrant either.
+
+    Raises:
+        FolderLocked: another process (or another open lock in this one) holds ``folder``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / FOLDER_LOCK
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: filelock's portable lock (no owner id in the message)
+        lock = FileLock(str(path), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise FolderLocked(_locked_message(folder, "")) from None
+        try:
+            yield
+        finally:
+            lock.release()
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            raise FolderLocked(_locked_message(folder, owner)) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # no stale owner id once released
+    finally:
+        os.close(fd)  # closing the file releases the lock
+
+
+def _locked_message(folder: Path, owner: str) -> str:
+    who = f"process {owner}" if owner.isdigit() else "another process"
+    return (f"{folder} is in use by {who} (another gradedit run writes there); wait for it to end or "
+            f"give another folder")
 
 
 @contextlib.contextmanager
@@ -173,3 +229,82 @@ def read_json_object(file: Path, fix: str) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise ArtifactError(f"{file} should hold a JSON object, got {type(obj).__name__}")
     return obj
+
+
+# -- state trees: tensors in safetensors, the structure as JSON in its header (no pickle) -----------------
+_TENSOR, _TUPLE, _ITEMS = "$tensor", "$tuple", "$items"
+
+
+def save_tree_atomic(file: Path, tree: Any) -> None:
+    """Save ``tree`` — nested dicts, lists and tuples of tensors, str, int, float, bool and None —
+    as one safetensors file written atomically: the tensors as tensors, the rest as JSON in the
+    header. :func:`load_tree` rebuilds it (dict key types and tuples included) without running code.
+
+    Raises:
+        TypeError: ``tree`` holds another type.
+    """
+    import torch
+
+    tensors: dict[str, torch.Tensor] = {}
+
+    def enc(x: Any) -> Any:
+        if isinstance(x, torch.Tensor):
+            name = f"t{len(tensors)}"
+            tensors[name] = x.detach().to("cpu").clone().contiguous()
+            return {_TENSOR: name}
+        if x is None or isinstance(x, (str, bool)):
+            return x
+        if isinstance(x, numbers.Integral):
+            return int(x)
+        if isinstance(x, numbers.Real):
+            return float(x)
+        if isinstance(x, tuple):
+            return {_TUPLE: [enc(v) for v in x]}
+        if isinstance(x, list):
+            return [enc(v) for v in x]
+        if isinstance(x, dict):
+            if all(isinstance(k, str) and not k.startswith("$") for k in x):
+                return {k: enc(v) for k, v in x.items()}
+            return {_ITEMS: [[enc(k), enc(v)] for k, v in x.items()]}
+        raise TypeError(f"cannot save a {type(x).__name__} in a state tree (tensors, containers and JSON values only)")
+
+    structure = json.dumps(enc(tree))
+    save_safetensors_atomic(tensors, file, metadata={"format": "pt", "gradedit_tree": structure})
+
+
+def load_tree(file: Path, fix: str) -> Any:
+    """The tree :func:`save_tree_atomic` wrote to ``file``; ``fix`` ends every error message.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ArtifactError: it is not a state tree (corrupt, truncated, or not safetensors — e.g. a pickle).
+    """
+    from safetensors import SafetensorError, safe_open
+
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} is missing; {fix}")
+    try:
+        with safe_open(str(file), framework="pt") as fh:
+            structure = json.loads((fh.metadata() or {})["gradedit_tree"])
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    except (SafetensorError, OSError, KeyError, ValueError) as err:
+        raise ArtifactError(f"{file} is not a readable gradedit state file ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else 'no detail'}); {fix}") from None
+
+    def dec(x: Any) -> Any:
+        if isinstance(x, list):
+            return [dec(v) for v in x]
+        if isinstance(x, dict):
+            if set(x) == {_TENSOR}:
+                return tensors[x[_TENSOR]]
+            if set(x) == {_TUPLE}:
+                return tuple(dec(v) for v in x[_TUPLE])
+            if set(x) == {_ITEMS}:
+                return {dec(k): dec(v) for k, v in x[_ITEMS]}
+            return {k: dec(v) for k, v in x.items()}
+        return x
+
+    try:
+        return dec(structure)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ArtifactError(f"{file} has an inconsistent structure ({type(err).__name__}: {err}); {fix}") from None

@@ -24,7 +24,8 @@ No German spaCy pipeline exists, so the cell of ``der/die/das/den/dem/des`` is w
 Measured precision and coverage on a hand-labelled sample are in ``docs/data.md``.
 
 The lexicon is read from the installed ``german-nouns`` CSV on first use (never at import) and
-kept in memory and as a pickle under ``gradedit``'s cache folder (written atomically).
+kept in memory and as JSON under ``gradedit``'s cache folder (written atomically; no pickle: a
+cache file is data, never code). A cache that cannot be read is rebuilt.
 """
 
 from __future__ import annotations
@@ -35,13 +36,13 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
-import pickle
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from .._files import atomic_path, cache_dir, locked
+from .._files import cache_dir, locked, write_text_atomic
 from .._progress import progress
 from ..errors import GermanMissing
 
@@ -64,7 +65,7 @@ ARTICLE_CELLS: dict[str, frozenset[str]] = {
 """Article → the cells it can fill (``der`` → masc_nom, fem_dat, fem_gen, pl_gen)."""
 
 INSTALL = "pip install --no-deps hanta==1.2.1 german-nouns==1.2.5"
-LEXICON_FORMAT = 1  # bump when the pickled lexicon layout changes
+LEXICON_FORMAT = 2  # bump when the cached lexicon layout changes (1 was a pickle: never read)
 ANALYSIS_VERSION = 2  # bump when the assignment rules change (invalidates cached corpus analyses)
 
 _CASE_COLUMNS = {"nominativ": "nom", "akkusativ": "acc", "dativ": "dat", "genitiv": "gen"}
@@ -186,28 +187,40 @@ def _find_package_file(module: str, *parts: str) -> Path:
 @functools.lru_cache(maxsize=1)
 def load_lexicon(cache: bool = True) -> NounLexicon:
     """The ``german-nouns`` lexicon (102k nouns), parsed once per process; with ``cache`` also kept as
-    a pickle in ``<gradedit cache>/morphology/`` keyed by the package version."""
+    JSON in ``<gradedit cache>/morphology/`` keyed by the package version (rebuilt when unreadable)."""
     csv_path = _find_package_file("german_nouns", "nouns.csv")
     version = importlib.metadata.version("german-nouns")
-    pkl = cache_dir() / "morphology" / f"german-nouns-{version}-v{LEXICON_FORMAT}.pkl"
-    if cache and pkl.is_file():
+    path = cache_dir() / "morphology" / f"german-nouns-{version}-v{LEXICON_FORMAT}.json"
+    if cache and path.is_file():
         try:
-            with pkl.open("rb") as fh:
-                forms = pickle.load(fh)
-            return NounLexicon(forms)
-        except (OSError, pickle.UnpicklingError, EOFError, ValueError) as err:
-            logger.warning("ignoring unreadable lexicon cache %s (%s)", pkl, err)
+            return _lexicon_from_json(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
+            logger.warning("rebuilding the unreadable lexicon cache %s (%s: %s)", path, type(err).__name__, err)
     lexicon = NounLexicon.from_csv(csv_path)
     logger.info("parsed %d noun forms from %s", len(lexicon), csv_path)
     if cache:
-        _write_pickle(pkl, lexicon.forms)
+        _write_cache(path, _lexicon_to_json(lexicon))
     return lexicon
 
 
-def _write_pickle(path: Path, obj: object) -> None:
-    """Pickle ``obj`` to ``path`` atomically (temp file + rename) under a file lock."""
-    with locked(path), atomic_path(path) as tmp, tmp.open("wb") as fh:
-        pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
+def _lexicon_to_json(lexicon: NounLexicon) -> dict[str, object]:
+    """``{"format", "sets": [sorted cells, ...], "forms": {form: index into sets}}`` (each cell set once)."""
+    index: dict[frozenset[str], int] = {}
+    forms = {form: index.setdefault(cells, len(index)) for form, cells in lexicon.forms.items()}
+    return {"format": LEXICON_FORMAT, "sets": [sorted(c) for c in index], "forms": forms}
+
+
+def _lexicon_from_json(obj: dict[str, Any]) -> NounLexicon:
+    if obj.get("format") != LEXICON_FORMAT:
+        raise ValueError(f"format {obj.get('format')!r}, expected {LEXICON_FORMAT}")
+    sets = [frozenset(c) for c in obj["sets"]]
+    return NounLexicon({form: sets[i] for form, i in obj["forms"].items()})
+
+
+def _write_cache(path: Path, obj: object) -> None:
+    """Write ``obj`` as compact JSON to ``path`` atomically (temp file + rename) under a file lock."""
+    with locked(path):
+        write_text_atomic(path, json.dumps(obj, ensure_ascii=False, separators=(",", ":")))
 
 
 # -- tagging and assignment ----------------------------------------------------------------------
@@ -259,14 +272,18 @@ class GermanArticleTagger:
         path = self._cache_path(sentences) if cache and self._default else None
         if path is not None and path.is_file():
             try:
-                with path.open("rb") as fh:
-                    return pickle.load(fh)
-            except (OSError, pickle.UnpicklingError, EOFError, AttributeError) as err:
-                logger.warning("ignoring unreadable analysis cache %s (%s)", path, err)
+                cached = [tuple(ArticleAnalysis(int(o), str(a), c, tuple(cs), n, str(r)) for o, a, c, cs, n, r in row)
+                          for row in json.loads(path.read_text(encoding="utf-8"))]
+                if len(cached) == len(sentences):
+                    return cached
+                raise ValueError(f"{len(cached)} rows for {len(sentences)} sentences")
+            except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
+                logger.warning("rebuilding the unreadable analysis cache %s (%s: %s)", path, type(err).__name__, err)
         out = [self._analyze(s) for s in progress(sentences, desc="german articles", unit="sent",
                                                   disable=len(sentences) < 2000)]
         if path is not None:
-            _write_pickle(path, out)
+            _write_cache(path, [[[a.offset, a.article, a.cell, list(a.candidates), a.noun, a.reason] for a in row]
+                                for row in out])
         return out
 
     @staticmethod
@@ -278,7 +295,7 @@ class GermanArticleTagger:
         h = hashlib.sha256(json.dumps([ANALYSIS_VERSION, LEXICON_FORMAT, *versions]).encode())
         for s in sentences:
             h.update(s.encode() + b"\x00")
-        return cache_dir() / "morphology" / f"de-articles-{h.hexdigest()[:24]}.pkl"
+        return cache_dir() / "morphology" / f"de-articles-{h.hexdigest()[:24]}.json"
 
     def cell_at(self, sentence: str, offset: int) -> str | None:
         """The cell of the article starting at ``offset`` (None when rejected or no article there)."""

@@ -1,4 +1,10 @@
-"""One seed of GRADIEND training: gradients -> encoder/decoder, evaluation, checkpoints, resume."""
+"""One seed of GRADIEND training: gradients -> encoder/decoder, evaluation, checkpoints, resume.
+
+The resume checkpoint is ``last/`` (feature model + ``trainer_state.safetensors``: optimiser
+tensors, the rest as JSON; no pickle). A NaN/Inf loss or gradient stops training with a
+:class:`~gradedit.errors.TrainingError` before the step is applied; ``last/`` and ``best/`` keep
+the last good state.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..._files import atomic_dir, write_json_atomic
+from ..._files import atomic_dir, load_tree, save_tree_atomic, write_json_atomic
 from ..._progress import progress
+from ...errors import ArtifactError, TrainingError
 from ...models.param_map import ParamMap
 from ..encode import encode_rows
 from ..feature_model import FeatureModel
@@ -25,7 +32,9 @@ from .config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "trainer_state.pt"
+STATE_FILE = "trainer_state.safetensors"
+#: the pickle checkpoint of older gradedit versions: refused, never read (unpickling runs code)
+OLD_STATE_FILE = "trainer_state.pt"
 #: during training, a log line at least this often (seconds), so slow steps never look like a hang
 LOG_EVERY_S = 20.0
 
@@ -130,6 +139,8 @@ class SeedTrainer:
         self.metadata = metadata
         self._groups = train.groups() if cfg.rows_per_gradient > 1 else [list(range(len(train)))]
         self._epoch: tuple[int, list[list[int]]] | None = None
+        #: step of the checkpoint in ``last/`` (None: none written yet)
+        self._saved_step: int | None = None
         #: ``[step, training loss]`` of every optimiser step (kept in the checkpoint across resumes)
         self.step_losses: list[list[float]] = []
 
@@ -171,13 +182,19 @@ class SeedTrainer:
         bar = progress(total=cfg.max_steps, initial=step, desc=f"GRADIEND seed {self.seed}")
         last_log = time.time()
         while step < cfg.max_steps and not stop_reason(history, cfg):
-            pairs = [self._vectors(self._example_rows(step * cfg.train_batch_size + j)) for j in range(cfg.train_batch_size)]
+            rows = [self._example_rows(step * cfg.train_batch_size + j) for j in range(cfg.train_batch_size)]
+            pairs = [self._vectors(r) for r in rows]
             src = torch.stack([p[0] for p in pairs])
             tgt = torch.stack([p[1] for p in pairs])
             rec, _ = fm(src)
             loss = torch.nn.functional.mse_loss(rec, tgt)
+            if not torch.isfinite(loss):
+                raise self._diverged(step, f"the loss is {float(loss)}", self._bad_rows(rows, src, tgt))
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            bad = [n for n, p in fm.named_parameters() if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+            if bad:
+                raise self._diverged(step, f"the gradient of {', '.join(bad)} is not finite (NaN/Inf)", "")
             opt.step()
             losses.append(float(loss.detach()))
             step += 1
@@ -223,6 +240,24 @@ class SeedTrainer:
                                                      "step_losses": res.step_losses})
         return res
 
+    def _bad_rows(self, rows: list[list[int]], src: torch.Tensor, tgt: torch.Tensor) -> str:
+        """Which training rows gave a NaN/Inf model gradient (``src``/``tgt`` are ``[batch, n]``)."""
+        finite = torch.isfinite(src).all(dim=1) & torch.isfinite(tgt).all(dim=1)
+        bad = sorted({i for b, ok in enumerate(finite.tolist()) if not ok for i in rows[b]})
+        if not bad:
+            return ""
+        shown = "; ".join(repr(self.train_rows.texts[i]) for i in bad[:3])
+        return (f"the model gradient of {len(bad)} training row(s) is NaN/Inf (e.g. {shown}): check those rows "
+                "and the base model's weights")
+
+    def _diverged(self, step: int, what: str, rows: str) -> TrainingError:
+        """The error that stops training at optimiser step ``step + 1`` (nothing of that step was applied)."""
+        kept = (f"the last good checkpoint (step {self._saved_step}) is kept in {self.dir / 'last'}"
+                if self._saved_step is not None else f"no checkpoint was written yet (the first is at step "
+                                                      f"{min(self.cfg.eval_steps, self.cfg.max_steps)})")
+        fix = rows or f"lower learning_rate (now {self.cfg.learning_rate:g}) or check the data"
+        return TrainingError(f"GRADIEND training of seed {self.seed} stopped at step {step + 1}: {what}; {kept}; {fix}")
+
     def _new_model(self) -> FeatureModel:
         return FeatureModel(self.param_map.size, self.cfg.latent_dim, param_map=self.param_map, seed=self.seed,
                             metadata=dict(self.metadata))
@@ -234,14 +269,15 @@ class SeedTrainer:
 
     def _start(self) -> tuple[FeatureModel, torch.optim.Optimizer, int, list[dict[str, Any]], dict[str, Any] | None]:
         last = self.dir / "last"
-        if self.cfg.resume and (last / STATE_FILE).is_file():
-            state = torch.load(last / STATE_FILE, map_location="cpu", weights_only=False)
+        state = self._read_state(last) if self.cfg.resume else None
+        if state is not None:
             if state.get("fingerprint") == self.cfg.training_fingerprint() and state.get("seed") == self.seed:
                 fm = FeatureModel.from_pretrained(last)
                 opt = self._optimizer(fm)
                 opt.load_state_dict(state["optimizer"])
                 logger.info("resuming seed %d from step %d (%s)", self.seed, state["step"], last)
                 self.step_losses = [list(x) for x in state.get("step_losses", [])]
+                self._saved_step = int(state["step"])
                 return fm, opt, int(state["step"]), list(state["history"]), state.get("best")
             logger.warning("ignoring checkpoint in %s: it was made with a different configuration", last)
         if self.dir.exists():
@@ -249,6 +285,19 @@ class SeedTrainer:
         self.dir.mkdir(parents=True)
         fm = self._new_model()
         return fm, self._optimizer(fm), 0, [], None
+
+    def _read_state(self, last: Path) -> dict[str, Any] | None:
+        """The training state in ``last/`` (None when there is none); never unpickles anything."""
+        fix = f"delete {self.dir} to train this seed from the start"
+        if not (last / STATE_FILE).is_file():
+            if (last / OLD_STATE_FILE).is_file():
+                raise ArtifactError(f"{last / OLD_STATE_FILE} is a pickle checkpoint of an older gradedit, which is "
+                                    f"never loaded (unpickling runs code); {fix}")
+            return None
+        state = load_tree(last / STATE_FILE, fix)
+        if not isinstance(state, dict) or not {"step", "history", "optimizer", "seed", "fingerprint"} <= set(state):
+            raise ArtifactError(f"{last / STATE_FILE} is not a GRADIEND training checkpoint; {fix}")
+        return state
 
     def _save_model(self, fm: FeatureModel, target: Path, best: dict[str, Any]) -> None:
         fm.metadata.update({"best_step": best["step"]})
@@ -261,9 +310,10 @@ class SeedTrainer:
 
         def write(tmp: Path) -> None:
             fm.save_pretrained(tmp)
-            torch.save(state, tmp / STATE_FILE)
+            save_tree_atomic(tmp / STATE_FILE, state)
 
         _replace_dir(self.dir / "last", write)
+        self._saved_step = step
 
 
 def _replace_dir(target: Path, write: Callable[[Path], object]) -> None:
