@@ -1,7 +1,7 @@
 """The write-vector redirect study (issue 14.5b, after spd PR #462's emoticon → 'o' experiment).
 
 Find a rank-1 component of a residual-stream-writing layer that fires selectively where a context
-class occurs (default: question marks in English Bible passages), and make the model predict a chosen
+class occurs (default: semicolons in English Bible passages), and make the model predict a chosen
 target token (default ``" o"``) right after it, three ways:
 
 - ``analytic-<family>``: the component's write vector becomes ``s · α · û(target)`` (``α`` swept in
@@ -45,7 +45,7 @@ __all__ = ["Point", "RedirectConfig", "component_families", "heatmap_choice", "r
 
 @dataclass
 class RedirectConfig:
-    """Settings of the redirect study (defaults: smollm2-135m, about 35 minutes on 2 CPU cores, estimated).
+    """Settings of the redirect study (defaults: smollm2-135m, estimated 35-40 minutes on 2 CPU cores).
 
     Text: ``source`` (``"bible"`` / ``"tiny"`` / a file, one passage per line), ``lang``, passages of
     ``window`` sentences from ``sentences[text_start:text_stop]`` — by default after the sentences the
@@ -61,7 +61,7 @@ class RedirectConfig:
     out_dir: str = "runs/demo-redirect"
     decomposition: str | None = "runs/decomp-smollm2-down"
     modules: tuple[str, ...] | None = None
-    context: str = r"\?"
+    context: str = ";"
     target: str = " o"
     source: str = "bible"
     lang: str = "en"

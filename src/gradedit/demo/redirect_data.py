@@ -1,12 +1,12 @@
 """Texts of the write-vector redirect study: where a context class occurs (fire positions), the disjoint
 text sets, and the few-shot fit examples.
 
-A *context class* is a regular expression over characters (default ``\\?``: question marks). In a text,
+A *context class* is a regular expression over characters (e.g. ``;``: semicolons). In a text,
 a **fire position** is the index ``p`` of the token that holds the last character of a match (found
 through the fast tokenizer's offset mapping) and has a next token (``p + 1`` exists). The study wants
 the model to predict a chosen target token at fire positions, i.e. ``P(target | ids[: p + 1])``.
 
-Passages are windows of consecutive sentences (so a question mark ending a sentence has a
+Passages are windows of consecutive sentences (so a mark ending a sentence, e.g. ``?``, has a
 continuation). A *class* passage has at least one fire position; an *unrelated* passage has no
 match at all. Both pools are shuffled with the seed and cut into disjoint sets:
 
