@@ -38,15 +38,18 @@ def _clean(x: Any) -> Any:
     return x
 
 
+def _short(label: str | None) -> str:
+    return "-" if not label else label.removeprefix("model.")
+
+
 def _row(p: Point) -> dict[str, Any]:
-    m = p.measured
+    m, u = p.measured, p.tokens_used
     return {"family": p.family, "params": " ".join(f"{k}={v:g}" for k, v in p.params.items()),
-            "component": p.component or "-", "P(target)": m.get("p_target"), "top-1 share": m.get("top1_target"),
-            "surrounding KL": m.get("surrounding_kl"), "global KL": m.get("global_kl"),
-            "class tokens selection": p.tokens_used.get("selection", 0),
-            "class tokens calibration": p.tokens_used.get("calibration", 0), "class tokens fit": p.tokens_used.get("fit", 0),
-            "class tokens total": p.tokens_used.get("total", 0), "hook total": p.tokens_hook.get("total", 0),
-            "fire positions fit": p.fire_positions_used.get("fit", 0), "seconds": round(p.seconds, 1)}
+            "component": _short(p.component), "P(target)": m.get("p_target"), "top-1": m.get("top1_target"),
+            "surr. KL": m.get("surrounding_kl"), "global KL": m.get("global_kl"),
+            "class tokens sel/cal/fit": f"{u.get('selection', 0)}/{u.get('calibration', 0)}/{u.get('fit', 0)}",
+            "total": u.get("total", 0), "hook": p.tokens_hook.get("total", 0),
+            "fire fit": p.fire_positions_used.get("fit", 0), "sec": round(p.seconds, 1)}
 
 
 def best_per_family(points: list[Point], budget: float) -> list[dict[str, Any]]:
@@ -71,12 +74,11 @@ def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 def _choices_rows(info: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for fam, c in info["choices"].items():
-        rows.append({"family": fam, "component": c["label"], "sigma": c["component"]["sigma"],
-                     f"selectivity ({c['kind']})": c["score"], "sign s": c["sign"], "sign agreement": c["sign_agreement"],
-                     "mean |a| fire": c["fire_mean_abs"], **{f"mean |a| {k}": v for k, v in c["other_mean_abs"].items()},
-                     "candidates": c["n_candidates"], "unit α₁": c["unit"]["alpha"],
-                     "α₁ / σ": c["unit"]["alpha"] / c["component"]["sigma"], "gain at α₁ (nats)": c["unit"]["gain"],
-                     "unit reached": c["unit"]["reached"]})
+        rows.append({"family": fam, "component": _short(c["label"]), "σ": c["component"]["sigma"],
+                     c["kind"]: c["score"], "s": c["sign"], "agree": c["sign_agreement"],
+                     "|a| fire": c["fire_mean_abs"], **{f"|a| {k[:5]}.": v for k, v in c["other_mean_abs"].items()},
+                     "scored": c["n_candidates"], "α₁": c["unit"]["alpha"],
+                     "α₁/σ": c["unit"]["alpha"] / c["component"]["sigma"], "gain": c["unit"]["gain"]})
     for fam, why in info["failed_families"].items():
         rows.append({"family": fam, "component": "none: " + why[:160]})
     return rows
@@ -104,8 +106,11 @@ def _intro(info: dict[str, Any], n_points: int, budget: float) -> str:
         f"{info['config']['unit_gain']:g} nat at those positions (calibration, on the selection text); "
         "<i>trained</i>: the write vector trained on n examples with CE on the target + λ·KL elsewhere; "
         f"<i>lora</i>: rank-{info['config']['lora_rank']} LoRA on <code>{html.escape(', '.join(info['lora_modules']))}"
-        "</code>, same data and loss. Class tokens: tokens of class text each edit read, by purpose (distinct "
-        "total); <i>hook total</i> is the same count "
+        "</code>, same data and loss. Components: selectivity score, orientation s and the share of "
+        "fire positions that agree with it, mean |activation| at fire / surrounding / unrelated positions, "
+        "candidates scored, α₁ and the gain (nats) it gave on the selection text. Class tokens: tokens of class "
+        "text each edit read, by purpose (selection / calibration / fit) and distinct <i>total</i>; <i>hook</i> "
+        "is the same total "
         f"measured independently on the input embedding. Heatmaps: per family, the best point with surrounding KL "
         f"≤ {budget:g} (else its lowest-KL point).</p>",
     ]
@@ -149,7 +154,7 @@ def write_outputs(out: Path, info: dict[str, Any], points: list[Point], heat: di
     report = write_html_report(out / "report.html", f"gradedit: redirecting {info['context']!r} to "
                                f"{info['target']!r} with one component", sections)
     headline = [f"{r['family']:>22}: " + (f"P(target) {info['base']['p_target']:.2g} -> {r['P(target)']:.3g} at "
-                                          f"surrounding KL {r['surrounding KL']:.3g}, global KL {r['global KL']:.3g} "
+                                          f"surrounding KL {r['surr. KL']:.3g}, global KL {r['global KL']:.3g} "
                                           f"({r['params']})" if "P(target)" in r else r["params"]) for r in best]
     headline.append(f"total time {info['timings_s'].get('total', 0) / 60:.1f} min; report {report}")
     logger.info("redirect study written to %s", out)
