@@ -8,6 +8,7 @@ import json
 import math
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -202,11 +203,19 @@ def _cfg(tmp: Path, dec: Path | None, **kw: object) -> redirect.RedirectConfig:
     return redirect.RedirectConfig(**base)  # type: ignore[arg-type]
 
 
-def test_study_runs_end_to_end(tiny_llama: ge.LanguageModel, tiny_down_dec: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def study_run(tiny_llama: ge.LanguageModel, tiny_down_dec: Path,
+              tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+    tmp_path = tmp_path_factory.mktemp("study")
     before = {k: v.clone() for k, v in tiny_llama.model.state_dict().items()}
     res = redirect.run(_cfg(tmp_path, tiny_down_dec), tiny_llama)
     for k, v in tiny_llama.model.state_dict().items():
         assert torch.equal(v, before[k]), f"{k} changed"
+    return res, tmp_path
+
+
+def test_study_runs_end_to_end(study_run: tuple[Any, Path]) -> None:
+    res, tmp_path = study_run
     for name in ("points.json", "summary.json", "heatmaps.json", "pareto.png", "report.html"):
         assert (tmp_path / name).is_file()
     assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -240,6 +249,44 @@ def test_study_runs_end_to_end(tiny_llama: ge.LanguageModel, tiny_down_dec: Path
     page = (tmp_path / "report.html").read_text()
     assert 'data-fire="1"' in page and "FIRE position" in page and "data:image/png;base64" in page
     assert res.headline and res.report == tmp_path / "report.html"
+
+
+def test_report_hover_in_chromium(study_run: tuple[Any, Path]) -> None:
+    from chromium import external, guarded_page
+
+    _, folder = study_run
+    requests: list[str] = []
+    with guarded_page(requests) as page:
+        page.goto((folder / "report.html").as_uri())
+        fire = page.locator('.gx-tok[data-fire="1"]').first
+        tip = fire.locator(".gx-tip")
+        assert not tip.is_visible()
+        fire.scroll_into_view_if_needed()
+        fire.hover()
+        page.wait_for_timeout(100)
+        assert tip.is_visible() and "FIRE position" in tip.inner_text() and "P(' o')" in tip.inner_text()
+        assert page.locator("img.gx-img").count() == 1  # the Pareto figure, embedded
+    assert external(requests) == [], f"the report requested external resources: {external(requests)}"
+
+
+def test_a_family_without_a_selective_component_is_reported(tiny_llama: ge.LanguageModel, tiny_down_dec: Path,
+                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gradedit.demo import redirect_build
+
+    real = redirect_build.choose_component
+
+    def picky(lm: ge.LanguageModel, cs: ComponentSet, family: str, *a: Any, **kw: Any) -> Any:
+        if family == "decomposed":
+            raise EditError("no decomposed component fires selectively (test)")
+        return real(lm, cs, family, *a, **kw)
+
+    monkeypatch.setattr(redirect_build, "choose_component", picky)
+    res = redirect.run(_cfg(tmp_path, tiny_down_dec, fit_sizes=(1,), kl_weights=(1.0,), alphas=(1.0,)), tiny_llama)
+    assert res.summary["failed_families"] == {"decomposed": "no decomposed component fires selectively (test)"}
+    fams = {p["family"] for p in json.loads((tmp_path / "points.json").read_text())["points"]}
+    assert fams == {"analytic-svd", "trained-svd", "lora"}
+    page = (tmp_path / "report.html").read_text()
+    assert "decomposed: no selective component." in page and "none: no decomposed component fires" in page
 
 
 def test_a_selection_without_a_selective_component_says_so(tiny_llama: ge.LanguageModel, tmp_path: Path,
