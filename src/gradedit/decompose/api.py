@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._files import lock_folder
 from ..errors import DecompositionError
 from ..models import LanguageModel
 from .artifact import META_FILE, Decomposition
@@ -68,8 +70,10 @@ def decompose(model: nn.Module | LanguageModel, modules: str | Sequence[str], n_
         A :class:`Decomposition` (also saved to ``out`` when given).
 
     Raises:
-        DecompositionError: bad modules / ``n_components`` / inputs / options, or ``out`` holds a
-            decomposition made with other options, data or weights (and ``resume`` is True).
+        DecompositionError: bad modules / ``n_components`` / inputs / options, ``out`` holds a
+            decomposition made with other options, data or weights (and ``resume`` is True), or a
+            NaN/Inf loss or gradient stopped training (the last checkpoint in ``out`` is kept).
+        FolderLocked: another process is decomposing into ``out`` (it is locked for the whole run).
     """
     overrides = {k: v for k, v in dict(objective=objective, steps=steps, batch_size=batch_size, seed=seed).items()
                  if v is not None}
@@ -86,40 +90,43 @@ def decompose(model: nn.Module | LanguageModel, modules: str | Sequence[str], n_
     run_meta = {"training_hash": cfg.training_hash(), "data": pool.fingerprint(), "fingerprints": fps,
                 "n_components": cs}
     out_path = Path(out) if out is not None else None
-    if out_path is not None and (out_path / META_FILE).is_file() and resume:
-        done = Decomposition.load(out_path)
-        same = (done.meta.get("training_hash"), done.meta.get("data"), done.fingerprints) == \
-            (run_meta["training_hash"], run_meta["data"], fps) and {n: i.C for n, i in done.infos.items()} == cs
-        if not same:
-            raise DecompositionError(f"{out_path} holds a decomposition made with other options, data or weights; "
-                                     f"pass another out folder or resume=False to overwrite it")
-        logger.info("loaded the finished decomposition in %s", out_path)
-        return done
+    with contextlib.ExitStack() as stack:
+        if out_path is not None:
+            stack.enter_context(lock_folder(out_path))  # one process per out folder
+        if out_path is not None and (out_path / META_FILE).is_file() and resume:
+            done = Decomposition.load(out_path)
+            same = (done.meta.get("training_hash"), done.meta.get("data"), done.fingerprints) == \
+                (run_meta["training_hash"], run_meta["data"], fps) and {n: i.C for n, i in done.infos.items()} == cs
+            if not same:
+                raise DecompositionError(f"{out_path} holds a decomposition made with other options, data or weights; "
+                                         f"pass another out folder or resume=False to overwrite it")
+            logger.info("loaded the finished decomposition in %s", out_path)
+            return done
 
-    state = new_state(infos, cfg)
-    ckpt = out_path / CHECKPOINT_FILE if out_path is not None else None
-    if ckpt is not None and ckpt.is_file():
-        if not resume:
-            ckpt.unlink()
-        else:
-            old = read_checkpoint_meta(ckpt)
-            if {k: old.get(k) for k in run_meta} != run_meta:
-                raise DecompositionError(f"{ckpt} is a checkpoint of a run with other options, data or weights; "
-                                         f"pass another out folder or resume=False to start over")
-            load_checkpoint(ckpt, state)
-            logger.info("resuming from %s at step %d", ckpt, state.step)
-    logger.info("decomposing %d module(s) (%s) with objective=%s, %d+%d steps, batch %d, %d torch threads",
-                len(mods), ", ".join(f"{n}:{c}" for n, c in cs.items()), cfg.objective,
-                cfg.faithfulness_warmup_steps, cfg.steps, cfg.batch_size, torch.get_num_threads())
-    objective_ = make_objective(net, mods, pool, cfg)
-    names = list(mods)
-    state = train(net, names, objective_, state, cfg, checkpoint=ckpt, meta=run_meta, on_step=on_step)
-    dec = _finish(net, mods, names, objective_, state, infos, cfg, run_meta)
-    if out_path is not None:
-        dec.save(out_path)
-        if ckpt is not None:
-            ckpt.unlink(missing_ok=True)
-    return dec
+        state = new_state(infos, cfg)
+        ckpt = out_path / CHECKPOINT_FILE if out_path is not None else None
+        if ckpt is not None and ckpt.is_file():
+            if not resume:
+                ckpt.unlink()
+            else:
+                old = read_checkpoint_meta(ckpt)
+                if {k: old.get(k) for k in run_meta} != run_meta:
+                    raise DecompositionError(f"{ckpt} is a checkpoint of a run with other options, data or weights; "
+                                             f"pass another out folder or resume=False to start over")
+                load_checkpoint(ckpt, state)
+                logger.info("resuming from %s at step %d", ckpt, state.step)
+        logger.info("decomposing %d module(s) (%s) with objective=%s, %d+%d steps, batch %d, %d torch threads",
+                    len(mods), ", ".join(f"{n}:{c}" for n, c in cs.items()), cfg.objective,
+                    cfg.faithfulness_warmup_steps, cfg.steps, cfg.batch_size, torch.get_num_threads())
+        objective_ = make_objective(net, mods, pool, cfg)
+        names = list(mods)
+        state = train(net, names, objective_, state, cfg, checkpoint=ckpt, meta=run_meta, on_step=on_step)
+        dec = _finish(net, mods, names, objective_, state, infos, cfg, run_meta)
+        if out_path is not None:
+            dec.save(out_path)
+            if ckpt is not None:
+                ckpt.unlink(missing_ok=True)
+        return dec
 
 
 @torch.no_grad()

@@ -92,10 +92,18 @@ def save_checkpoint(path: Path, state: TrainState, meta: Mapping[str, Any]) -> N
 
 
 def read_checkpoint_meta(path: Path) -> dict[str, Any]:
-    from safetensors import safe_open
+    """The JSON metadata of a checkpoint (raises DecompositionError when the file is unreadable)."""
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as fh:
-        return json.loads((fh.metadata() or {})["gradedit"])
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = json.loads((fh.metadata() or {})["gradedit"])
+    except (SafetensorError, OSError, KeyError, ValueError) as err:
+        raise DecompositionError(f"checkpoint {path} is unreadable ({type(err).__name__}); delete it or pass "
+                                 f"resume=False") from None
+    if not isinstance(meta, dict):
+        raise DecompositionError(f"checkpoint {path} is unreadable (no metadata); delete it or pass resume=False")
+    return meta
 
 
 def load_checkpoint(path: Path, state: TrainState) -> dict[str, Any]:
@@ -128,6 +136,14 @@ def train(model: nn.Module, names: list[str], objective: LayerObjective | Output
     bar = progress(total=total, initial=state.step, desc="decompose", leave=False)
     t0 = time.perf_counter() - state.seconds
     running: dict[str, float] = {}
+    saved = state.step if checkpoint is not None and checkpoint.is_file() else None
+
+    def diverged(t: int, what: str) -> DecompositionError:
+        kept = (f"the checkpoint of step {saved} is kept in {checkpoint}" if saved is not None
+                else "no checkpoint was written yet")
+        return DecompositionError(f"decomposition stopped at step {t + 1}: {what}; {kept}; lower lr (now {cfg.lr:g}) "
+                                  f"or importance_coeff, or set grad_clip")
+
     try:
         with frozen(model):
             while state.step < total:
@@ -146,10 +162,12 @@ def train(model: nn.Module, names: list[str], objective: LayerObjective | Output
                     opt.param_groups[0]["lr"] = cfg.lr * scale
                     opt.param_groups[1]["lr"] = (cfg.ci_lr or cfg.lr) * scale
                 if not torch.isfinite(loss):
-                    raise DecompositionError(f"loss became {float(loss)} at step {t}; lower lr (now {cfg.lr}) or "
-                                             f"importance_coeff, or set grad_clip")
+                    raise diverged(t, f"the loss is {float(loss)}")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                params = [p for grp in opt.param_groups for p in grp["params"] if p.grad is not None]
+                if not all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None):
+                    raise diverged(t, "a gradient is not finite (NaN/Inf)")
                 if cfg.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_([p for grp in opt.param_groups for p in grp["params"]], cfg.grad_clip)
                 opt.step()
@@ -171,6 +189,7 @@ def train(model: nn.Module, names: list[str], objective: LayerObjective | Output
                 if checkpoint is not None and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 \
                         and state.step < total:
                     save_checkpoint(checkpoint, state, meta)
+                    saved = state.step
                 if on_step is not None:
                     on_step(state.step, vals)
     finally:

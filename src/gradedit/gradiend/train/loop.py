@@ -189,7 +189,7 @@ class SeedTrainer:
             rec, _ = fm(src)
             loss = torch.nn.functional.mse_loss(rec, tgt)
             if not torch.isfinite(loss):
-                raise self._diverged(step, f"the loss is {float(loss)}", self._bad_rows(rows, src, tgt))
+                raise self._diverged(step, f"the loss is {loss.item()}", self._bad_rows(rows, src, tgt))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             bad = [n for n, p in fm.named_parameters() if p.grad is not None and not bool(torch.isfinite(p.grad).all())]

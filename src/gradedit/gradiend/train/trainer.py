@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..._files import write_json_atomic
+from ..._files import lock_folder, write_json_atomic
 from ..._version import __version__
 from ...data.schema import PairDataset
 from ...models import LanguageModel
@@ -126,10 +126,20 @@ class Trainer(AfterTraining):
         return pmap
 
     def train(self) -> FeatureModel:
-        """Train up to ``max_seeds`` seeds; keep the best convergent one in ``experiment_dir/model``."""
+        """Train up to ``max_seeds`` seeds; keep the best convergent one in ``experiment_dir/model``.
+
+        One process at a time per ``experiment_dir``: it is locked for the whole run.
+
+        Raises:
+            FolderLocked: another process is training in ``experiment_dir``.
+            TrainingError: a NaN/Inf loss or gradient (the last good checkpoint is kept).
+        """
+        with lock_folder(self.experiment_dir):
+            return self._train()
+
+    def _train(self) -> FeatureModel:
         cfg = self.config
         t0 = time.time()
-        self.experiment_dir.mkdir(parents=True, exist_ok=True)
         self._save_inputs()
         train = self._rows("train")
         val = self._rows("val", cap=cfg.eval_max_size, seed=cfg.seed)
