@@ -323,3 +323,30 @@ def test_the_preset_decomposes_text_the_study_never_reads() -> None:
     study = corpora.sentences("en")[cfg.text_start:cfg.text_stop]
     assert len(decomposed) == p.per_language and study and not decomposed & set(study)
     assert cfg.text_start >= p.start + p.per_language
+
+
+def test_cli_demo_redirect_reaches_the_config(tmp_path: Path, tiny_down_dec: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """``gradedit demo redirect --decomposition DIR``: the folder and --out reach RedirectConfig; a folder
+    without a decomposition and a German-only flag are one-line errors (exit 2) before any model loads."""
+    from gradedit.cli.app import main
+    from gradedit.demo.common import DemoResult
+
+    seen: list[redirect.RedirectConfig] = []
+
+    def fake_run(cfg: redirect.RedirectConfig) -> DemoResult:
+        seen.append(cfg)
+        return DemoResult(out_dir=tmp_path, report=tmp_path / "report.html", headline=["done"])
+
+    monkeypatch.setattr(redirect, "run", fake_run)
+    assert main(["demo", "redirect", "--decomposition", str(tiny_down_dec), "--out", str(tmp_path / "r")]) == 0
+    (cfg,) = seen
+    assert cfg.decomposition == str(tiny_down_dec) and cfg.out_dir == str(tmp_path / "r")
+    capsys.readouterr()
+    for argv, why in ((["demo", "redirect", "--decomposition", str(tmp_path)], "no decomposition.json"),
+                      (["demo", "redirect", "--decomposition", str(tiny_down_dec), "--target-ce", "2"], "German study"),
+                      (["demo", "--decomposition", str(tiny_down_dec)], "redirect studies")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert why in err and len(err.strip().splitlines()) == 1, err
+    assert len(seen) == 1
