@@ -114,10 +114,10 @@ def decomposed_methods(lm: LanguageModel, cfg: GermanDemoConfig, texts: Texts, d
     Raises:
         DecompositionError: ``dec`` is of another model (other module names or weights).
     """
-    from ..edits._fit import Positions, TokenLedger
     from ..edits.components.activations import selectivity
     from ..edits.components.decomposed import decomposed_components
     from ..edits.components.scalar import tune_scalar
+    from ..edits.fitting import Positions, TokenLedger
 
     dec.check(lm)
     family = f"decomposed-sel{budget_name(selection_tokens)}"

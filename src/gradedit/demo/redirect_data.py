@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..edits._fit import text_tokens as count_text_ids
+from ..edits.fitting import text_tokens as count_text_ids
 from ..errors import DataError
 from ..models import LanguageModel
 

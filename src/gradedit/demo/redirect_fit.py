@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from ..edits import Component, LoraConfig, TargetData, WeightEdit, replace_write_vector, train_lora
-from ..edits._fit import (
+from ..edits.components import linear_modules
+from ..edits.fitting import (
     Batch,
     Positions,
     TokenLedger,
@@ -34,8 +35,7 @@ from ..edits._fit import (
     kl_rows,
     logprobs_at,
 )
-from ..edits._hooks import add_to_outputs
-from ..edits.components import linear_modules
+from ..edits.hooks import add_to_outputs
 from ..errors import EditError
 from ..models import LanguageModel
 from .redirect_data import Example

@@ -36,7 +36,7 @@ import torch
 
 from ..._progress import progress
 from ...models import LanguageModel
-from .._hooks import StopForward, read_inputs
+from ..hooks import StopForward, read_inputs
 from ..terms import EditError
 from .svd import Component, ComponentSet, linear_modules
 

@@ -36,8 +36,8 @@ from typing import Any, Literal
 import torch
 
 from ...models import LanguageModel
-from .._fit import Positions, TokenLedger, base_logprobs, batches, frozen_params, kl_rows, logprobs_at
-from .._hooks import add_to_outputs
+from ..fitting import Positions, TokenLedger, base_logprobs, batches, frozen_params, kl_rows, logprobs_at
+from ..hooks import add_to_outputs
 from ..terms import EditError
 from ..weight_edit import WeightEdit
 from .activations import other_sets, selectivity

@@ -34,7 +34,7 @@ import torch
 from ..._files import write_folder, write_json_atomic
 from ..._progress import progress as progress_bar
 from ...models import LanguageModel
-from .._fit import TokenLedger, text_tokens
+from ..fitting import TokenLedger, text_tokens
 from ..terms import EditError
 from ..weight_edit import WeightEdit
 from .data import (

@@ -23,6 +23,9 @@ class StopForward(Exception):
     """Raised inside a hook to end a forward pass early (caught by :func:`read_inputs`'s caller)."""
 
 
+__all__ = ["add_to_outputs", "head_at", "read_inputs"]
+
+
 @contextlib.contextmanager
 def read_inputs(modules: Mapping[str, torch.nn.Module], fn: Callable[[str, torch.Tensor], None], *,
                 stop_when_done: bool = False) -> Iterator[None]:

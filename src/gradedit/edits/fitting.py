@@ -5,6 +5,7 @@ at source position ``p`` of ``rows[p + 1]``) and keeps each text only up to its 
 nothing after the budget is ever fed to the model. :func:`logprobs_at` returns fp32 log-probs
 ``[N, V]`` at exactly those positions, with gradients, computing the output head only there.
 Reported numbers come from :mod:`gradedit.metrics`; these are fitting objectives only.
+:class:`TokenLedger` counts every target token an edit reads, by purpose (selection / fit / calibration).
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from typing import Any
 import torch
 
 from ..models import LanguageModel
-from ._hooks import head_at
+from .hooks import head_at
 from .terms import EditError
+
+__all__ = ["Batch", "Positions", "TokenLedger", "base_logprobs", "batches", "frozen_params", "kl_rows",
+           "logprobs_at", "text_tokens"]
 
 
 @dataclass
