@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import numbers
 import os
 import shutil
@@ -24,7 +25,7 @@ from .errors import ArtifactError, FolderLocked
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["FOLDER_LOCK", "atomic_dir", "atomic_path", "cache_dir", "current_umask", "default_mode", "load_tree",
+__all__ = ["FOLDER_LOCK", "json_safe", "atomic_dir", "atomic_path", "cache_dir", "current_umask", "default_mode", "load_tree",
            "lock_folder", "locked", "read_json_object", "save_safetensors_atomic", "save_tree_atomic", "write_folder",
            "write_json_atomic", "write_text_atomic"]
 
@@ -197,6 +198,17 @@ def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` via a temp file + rename, so readers never see half a file."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def json_safe(x: Any) -> Any:
+    """A JSON-safe copy: NaN/inf become None, tuples become lists, dict keys become strings."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    return x
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._files import write_text_atomic
+from .._files import json_safe, write_text_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -48,17 +47,6 @@ class TargetSpec:
         bad = [i for i, t in enumerate(self.texts) if not isinstance(t, str)]
         if bad:
             raise TypeError(f"TargetSpec.texts[{bad[0]}] is not a str")
-
-
-def _clean(x: Any) -> Any:
-    """JSON-safe copy: NaN/inf become None, tuples become lists."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
 
 
 def on_target_token_lines(on_target: dict[str, Any]) -> list[str]:
@@ -141,7 +129,7 @@ class BlastReport:
         out = asdict(self)
         if not tokens:
             out["tokens"] = None
-        return _clean(out)
+        return json_safe(out)
 
     def save(self, path: str | Path, *, tokens: bool = True) -> Path:
         """Write :meth:`to_dict` as compact JSON atomically; returns the path."""

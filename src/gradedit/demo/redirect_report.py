@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import html
 import logging
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._files import write_json_atomic
+from .._files import json_safe, write_json_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -26,16 +25,6 @@ HEATMAP_CONVENTION = ("per text, one entry per token p: 'tokens' (display string
                       "included), 'fire' (p is a fire position), and for the prediction made after token p (of "
                       "token p + 1): 'kl' = KL(base || edit) in nats, 'dlogp_target' = change of log P(target), "
                       "'p_target_before' / 'p_target_after'; null for the last token, which predicts nothing")
-
-
-def _clean(x: Any) -> Any:
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
 
 
 def _short(label: str | None) -> str:
@@ -126,12 +115,12 @@ def write_outputs(out: Path, info: dict[str, Any], points: list[Point], heat: di
     from ..viz.redirect import fire_heatmap_html, plot_redirect_pareto
 
     budget = float(info["config"]["heatmap_kl_budget"])
-    write_json_atomic(out / "points.json", _clean({"info": info, "points": [p.to_dict() for p in points]}))
-    write_json_atomic(out / "heatmaps.json", _clean({"model": info["model"], "target": info["target"],
+    write_json_atomic(out / "points.json", json_safe({"info": info, "points": [p.to_dict() for p in points]}))
+    write_json_atomic(out / "heatmaps.json", json_safe({"model": info["model"], "target": info["target"],
                                                      "context": info["context"], "convention": HEATMAP_CONVENTION,
                                                      "edits": heat}))
     best = best_per_family(points, budget)
-    summary = _clean({**info, "best_per_family": best, "n_points": len(points)})
+    summary = json_safe({**info, "best_per_family": best, "n_points": len(points)})
     write_json_atomic(out / "summary.json", summary)
     rows = [{"family": p.family, **p.measured} for p in points]
     fig = plot_redirect_pareto(rows, base_p=info["base"]["p_target"], target=info["target"])
