@@ -51,15 +51,18 @@ class Preset:
 
 _GEMMA_LAYERS = (0, 14, 15, 16, 17)
 
+#: options of the real-model presets (objective "layer", sized for 2 CPU cores); each adds its ``steps``
+_CPU_MLP_OPTIONS: dict[str, Any] = {
+    "objective": "layer", "batch_size": 256, "lr": 3e-4, "ci_lr": 3e-3, "lr_final_frac": 0.1,
+    "importance_coeff": 2e-4, "p_start": 1.0, "p_end": 0.4, "faithfulness_coeff": 300.0, "faithfulness_rows": 256,
+    "ci_hidden": 8, "seq_len": 64, "max_pool_rows": 32768, "checkpoint_every": 100, "stats_rows": 8192}
+
 PRESETS: dict[str, Preset] = {
     "gemma3-270m": Preset(
         model="gemma3-270m",
         modules=tuple(f"model.layers.{i}.mlp.{p}_proj" for i in _GEMMA_LAYERS for p in ("gate", "up")),
         n_components=1024,
-        options={"objective": "layer", "steps": 2500, "batch_size": 256, "lr": 3e-4, "ci_lr": 3e-3,
-                 "lr_final_frac": 0.1, "importance_coeff": 2e-4, "p_start": 1.0, "p_end": 0.4,
-                 "faithfulness_coeff": 300.0, "faithfulness_rows": 256, "ci_hidden": 8, "seq_len": 64,
-                 "max_pool_rows": 32768, "checkpoint_every": 100, "stats_rows": 8192},
+        options={**_CPU_MLP_OPTIONS, "steps": 2500},
         per_language=300,
     ),
     # The redirect study's layers (gradedit.demo.redirect, docs/redirect.md): smollm2-135m's MLP down
@@ -71,10 +74,7 @@ PRESETS: dict[str, Preset] = {
         model="smollm2-135m",
         modules=tuple(f"model.layers.{i}.mlp.down_proj" for i in (12, 19, 26)),
         n_components=1024,
-        options={"objective": "layer", "steps": 2000, "batch_size": 256, "lr": 3e-4, "ci_lr": 3e-3,
-                 "lr_final_frac": 0.1, "importance_coeff": 2e-4, "p_start": 1.0, "p_end": 0.4,
-                 "faithfulness_coeff": 300.0, "faithfulness_rows": 256, "ci_hidden": 8, "seq_len": 64,
-                 "max_pool_rows": 32768, "checkpoint_every": 100, "stats_rows": 8192},
+        options={**_CPU_MLP_OPTIONS, "steps": 2000},
         per_language=300,
     ),
     "tiny": Preset(
