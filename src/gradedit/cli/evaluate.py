@@ -18,7 +18,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     run = run_dir(args.run_dir)
     check_run_class(run, args.target_class)
     override = run_neutral(run, args.neutral) if args.what == "decoder" or args.neutral else None
+    from ..gradiend.evaluate.selectors import resolve_selector
     from ..gradiend.train import Trainer
+
+    if args.selector is not None:
+        resolve_selector(args.selector)  # a typo fails before the model loads
 
     trainer = Trainer.load(run)
     if override is not None:
@@ -26,7 +30,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"neutral text: {len(trainer.neutral)} texts from {override[0]} (instead of the run's neutral.json)")
     if args.what == "decoder":
         dec = trainer.evaluate_decoder(target_class=args.target_class, increase_target_probabilities=not args.weaken,
-                                       plot=args.plot, split=args.split or "val")
+                                       plot=args.plot, split=args.split or "val", selector=args.selector)
         constraint = (dec.info.get("constraint") or {}).get("label") or dec.info.get("selector")
         print(f"selected on the {dec.info.get('split')!r} split under {constraint}")
         for key, sel in dec.items():
@@ -55,6 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--weaken", action="store_true", help="decoder: evaluate weakening instead of strengthening")
     ev.add_argument("--split", default=None,
                     help="data split to score (encoder default: test; decoder default: val, so test stays held out)")
+    ev.add_argument("--selector", default=None,
+                    help="decoder: the rule choosing each class's rewrite (default perplexity:0.015 = the strongest "
+                         "point within +1.5 %% neutral perplexity; also lms:RATIO, perplexity:MAX, product)")
     ev.add_argument("--plot", action="store_true", help="also write the figure into the run directory")
     ev.add_argument("--neutral", metavar="FILE|LANG",
                     help="neutral text instead of the run's neutral.json (a file with one text per line, or a language)")

@@ -22,6 +22,10 @@ def _topk(value: str) -> float | int:
     return int(number) if number >= 1 and number.is_integer() and "." not in value else number
 
 
+def _topk_or_none(value: str) -> float | int | str:
+    return "none" if value.lower() == "none" else _topk(value)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     # every check that needs no model first: a typo costs milliseconds, not a model load
     spec = data_spec(args.data)
@@ -47,6 +51,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     flags = {"max_steps": args.max_steps, "eval_steps": args.eval_steps, "source": args.source,
              "target": args.target, "learning_rate": args.lr, "pre_prune_topk": args.pre_prune,
              "max_seeds": args.seeds, "train_batch_size": args.batch_size}
+    if args.post_prune is not None:  # "none" switches the default post-pruning off
+        values["post_prune_topk"] = None if args.post_prune == "none" else args.post_prune
     values.update({k: v for k, v in flags.items() if v is not None})
     values["experiment_dir"] = args.out
     config = TrainConfig.from_dict(values)
@@ -90,5 +96,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--lr", type=float, help="learning rate of the encoder-decoder")
     train.add_argument("--batch-size", type=int, help="gradient examples per step")
     train.add_argument("--pre-prune", type=_topk, help="keep the top entries before training: a count or a fraction")
+    train.add_argument("--post-prune", type=_topk_or_none, metavar="K|none",
+                       help="after training keep the top decoder entries: a count or a fraction (default 0.05); none: keep all")
     train.add_argument("--seeds", type=int, help="max seeds to try")
     train.set_defaults(func=_cmd_train)
