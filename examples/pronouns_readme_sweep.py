@@ -1,11 +1,12 @@
 """Does the README's GRADIEND path reach x2 P(" she") on held-out masc prompts within +2 % held-out perplexity?
 
-    OMP_NUM_THREADS=2 python examples/pronouns_readme_sweep.py runs/readme-diff --source diff --eval-steps 10 \
-        --post-prune 0.05 --selectors perplexity:0.01 perplexity:0.015
+    OMP_NUM_THREADS=2 python examples/pronouns_readme_sweep.py runs/readme-defaults            # library defaults
+    OMP_NUM_THREADS=2 python examples/pronouns_readme_sweep.py runs/readme-old --source factual --eval-steps 25 \
+        --post-prune none --selectors lms                                     # the defaults before issue 13
 
 Trains the README's ``Trainer`` on smollm2-135m / en-pronouns (pre-pruned 1 %, ``max_steps=100``, early
-stopping on, the given ``--source``, ``--eval-steps`` and decoder ``--post-prune``), then for each
-selector runs ``evaluate_decoder`` (selection: the ``val`` split and the first 64
+stopping on; ``--source``, ``--eval-steps``, ``--post-prune`` and ``--seed`` override the library's
+``TrainConfig`` defaults), then for each selector (``default``: the library's) runs ``evaluate_decoder`` (selection: the ``val`` split and the first 64
 neutral sentences) and measures on data the selection never saw: P(" she") on the test split's masc
 prompts and perplexity on neutral sentences 64-191. Prints one JSON line per point and writes
 ``RUN_DIR/sweep.json``. The numbers in docs/results.md (issue 13, item 5) come from this script.
@@ -25,11 +26,16 @@ from gradedit.data import features
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir")
-    ap.add_argument("--source", default="factual", choices=["factual", "alternative", "diff"])
-    ap.add_argument("--eval-steps", type=int, default=25)
-    ap.add_argument("--post-prune", type=float, default=None, help="post_prune_topk, e.g. 0.05 (default: none)")
-    ap.add_argument("--selectors", nargs="+", default=["lms", "perplexity:0.01", "perplexity:0.02"])
+    ap.add_argument("--source", choices=["factual", "alternative", "diff"])
+    ap.add_argument("--eval-steps", type=int)
+    ap.add_argument("--post-prune", help="post_prune_topk, e.g. 0.05, or 'none'")
+    ap.add_argument("--seed", type=int)
+    ap.add_argument("--selectors", nargs="+", default=["default"], help="selector names; 'default' = the library's")
     args = ap.parse_args()
+    overrides: dict = {k: v for k, v in (("source", args.source), ("eval_steps", args.eval_steps),
+                                         ("seed", args.seed)) if v is not None}
+    if args.post_prune is not None:
+        overrides["post_prune_topk"] = None if args.post_prune == "none" else float(args.post_prune)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     run = Path(args.run_dir)
     lm = ge.load_model("smollm2-135m")
@@ -38,8 +44,7 @@ def main() -> None:
     t0 = time.time()
     trainer = ge.Trainer(lm, data, ["masc", "fem"], neutral=neutral,
                          config=ge.TrainConfig(experiment_dir=str(run), pre_prune_topk=0.01, max_steps=100,
-                                               source=args.source, eval_steps=args.eval_steps,
-                                               post_prune_topk=args.post_prune))
+                                               **overrides))
     trainer.train()
     train_s = time.time() - t0
     held_neutral = neutral[64:192]
@@ -56,8 +61,11 @@ def main() -> None:
     print("base", json.dumps(base), flush=True)
     rows = []
     for sel in args.selectors:
-        s = trainer.evaluate_decoder(target_class="fem", selector=sel)["fem"]
-        row = {"source": args.source, "eval_steps": args.eval_steps, "post_prune": args.post_prune, "selector": sel,
+        dec = trainer.evaluate_decoder(target_class="fem", selector=None if sel == "default" else sel)
+        s = dec["fem"]
+        cfg = trainer.config
+        row = {"source": cfg.source, "eval_steps": cfg.eval_steps, "post_prune": cfg.post_prune_topk, "seed": cfg.seed,
+               "selector": dec.info.get("selector", sel),
                "admissible": s.admissible, "feature_factor": s.feature_factor, "learning_rate": s.learning_rate,
                "selection_perplexity_change": s.perplexity / s.base_perplexity - 1}
         if s.admissible:

@@ -174,7 +174,7 @@ SELECTORS: dict[str, Selector] = {"lms": lms_constraint(0.99), "perplexity": per
 
 
 #: the selector ``evaluate_decoder`` uses when none is given
-DEFAULT_SELECTOR = "lms"
+DEFAULT_SELECTOR = "perplexity:0.015"
 
 
 def resolve_selector(selector: str | Selector | None) -> Selector:

@@ -19,7 +19,9 @@ class TrainConfig:
 
     Attributes:
         experiment_dir: every artefact of the run goes below this folder.
-        source: gradient fed to the encoder: ``"factual"``, ``"alternative"`` or ``"diff"``.
+        source: gradient fed to the encoder: ``"factual"``, ``"alternative"`` or ``"diff"`` (default: with
+            ``"diff"`` neutral rows all encode to ``tanh(b_e)``; read the encoder with
+            ``evaluate_encoder(source="factual")`` for a neutral distribution).
         target: gradient the decoder reconstructs (same choices); ``"diff"`` in the paper.
         params: glob patterns of base-model parameters forming the input space (``None``: all
             transformer-block weight matrices).
@@ -31,7 +33,8 @@ class TrainConfig:
         rows_per_gradient: data rows averaged into one gradient example (1 = per-row gradients); the
             rows of one example share their label and factual class.
         max_steps: optimiser steps per seed.
-        eval_steps: evaluate the encoder on the validation split every this many steps.
+        eval_steps: evaluate the encoder on the validation split every this many steps (10: early
+            stopping can keep an early model, which measured better for rewriting).
         eval_max_size: cap on validation rows per evaluation (balanced over classes).
         early_stopping_patience: stop a seed after this many evaluations in a row without a
             validation |r| above the best so far by more than ``early_stopping_min_delta``
@@ -45,14 +48,15 @@ class TrainConfig:
         pre_prune_topk: keep only the top entries (int count or fraction in (0, 1]) by mean |diff
             gradient| over ``pre_prune_samples`` training rows BEFORE training; ``None`` = no pre-pruning.
         pre_prune_samples: rows used to rank entries for pre-pruning.
-        post_prune_topk: after training, keep the top entries by ``post_prune_part`` importance.
+        post_prune_topk: after training, keep the top entries by ``post_prune_part`` importance
+            (default 5 %; ``None`` keeps all).
         post_prune_part: ``encoder-weight``, ``decoder-weight``, ``decoder-bias`` or ``decoder-sum``.
         use_identity_rows: also train on rows with label 0 (factual == alternative class).
         resume: continue from the last checkpoint of an interrupted run with the same config.
     """
 
     experiment_dir: str = "runs/gradiend"
-    source: Source = "factual"
+    source: Source = "diff"
     target: Source = "diff"
     params: list[str] | None = None
     include_embeddings: bool = False
@@ -62,7 +66,7 @@ class TrainConfig:
     train_batch_size: int = 4
     rows_per_gradient: int = 1
     max_steps: int = 200
-    eval_steps: int = 25
+    eval_steps: int = 10
     eval_max_size: int = 64
     early_stopping_patience: int | None = 3
     early_stopping_min_delta: float = 1e-3
@@ -73,7 +77,7 @@ class TrainConfig:
     min_class_mean: float = 0.1
     pre_prune_topk: float | int | None = None
     pre_prune_samples: int = 16
-    post_prune_topk: float | int | None = None
+    post_prune_topk: float | int | None = 0.05
     post_prune_part: Part = "decoder-weight"
     use_identity_rows: bool = False
     resume: bool = True
