@@ -7,6 +7,7 @@ pickle is ever written or read."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import math
 import numbers
@@ -20,19 +21,23 @@ from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 
-from .errors import ArtifactError, FolderLocked
+from .errors import ArtifactError, FolderLocked, UnsafeName
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = ["FOLDER_LOCK", "json_safe", "atomic_dir", "atomic_path", "cache_dir", "current_umask", "default_mode", "load_tree",
-           "lock_folder", "locked", "read_json_object", "save_safetensors_atomic", "save_tree_atomic", "write_folder",
-           "write_json_atomic", "write_text_atomic"]
+           "lock_folder", "locked", "read_json_object", "safe_join", "safe_name", "save_safetensors_atomic", "save_tree_atomic",
+           "write_folder", "write_json_atomic", "write_text_atomic"]
 
 #: the lock file :func:`lock_folder` keeps inside a run folder
 FOLDER_LOCK = ".gradedit.lock"
 
 _UMASK_LOCK = threading.Lock()
+
+#: folders this thread's (context's) outer ``lock_folder(..., share_nested=True)`` holds
+_SHARED_FOLDERS: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("gradedit_shared_folders",
+                                                                                  default=frozenset())
 
 
 def current_umask() -> int:
@@ -91,17 +96,36 @@ def locked(path: Path, timeout: float = -1) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def lock_folder(folder: Path) -> Iterator[None]:
+def lock_folder(folder: Path, *, share_nested: bool = False) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` (created if missing) for the block, or fail at once.
 
     The lock is an ``flock`` on ``<folder>/.gradedit.lock``, which holds the owner's process id. The
     kernel drops it when the process ends however it ends (exit, exception, kill -9), so a leftover
-    file never blocks a later run. Within one process the lock is not re-entrant either.
+    file never blocks a later run. Within one process the lock is not re-entrant either, unless the
+    outer holder passes ``share_nested=True``: then nested ``lock_folder(folder)`` calls of the same
+    thread pass through (the command line locks a run folder before the model loads and the library
+    locks it again inside); other threads and processes are still refused.
 
     Raises:
         FolderLocked: another process (or another open lock in this one) holds ``folder``.
     """
     folder.mkdir(parents=True, exist_ok=True)
+    key = str(folder.resolve())
+    if key in _SHARED_FOLDERS.get():
+        yield  # the outer holder of this thread owns the lock
+        return
+    with _exclusive(folder):
+        token = _SHARED_FOLDERS.set(_SHARED_FOLDERS.get() | {key}) if share_nested else None
+        try:
+            yield
+        finally:
+            if token is not None:
+                _SHARED_FOLDERS.reset(token)
+
+
+@contextlib.contextmanager
+def _exclusive(folder: Path) -> Iterator[None]:
+    """The ``flock`` of :func:`lock_folder` (filelock's portable lock where there is no ``fcntl``)."""
     path = folder / FOLDER_LOCK
     try:
         import fcntl
@@ -137,6 +161,41 @@ def _locked_message(folder: Path, owner: str) -> str:
     who = f"process {owner}" if owner.isdigit() else "another process"
     return (f"{folder} is in use by {who} (another gradedit run writes there); wait for it to end or "
             f"give another folder")
+
+
+#: the longest file name most file systems take (bytes of UTF-8)
+MAX_NAME_BYTES = 255
+
+
+def safe_name(name: str, what: str) -> str:
+    """``name`` itself when it can be one file or folder name inside a folder, else UnsafeName.
+
+    Every name that comes from user data (class ids, feature, module or preset names) goes through
+    here before it becomes part of a path: no path separator (``/``, ``\\``), no NUL or other control
+    character, not ``.``/``..``, not empty, at most 255 bytes. ``what`` names the source in the message
+    (``"class id"``). Names are refused, not rewritten, so two names never share one file.
+
+    Raises:
+        UnsafeName: the name could escape its folder or is not a valid file name.
+    """
+    text = name if isinstance(name, str) else str(name)
+    bad = [c for c in text if c in "/\\" or ord(c) < 32 or ord(c) == 127]
+    problem = ("is empty" if not text.strip() else "is '.' or '..'" if text in (".", "..")
+               else f"holds {bad[0]!r}" if bad else f"is longer than {MAX_NAME_BYTES} bytes"
+               if len(text.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES else "")
+    if problem:
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        raise UnsafeName(f"{what} {shown!r} {problem}, so it cannot name a file or folder; rename it (letters, "
+                         f"digits, spaces, '-', '_' and '.' are safe)")
+    return text
+
+
+def safe_join(folder: Path, name: str, what: str) -> Path:
+    """``folder / name`` for a name from user data, checked with :func:`safe_name` (never outside ``folder``)."""
+    path = Path(folder) / safe_name(name, what)
+    if path.parent != Path(folder):  # pragma: no cover - safe_name already refuses every such name
+        raise UnsafeName(f"{what} {name!r} leaves {folder}; rename it")
+    return path
 
 
 @contextlib.contextmanager

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["GradeditError", "DecompositionError", "TokenError", "DataError", "ArtifactError", "ModelPackageMissing", "EditError", "FortunesMissing", "GermanMissing", "SonofmanMissing", "MorphologyUnavailable", "FolderLocked", "TrainingError"]
+__all__ = ["GradeditError", "DecompositionError", "TokenError", "DataError", "ArtifactError", "ModelPackageMissing", "EditError", "FortunesMissing", "GermanMissing", "SonofmanMissing", "MorphologyUnavailable", "FolderLocked", "TrainingError", "ConfigError", "UnsafeName"]
 
 
 class GradeditError(Exception):
@@ -55,3 +55,11 @@ class FolderLocked(GradeditError, RuntimeError):
 
 class TrainingError(GradeditError, RuntimeError):
     """Training cannot go on (a NaN/Inf loss or gradient); the last good checkpoint is kept."""
+
+
+class ConfigError(GradeditError, ValueError):
+    """A configuration value or command-line option is invalid (unknown key, wrong type, non-finite number)."""
+
+
+class UnsafeName(GradeditError, ValueError):
+    """A name taken from user data (class, feature, module, preset) cannot become a file name safely."""

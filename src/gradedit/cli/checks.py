@@ -5,19 +5,34 @@ folders, neutral text, edit and rewrite folders. Nothing here imports torch, pan
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import ConfigError
+
 __all__ = ["NEUTRAL_TEXTS", "DataSpec", "NoEditFound", "check_classes", "check_langs", "check_run_class", "data_spec",
-           "edit_source", "neutral_choice", "neutral_texts", "new_folder", "read_lines", "run_classes", "run_dir",
+           "edit_source", "finite_float", "neutral_choice", "neutral_texts", "new_folder", "read_lines", "run_classes", "run_dir",
            "run_neutral"]
 
 NEUTRAL_TEXTS = 256
 """Neutral sentences ``train`` records by default (the decoder scores the first 64)."""
 
 RUN_FILES = ("train_config.json", "data.csv", "model/config.json")
+
+
+def finite_float(value: str) -> float:
+    """argparse ``type=`` for a number flag: a finite float (``nan``/``inf`` are refused as a usage error)."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a finite number; give e.g. 1e-3")
+    return number
 
 
 class NoEditFound(Exception):  # noqa: N818 - a result, not a failure of gradedit
@@ -72,7 +87,7 @@ def data_spec(spec: str) -> DataSpec:
 
     Raises:
         FileNotFoundError: neither a file/folder nor a built-in feature (the message lists the features).
-        ValueError: a built-in feature with unknown classes.
+        ConfigError: a built-in feature with unknown classes.
     """
     from ..data import catalog
 
@@ -92,13 +107,13 @@ def data_spec(spec: str) -> DataSpec:
 def check_classes(data: DataSpec, classes: list[str]) -> None:
     """``--classes A B``: two different ids, both in the data (when its classes can be read cheaply)."""
     if len(classes) != 2 or classes[0] == classes[1]:
-        raise ValueError(f"--classes needs two different class ids, got {classes}")
+        raise ConfigError(f"--classes needs two different class ids, got {classes}")
     if data.classes is None:
         return
     bad = [c for c in classes if c not in data.classes]
     if bad:
         what = f"feature {data.feature!r}" if not data.is_file else f"{data.spec}"
-        raise ValueError(f"class(es) {bad} not in {what}; its classes are {', '.join(data.classes)}")
+        raise ConfigError(f"class(es) {bad} not in {what}; its classes are {', '.join(data.classes)}")
 
 
 def check_langs(langs: list[str], flag: str) -> None:
@@ -107,7 +122,7 @@ def check_langs(langs: list[str], flag: str) -> None:
 
     bad = [lang for lang in langs if lang not in DEFAULT_TRANSLATION]
     if bad:
-        raise ValueError(f"{flag}: no Bible text for {', '.join(map(repr, bad))}; languages: {', '.join(DEFAULT_TRANSLATION)}")
+        raise ConfigError(f"{flag}: no Bible text for {', '.join(map(repr, bad))}; languages: {', '.join(DEFAULT_TRANSLATION)}")
 
 
 def read_lines(file: str | Path, what: str) -> list[str]:
@@ -118,9 +133,9 @@ def read_lines(file: str | Path, what: str) -> list[str]:
     try:
         lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
     except UnicodeDecodeError as err:
-        raise ValueError(f"{what} {path} is not UTF-8 text ({err.reason})") from None
+        raise ConfigError(f"{what} {path} is not UTF-8 text ({err.reason})") from None
     if not lines:
-        raise ValueError(f"{what} {path} holds no text (one text per line)")
+        raise ConfigError(f"{what} {path} holds no text (one text per line)")
     return lines
 
 
@@ -128,13 +143,13 @@ def neutral_choice(value: str | None, data: DataSpec) -> tuple[str, str | list[s
     """``train --neutral``: (source description, a language code or the texts of a file).
 
     Default: the data's language (from the feature name, or from the classes of a file that
-    ``data build`` wrote). Raises ValueError when neither is known.
+    ``data build`` wrote). Raises ConfigError when neither is known.
     """
     from ..data import catalog
 
     if value is None:
         if data.lang is None:
-            raise ValueError(f"cannot tell the language of {data.spec} (its classes match no built-in feature); give "
+            raise ConfigError(f"cannot tell the language of {data.spec} (its classes match no built-in feature); give "
                              f"--neutral FILE (one neutral text per line) or --neutral LANG ({', '.join(catalog.NEUTRAL_LANGS)})")
         return f"features.neutral({data.lang!r}, n={NEUTRAL_TEXTS})", data.lang
     return _neutral_flag(value)
@@ -188,7 +203,7 @@ def run_classes(run: Path) -> list[str]:
 
 def run_neutral(run: Path, override: str | None) -> tuple[str, str | list[str]] | None:
     """The neutral text a step on ``run`` should use: ``None`` = the run's own ``neutral.json``;
-    else (source, language or texts) from ``--neutral FILE|LANG``. Raises ValueError when the run
+    else (source, language or texts) from ``--neutral FILE|LANG``. Raises ConfigError when the run
     records none and no ``--neutral`` is given (runs trained before ``train`` recorded it)."""
     from ..data import catalog
 
@@ -199,7 +214,7 @@ def run_neutral(run: Path, override: str | None) -> tuple[str, str | list[str]] 
     except (OSError, ValueError, AttributeError):
         texts = None
     if not texts:
-        raise ValueError(f"{run} records no neutral text (neutral.json; runs trained before gradedit train recorded "
+        raise ConfigError(f"{run} records no neutral text (neutral.json; runs trained before gradedit train recorded "
                          f"it): give --neutral FILE (one text per line) or --neutral LANG "
                          f"({', '.join(catalog.NEUTRAL_LANGS)})")
     return None
@@ -209,7 +224,7 @@ def check_run_class(run: Path, target_class: str | None) -> None:
     """``--target-class`` is one of the run's classes."""
     classes = run_classes(run)
     if target_class is not None and classes and target_class not in classes:
-        raise ValueError(f"--target-class {target_class!r} is not a class of {run}; its classes are {', '.join(classes)}")
+        raise ConfigError(f"--target-class {target_class!r} is not a class of {run}; its classes are {', '.join(classes)}")
 
 
 def new_folder(value: str, flag: str = "--out") -> Path:

@@ -4,16 +4,27 @@ folder (checkpoints, resumable) — from a preset or from ``--model --modules -C
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from .interrupt import run_interruptible
 
 
 def _cmd_decompose(args: argparse.Namespace) -> int:
+    from .._files import lock_folder
     from ..decompose.presets import run_cli_args
 
-    dec = run_cli_args(args)
-    stats = dec.faithfulness()
-    print(f"decomposition saved to {args.out}: {len(dec.modules)} modules, "
-          f"faithfulness error {stats:.3g} (mean squared residual per weight)")
-    return 0
+    out = Path(args.out)
+
+    def work() -> int:
+        # --out is ours before the model loads; decompose()'s own lock inside passes through (share_nested)
+        with lock_folder(out, share_nested=True):
+            dec = run_cli_args(args)
+        stats = dec.faithfulness()
+        print(f"decomposition saved to {args.out}: {len(dec.modules)} modules, "
+              f"faithfulness error {stats:.3g} (mean squared residual per weight)")
+        return 0
+
+    return run_interruptible(args, out, "decomposition", work)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

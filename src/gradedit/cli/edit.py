@@ -17,7 +17,7 @@ import json
 import logging
 from pathlib import Path
 
-from .checks import NoEditFound, check_langs
+from .checks import NoEditFound, check_langs, finite_float
 
 logger = logging.getLogger(__name__)
 
@@ -38,18 +38,18 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         e.add_argument("--n-texts", type=int, default=64, help="first n sentences per language to draw from")
         e.add_argument("--strengthen", action="store_true", help="lower the target CE instead of raising it")
         e.add_argument("--out", required=True, help="folder for the edit (WeightEdit.save)")
-        e.add_argument("--kl-weight", type=float, default=1.0,
+        e.add_argument("--kl-weight", type=finite_float, default=1.0,
                        help="weight of the KL term that keeps the other languages' predictions (default 1)")
         if kind == "scalar":
             e.add_argument("--components", type=int, default=1, help="how many components to scale (default 1)")
-            e.add_argument("--max-leak", type=float, default=0.1, help="allowed CE increase per other language")
+            e.add_argument("--max-leak", type=finite_float, default=0.1, help="allowed CE increase per other language")
             e.add_argument("--selection-tokens", default=None, metavar="N|all",
                            help="target tokens that rank the components (default: --tokens; 'all' = all of the "
                                 "--n-texts sentences)")
         else:
             e.add_argument("--rank", type=int, default=1)
             e.add_argument("--steps", type=int, default=24)
-            e.add_argument("--lr", type=float, default=2e-3)
+            e.add_argument("--lr", type=finite_float, default=2e-3)
         e.set_defaults(func=run)
     return p
 

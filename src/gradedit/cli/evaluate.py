@@ -18,35 +18,38 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     run = run_dir(args.run_dir)
     check_run_class(run, args.target_class)
     override = run_neutral(run, args.neutral) if args.what == "decoder" or args.neutral else None
+    from .._files import lock_folder
     from ..gradiend.evaluate.selectors import resolve_selector
     from ..gradiend.train import Trainer
 
     if args.selector is not None:
         resolve_selector(args.selector)  # a typo fails before the model loads
 
-    trainer = Trainer.load(run)
-    if override is not None:
-        trainer.neutral = neutral_texts(override[1])
-        print(f"neutral text: {len(trainer.neutral)} texts from {override[0]} (instead of the run's neutral.json)")
-    if args.what == "decoder":
-        dec = trainer.evaluate_decoder(target_class=args.target_class, increase_target_probabilities=not args.weaken,
-                                       plot=args.plot, split=args.split or "val", selector=args.selector)
-        constraint = (dec.info.get("constraint") or {}).get("label") or dec.info.get("selector")
-        print(f"selected on the {dec.info.get('split')!r} split under {constraint}")
-        for key, sel in dec.items():
-            if not sel.admissible:
-                print(f"{key:<14} {sel.reason}")
-                continue
-            print(f"{key:<14} value {sel.base_value:.4g} -> {sel.value:.4g} (x{sel.ratio:.2f})  "
-                  f"lr {sel.learning_rate:.3g}  ff {sel.feature_factor:+g}  LMS {sel.base_lms:.4f} -> {sel.lms:.4f}")
-        print(DECODER_LEGEND)
-        print(f"next: gradedit rewrite {run} --target-class {trainer.classes[1]} --out NEW_DIR")
-    else:
-        enc = trainer.evaluate_encoder(split=args.split or "test", plot=args.plot)
-        print(f"r = {enc.correlation:+.3f} (with neutral {enc.correlation_with_neutral:+.3f}), "
-              f"accuracy {enc.accuracy:.3f} (binary {enc.accuracy_binary:.3f})")
-        print(enc.to_frame().to_string())
-        print(ENCODER_LEGEND)
+    # the run folder is written (decoder results, plots): not while gradedit train holds it
+    with lock_folder(run):
+        trainer = Trainer.load(run)
+        if override is not None:
+            trainer.neutral = neutral_texts(override[1])
+            print(f"neutral text: {len(trainer.neutral)} texts from {override[0]} (instead of the run's neutral.json)")
+        if args.what == "decoder":
+            dec = trainer.evaluate_decoder(target_class=args.target_class, increase_target_probabilities=not args.weaken,
+                                           plot=args.plot, split=args.split or "val", selector=args.selector)
+            constraint = (dec.info.get("constraint") or {}).get("label") or dec.info.get("selector")
+            print(f"selected on the {dec.info.get('split')!r} split under {constraint}")
+            for key, sel in dec.items():
+                if not sel.admissible:
+                    print(f"{key:<14} {sel.reason}")
+                    continue
+                print(f"{key:<14} value {sel.base_value:.4g} -> {sel.value:.4g} (x{sel.ratio:.2f})  "
+                      f"lr {sel.learning_rate:.3g}  ff {sel.feature_factor:+g}  LMS {sel.base_lms:.4f} -> {sel.lms:.4f}")
+            print(DECODER_LEGEND)
+            print(f"next: gradedit rewrite {run} --target-class {trainer.classes[1]} --out NEW_DIR")
+        else:
+            enc = trainer.evaluate_encoder(split=args.split or "test", plot=args.plot)
+            print(f"r = {enc.correlation:+.3f} (with neutral {enc.correlation_with_neutral:+.3f}), "
+                  f"accuracy {enc.accuracy:.3f} (binary {enc.accuracy_binary:.3f})")
+            print(enc.to_frame().to_string())
+            print(ENCODER_LEGEND)
     return 0
 
 

@@ -20,24 +20,27 @@ def _cmd_rewrite(args: argparse.Namespace) -> int:
         override, missing = None, err
     if missing is not None and not (run / "decoder_results.json").is_file():
         raise missing
+    from .._files import lock_folder
     from ..gradiend.train import Trainer
 
-    trainer = Trainer.load(run)
-    if override is not None:
-        trainer.neutral = neutral_texts(override[1])
-    increase = not args.weaken
-    try:
-        trainer.rewrite_base_model(target_class=args.target_class, increase_target_probabilities=increase,
-                                   output_dir=out)
-    except (KeyError, FileNotFoundError):
-        if missing is not None:
-            raise missing from None
-        logger.info("no decoder results for this class and direction yet: evaluating the decoder first")
-        dec = trainer.evaluate_decoder(target_class=args.target_class, increase_target_probabilities=increase)
-        trainer.rewrite_base_model(dec, target_class=args.target_class, increase_target_probabilities=increase,
-                                   output_dir=out)
-    print(f"rewritten model saved to {out} (see rewrite_info.json)")
-    print(f"measure its blast radius: gradedit blast {out}")
+    # the run folder is written (decoder results, plots): not while gradedit train holds it
+    with lock_folder(run):
+        trainer = Trainer.load(run)
+        if override is not None:
+            trainer.neutral = neutral_texts(override[1])
+        increase = not args.weaken
+        try:
+            trainer.rewrite_base_model(target_class=args.target_class, increase_target_probabilities=increase,
+                                       output_dir=out)
+        except (KeyError, FileNotFoundError):
+            if missing is not None:
+                raise missing from None
+            logger.info("no decoder results for this class and direction yet: evaluating the decoder first")
+            dec = trainer.evaluate_decoder(target_class=args.target_class, increase_target_probabilities=increase)
+            trainer.rewrite_base_model(dec, target_class=args.target_class, increase_target_probabilities=increase,
+                                       output_dir=out)
+        print(f"rewritten model saved to {out} (see rewrite_info.json)")
+        print(f"measure its blast radius: gradedit blast {out}")
     return 0
 
 

@@ -9,10 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 from pathlib import Path
+from typing import Any
 
-from .checks import NEUTRAL_TEXTS, check_classes, data_spec, neutral_choice, neutral_texts
+from ..errors import ConfigError
+from .checks import NEUTRAL_TEXTS, check_classes, data_spec, finite_float, neutral_choice, neutral_texts
 from .data import load_data
+from .interrupt import run_interruptible
 
 logger = logging.getLogger(__name__)
 
@@ -38,15 +42,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
         except FileNotFoundError:
             raise FileNotFoundError(f"--config {args.config}: no such file") from None
         except json.JSONDecodeError as err:
-            raise ValueError(f"--config {args.config} is not JSON ({err})") from None
+            raise ConfigError(f"--config {args.config} is not JSON ({err})") from None
         if not isinstance(values, dict):
-            raise ValueError(f"--config {args.config} must hold a JSON object of TrainConfig fields")
+            raise ConfigError(f"--config {args.config} must hold a JSON object of TrainConfig fields")
+        bad = sorted(k for k, v in values.items() if isinstance(v, float) and not math.isfinite(v))
+        if bad:
+            raise ConfigError(f"--config {args.config}: {', '.join(bad)} must be finite numbers, got "
+                              f"{', '.join(str(values[k]) for k in bad)}")
     for flag in ("max_steps", "eval_steps", "seeds", "batch_size"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    from .._files import write_json_atomic
-    from ..gradiend.train import TrainConfig, Trainer
-    from ..models import load_model
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    from .._files import lock_folder
+    from ..gradiend.train import TrainConfig
 
     flags = {"max_steps": args.max_steps, "eval_steps": args.eval_steps, "source": args.source,
              "target": args.target, "learning_rate": args.lr, "pre_prune_topk": args.pre_prune,
@@ -56,21 +63,38 @@ def _cmd_train(args: argparse.Namespace) -> int:
     values.update({k: v for k, v in flags.items() if v is not None})
     values["experiment_dir"] = args.out
     config = TrainConfig.from_dict(values)
+    out = Path(args.out)
+
+    def work() -> int:
+        # the run folder is ours before the model loads: a second process fails in milliseconds; the
+        # Trainer's own lock inside passes through (share_nested)
+        with lock_folder(out, share_nested=True):
+            return _train(args, config, out, neutral_source, neutral)
+
+    return run_interruptible(args, out, "training", work)
+
+
+def _train(args: argparse.Namespace, config: Any, out: Path, neutral_source: str, neutral: str | list[str]) -> int:
+    """Load the model and data, train, record the neutral text and print the summary (``out`` is locked)."""
+    from .._files import write_json_atomic
+    from ..gradiend.train import Trainer
+    from ..models import load_model
+
     lm = load_model(args.model)
     data = load_data(args.data, lm)
-    neutral = neutral_texts(neutral)
-    logger.info("neutral text: %d texts from %s", len(neutral), neutral_source)
-    trainer = Trainer(lm, data, args.classes, neutral=neutral, config=config)
+    texts = neutral_texts(neutral)
+    logger.info("neutral text: %d texts from %s", len(texts), neutral_source)
+    trainer = Trainer(lm, data, args.classes, neutral=texts, config=config)
     fm = trainer.train()
     # where the neutral text came from, beside the texts (Trainer.load reads only "texts")
-    write_json_atomic(Path(args.out) / "neutral.json", {"texts": list(neutral), "source": neutral_source})
+    write_json_atomic(out / "neutral.json", {"texts": list(texts), "source": neutral_source})
     res = max(trainer.seed_results, key=lambda r: abs(r.correlation))
     try:
         trainer.plot_training_convergence()
     except ImportError as err:
         logger.warning("no convergence plot: %s", err)
-    print(f"feature model: {Path(args.out) / 'model'} (input dim {fm.input_dim:,})")
-    print(f"neutral text: {len(neutral)} texts from {neutral_source} (for the decoder's LMS/perplexity constraint)")
+    print(f"feature model: {out / 'model'} (input dim {fm.input_dim:,})")
+    print(f"neutral text: {len(texts)} texts from {neutral_source} (for the decoder's LMS/perplexity constraint)")
     print(f"validation r = {res.correlation:+.3f} (Pearson correlation of the encoding with the +1/-1 labels), "
           f"class means {res.class_means}, converged: {res.converged}")
     print(f"next: gradedit evaluate encoder {args.out} ; gradedit evaluate decoder {args.out}")
@@ -93,7 +117,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--eval-steps", type=int)
     train.add_argument("--source", choices=["factual", "alternative", "diff"])
     train.add_argument("--target", choices=["factual", "alternative", "diff"])
-    train.add_argument("--lr", type=float, help="learning rate of the encoder-decoder")
+    train.add_argument("--lr", type=finite_float, help="learning rate of the encoder-decoder")
     train.add_argument("--batch-size", type=int, help="gradient examples per step")
     train.add_argument("--pre-prune", type=_topk, help="keep the top entries before training: a count or a fraction")
     train.add_argument("--post-prune", type=_topk_or_none, metavar="K|none",

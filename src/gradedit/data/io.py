@@ -86,14 +86,36 @@ def read_table(path: Path) -> pd.DataFrame:
         raise FileNotFoundError(f"no data file at {path}")
     if kind == ".parquet":
         _require_pyarrow()
+    try:
+        return _read(pd, path, kind)
+    except DataError:
+        raise
+    except (ValueError, OSError, UnicodeDecodeError) as err:  # pandas/pyarrow/json parse errors derive from these
+        detail = " ".join(str(err).split())[:200] or type(err).__name__
+        raise DataError(f"{path} is not a readable {kind[1:]} file ({type(err).__name__}: {detail}). Fix: check the file is "
+                        f"complete {'Parquet' if kind == '.parquet' else 'UTF-8 text'} (PairDataset.save writes it)") from None
+
+
+def _read(pd: Any, path: Path, kind: str) -> pd.DataFrame:
+    if kind == ".parquet":
         return pd.read_parquet(path, engine="pyarrow")
     if kind == ".jsonl":
+        records = []
         with path.open(encoding="utf-8") as fh:
-            records = [json.loads(line) for line in fh if line.strip()]
+            for n, line in enumerate(fh, 1):
+                if line.strip():
+                    records.append(json.loads(line))
+                    if not isinstance(records[-1], dict):
+                        raise DataError(f"{path} line {n} is a JSON {type(records[-1]).__name__}, not an object. "
+                                        f"Fix: one JSON object per line with the columns {', '.join(COLUMNS)}")
         return pd.DataFrame.from_records(records)
     # CSV: tokens such as "null" or " NA" and class ids such as "1" stay strings; extra columns
     # are type-inferred as usual.
-    header = list(pd.read_csv(path, nrows=0, encoding="utf-8").columns)
+    try:
+        header = list(pd.read_csv(path, nrows=0, encoding="utf-8").columns)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path} is empty. Fix: a CSV file with a header row ({', '.join(COLUMNS)}) and one row per "
+                        f"pair") from None
     strings = {c: str for c in header if c in COLUMNS and c != "label"}
     na = {c: ([] if c in strings else _NA) for c in header}
     return pd.read_csv(path, dtype=strings, keep_default_na=False, na_values=na, encoding="utf-8")

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
     from ..models import LanguageModel
 
-from ..errors import DataError, TokenError
+from .._files import safe_name
+from ..errors import DataError, TokenError, UnsafeName
 from .columns import COLUMNS, MASK, SPLITS, STRING_COLUMNS, require_pandas, split_masked
 from .io import canonical_value, load_class_frames, read_class_dir, read_table, require_datasets, write_table
 from .splits import assign_splits
@@ -82,6 +83,17 @@ def _fail(frame: pd.DataFrame, bad: Any, column: str, problem: str, fix: str) ->
     )
 
 
+_NOT_TEXT = (list, tuple, dict, set, frozenset, bytes, bytearray)
+
+
+def _unsafe_class(value: str) -> bool:
+    try:
+        safe_name(value, "class id")
+    except UnsafeName:
+        return True
+    return False
+
+
 def _check_targets(target_classes: Sequence[str] | None) -> tuple[str, str] | None:
     if target_classes is None:
         return None
@@ -110,12 +122,18 @@ def normalize_frame(
         )
     for col in STRING_COLUMNS:
         s = df[col]
+        _fail(df, s.map(lambda v: isinstance(v, _NOT_TEXT)), col, f"{col} is a list, dict or bytes, not a string",
+              f"give {col!r} as a string (one value per row, not a list, dict or bytes)")
         null = s.isna()
         s = s.map(lambda v: v if isinstance(v, str) else str(v)).where(~null, "")
         df[col] = s.astype(object)
         empty = s.str.strip() == "" if col == "text" else s == ""
         what = "empty text" if col == "text" else f"empty {col}"
         _fail(df, empty, col, what, f"fill in {col!r} or drop the row")
+    for col in ("factual_class", "alternative_class"):
+        _fail(df, df[col].map(_unsafe_class), col, "class id cannot name a file or folder (it becomes one when a "
+              "rewrite is saved per class)", "use a class id without '/', '\\', control characters or NUL, not "
+              "'.' or '..', at most 255 bytes")
     if derive_label and target_classes is not None:
         df["label"] = expected_labels(df, target_classes)
     n_masks = df["text"].str.count(re.escape(MASK))

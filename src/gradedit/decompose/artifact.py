@@ -225,14 +225,23 @@ class Decomposition:
         except Exception as err:  # noqa: BLE001 - any parse failure means a corrupt artefact
             raise DecompositionError(f"decomposition in {path} is unreadable ({type(err).__name__}: {err}); "
                                      f"re-run decompose()") from err
-        if info.get("format") != FORMAT:
-            raise DecompositionError(f"{meta_file} has format {info.get('format')!r}, expected {FORMAT!r}; re-run decompose()")
-        config = DecomposeConfig.from_dict(info["config"])
-        infos = {d["name"]: LayerInfo(**d) for d in info["modules"]}
+        if not isinstance(info, dict) or info.get("format") != FORMAT:
+            got = info.get("format") if isinstance(info, dict) else type(info).__name__
+            raise DecompositionError(f"{meta_file} has format {got!r}, expected {FORMAT!r}; re-run decompose()")
+        try:
+            config = DecomposeConfig.from_dict(info["config"])
+            infos = {d["name"]: LayerInfo(**d) for d in info["modules"]}
+            fingerprints = dict(info["fingerprints"])
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise DecompositionError(f"{meta_file} is incomplete or inconsistent ({type(err).__name__}: {err}); "
+                                     f"re-run decompose()") from None
         layers, residuals = {}, {}
         for n, li in infos.items():
             layer = ComponentLayer(li, config.ci_hidden)
             sd = {k.split("::", 1)[1]: v for k, v in tensors.items() if k.split("::", 1)[0] == n}
+            if "residual" not in sd:
+                raise DecompositionError(f"{tensor_file} holds no tensors of module {n!r} that {META_FILE} lists; "
+                                         f"the two files are of different decompositions: re-run decompose()")
             residuals[n] = sd.pop("residual")
             try:
                 layer.load_state_dict(sd)
@@ -240,7 +249,7 @@ class Decomposition:
                 raise DecompositionError(f"{tensor_file} does not fit {n} ({err.args[0].splitlines()[0]}); "
                                          f"re-run decompose()") from err
             layers[n] = layer
-        dec = cls(infos, layers, residuals, config, info["fingerprints"], stats, info.get("metrics"), info.get("meta"))
+        dec = cls(infos, layers, residuals, config, fingerprints, stats, info.get("metrics"), info.get("meta"))
         if model is not None:
             dec.check(model)
         return dec

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -10,7 +11,7 @@ from ..errors import ArtifactError
 from . import zoo
 from .language_model import LanguageModel, ModelKind
 
-__all__ = ["load_model"]
+__all__ = ["check_tokenizer", "load_model"]
 
 
 def load_model(
@@ -44,17 +45,77 @@ def _load_hf(name: str, *, dtype: torch.dtype, kind: ModelKind | None) -> Langua
             raise FileNotFoundError(
             f"{name!r} is neither a zoo model ({', '.join(zoo.names())}) nor an existing folder"
         )
+    fix = "give a folder saved with model.save_pretrained() and tokenizer.save_pretrained() (or a hub id)"
     try:
         config = AutoConfig.from_pretrained(name, trust_remote_code=False)
     except ValueError as err:
         if "trust_remote_code" not in str(err):
-            raise
+            raise ArtifactError(f"{name}: config.json cannot be read ({_first_line(err)}); {fix}") from None
         raise ArtifactError(f"{name} needs its own model code (auto_map in its config), which gradedit never runs; "
                             f"use a model of an architecture transformers ships") from None
+    except OSError as err:
+        if not path.is_dir():
+            raise
+        raise ArtifactError(f"{name}: config.json is missing or unreadable ({_first_line(err)}); {fix}") from None
     if kind is None:
         archs = getattr(config, "architectures", None) or []
         kind = "mlm" if any(a.endswith("ForMaskedLM") for a in archs) else "clm"
     auto = AutoModelForMaskedLM if kind == "mlm" else AutoModelForCausalLM
-    model = auto.from_pretrained(name, dtype=dtype, trust_remote_code=False)
-    tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+    if path.is_dir():
+        _check_folder(path, fix)
+    try:
+        model = auto.from_pretrained(name, dtype=dtype, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+    except OSError as err:
+        if not path.is_dir():
+            raise
+        raise ArtifactError(f"{name}: the weights or the tokenizer cannot be read ({_first_line(err)}); {fix}") from None
+    except Exception as err:  # safetensors raises its own error type for a truncated or corrupt file
+        if not path.is_dir() or "safetensor" not in type(err).__module__.lower() + type(err).__name__.lower():
+            raise
+        raise ArtifactError(f"{name}: the weights are corrupt or truncated ({_first_line(err)}); {fix}") from None
+    check_tokenizer(model, tokenizer, name)
     return LanguageModel(model=model, tokenizer=tokenizer, kind=kind, name=name)
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
+                   "spiece.model", "sentencepiece.bpe.model")
+
+
+def _first_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:200]}" if text else type(err).__name__
+
+
+def _check_folder(path: Path, fix: str) -> None:
+    """A local model folder holds weights and a tokenizer (else transformers fails late or guesses)."""
+    if not any((path / f).is_file() for f in WEIGHT_FILES) and not any(path.glob("*.safetensors")):
+        raise ArtifactError(f"{path} holds no model weights (none of {', '.join(WEIGHT_FILES[::2])}); {fix}")
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise ArtifactError(f"{path} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}); {fix}")
+
+
+def check_tokenizer(model: torch.nn.Module, tokenizer: Any, name: str) -> None:
+    """The tokenizer belongs to the model: its ids fit the embedding, and the special token ids the
+    model's config names (bos, eos) are the tokenizer's.
+
+    Raises:
+        ArtifactError: the tokenizer has more tokens than the embedding has rows, or a special id differs.
+    """
+    get_emb = getattr(model, "get_input_embeddings", None)
+    emb = get_emb() if callable(get_emb) else None
+    rows = getattr(getattr(emb, "weight", None), "shape", (None,))[0]
+    fix = "save the model's own tokenizer beside it (tokenizer.save_pretrained(folder))"
+    if rows is not None and len(tokenizer) > rows:
+        raise ArtifactError(f"{name}: the tokenizer has {len(tokenizer)} tokens but the model's embedding only "
+                            f"{rows} rows, so the tokenizer belongs to another model; {fix}")
+    config = getattr(model, "config", None)
+    for what in ("bos", "eos"):
+        want, got = getattr(config, f"{what}_token_id", None), getattr(tokenizer, f"{what}_token_id", None)
+        wanted = set(want) if isinstance(want, (list, tuple)) else {want}
+        if want is None or got is None or got in wanted:
+            continue
+        raise ArtifactError(f"{name}: the tokenizer's {what} token id is {got}, the model's config says {want}, "
+                            f"so the tokenizer belongs to another model; {fix}")
