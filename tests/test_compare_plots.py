@@ -53,22 +53,23 @@ def test_more_than_three_sets_become_an_upset_chart() -> None:
     names = ["a", "b", "c", "d", "e"]
     regions = {("a",): 5, ("a", "b"): 7, ("c", "d", "e"): 2, ("b", "e"): 1}
     fig = plot_overlap_sets(regions, names)
-    bars_ax = fig.axes[0]
-    heights = [p.get_height() for p in bars_ax.patches]
+    axes = {a.get_label(): a for a in fig.axes}
+    heights = [p.get_height() for p in axes["bars"].patches]
     assert heights == [7, 5, 2, 1]  # one bar per combination, largest first
-    sizes = [p.get_width() for p in fig.axes[2].patches]
+    sizes = [p.get_width() for p in axes["sizes"].patches]
     assert sizes == [12, 8, 2, 2, 3]  # |a| = 5+7, |b| = 7+1, |c| = 2, |d| = 2, |e| = 2+1
     fig2 = plot_upset(regions, names, max_bars=2)
-    assert len(fig2.axes[0].patches) == 2
+    assert len(next(a for a in fig2.axes if a.get_label() == "bars").patches) == 2
 
 
 def test_clustered_heatmap_orders_rows_and_draws_side_bar() -> None:
     sim = np.array([[1, .2, .9], [.2, 1, .1], [.9, .1, 1]])
     fig = plot_clustered_heatmap(sim, ["x", "y", "z"], side=[0.5, None, -0.8])
-    heat = fig.axes[0]
+    axes = {a.get_label(): a for a in fig.axes}
+    heat = axes["heatmap"]
     # x and z merge first (cluster 3); the last merge is (y=1, 3): the smaller id is drawn on the left
     assert [t.get_text() for t in heat.get_yticklabels()] == ["y", "x", "z"]
-    side = fig.axes[-1]
+    side = axes["side"]
     assert [round(p.get_width(), 3) for p in side.patches] == [0.0, 0.5, -0.8]
     assert "n/a" in [t.get_text() for t in side.texts]
 
@@ -80,3 +81,19 @@ def test_group_bars_one_bar_per_model_and_group() -> None:
                                                                                          name="layer"))
     fig = plot_group_bars(table)
     assert [round(p.get_height(), 2) for p in fig.axes[0].patches] == [0.75, 0.25, 0.0, 0.5, 0.25, 0.25]
+
+
+def test_many_models_get_a_group_heatmap() -> None:
+    import pandas as pd
+
+    from gradedit.viz.compare import GROUP_BARS_MAX, plot_groups
+
+    models = [f"m{i}" for i in range(GROUP_BARS_MAX + 1)]
+    table = pd.DataFrame({m: [0.5 + 0.01 * i, 0.5 - 0.01 * i] for i, m in enumerate(models)},
+                         index=pd.Index(["0", "1"], name="layer"))
+    fig = plot_groups(table)
+    heat = fig.axes[0]
+    assert heat.images and heat.images[0].get_array().shape == (len(models), 2)  # rows = models
+    assert [t.get_text() for t in heat.get_yticklabels()] == models
+    fig_bars = plot_groups(table[models[:2]])
+    assert len(fig_bars.axes[0].patches) == 4 and not fig_bars.axes[0].images

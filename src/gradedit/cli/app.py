@@ -13,12 +13,12 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import GradeditError
-from . import blast, components, data, decompose, demo, edit, env, evaluate, models, rewrite, train
+from . import blast, compare, components, data, decompose, demo, edit, env, evaluate, models, rewrite, train
 from .checks import NoEditFound
 
 logger = logging.getLogger(__name__)
 
-SUBCOMMANDS = (models, env, data, train, evaluate, rewrite, edit, blast, decompose, components, demo)
+SUBCOMMANDS = (models, env, data, train, evaluate, rewrite, edit, blast, decompose, components, compare, demo)
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_NO_EDIT = 0, 1, 2, 3
 USER_ERRORS: tuple[type[BaseException], ...] = (

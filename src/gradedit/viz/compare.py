@@ -17,10 +17,14 @@ from typing import Any
 
 from .plots import pyplot
 
-__all__ = ["VENN_MAX", "plot_group_bars", "plot_overlap_sets", "plot_upset", "plot_venn"]
+__all__ = ["GROUP_BARS_MAX", "VENN_MAX", "plot_group_bars", "plot_group_heatmap", "plot_groups", "plot_overlap_sets",
+           "plot_upset", "plot_venn"]
 
 VENN_MAX = 3
 """Most sets drawn as a Venn diagram; more are drawn as an UpSet chart."""
+
+GROUP_BARS_MAX = 6
+"""Most models drawn as grouped bars per layer/module; more are drawn as a heatmap."""
 
 _COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c"]
 
@@ -84,12 +88,17 @@ def plot_upset(regions: Mapping[tuple[str, ...], int], names: Sequence[str], *, 
     combos = sorted(((c, n) for c, n in regions.items() if n > 0 and c), key=lambda cn: (-cn[1], len(cn[0]), cn[0]))
     shown = combos[:max_bars]
     m, b = len(names), max(1, len(shown))
-    fig = plt.figure(figsize=(max(6.0, 0.38 * b + 3.2), 3.2 + 0.32 * m))
-    grid = fig.add_gridspec(2, 2, height_ratios=[3, max(1.0, 0.35 * m)], width_ratios=[1, max(2.0, 0.3 * b)],
-                            hspace=0.05, wspace=0.03)
-    bars = fig.add_subplot(grid[0, 1])
-    dots = fig.add_subplot(grid[1, 1], sharex=bars)
-    sizes_ax = fig.add_subplot(grid[1, 0], sharey=dots)
+    # layout in inches: [set sizes 1.3][names 1.1][bars/dots 0.38 per combination]; bars 2.4 high, dots 0.32/set
+    left, label, right, top_h, dot_h, pad = 1.3, 1.1, max(2.0, 0.38 * b), 2.4, max(0.8, 0.32 * m), 0.5
+    width, height = left + label + right + 2 * pad, top_h + dot_h + 2 * pad + 0.3
+    fig = plt.figure(figsize=(width, height))
+
+    def box(x: float, y: float, w: float, h: float) -> list[float]:
+        return [x / width, y / height, w / width, h / height]
+
+    dots = fig.add_axes(box(pad + left + label, pad, right, dot_h), label="matrix")
+    bars = fig.add_axes(box(pad + left + label, pad + dot_h, right, top_h), sharex=dots, label="bars")
+    sizes_ax = fig.add_axes(box(pad, pad, left, dot_h), sharey=dots, label="sizes")
     bars.bar(range(len(shown)), [n for _, n in shown], color="#333")
     for i, (_, n) in enumerate(shown):
         bars.text(i, n, f"{n:,}", ha="center", va="bottom", fontsize=7)
@@ -116,6 +125,7 @@ def plot_upset(regions: Mapping[tuple[str, ...], int], names: Sequence[str], *, 
     sizes_ax.invert_xaxis()
     sizes_ax.set_yticks([rows[n] for n in names], list(names))
     sizes_ax.yaxis.tick_right()
+    sizes_ax.tick_params(axis="y", right=False, pad=8)
     sizes_ax.set_xlabel("set size")
     for s in ("top", "left"):
         sizes_ax.spines[s].set_visible(False)
@@ -141,7 +151,7 @@ def plot_group_bars(table: Any, *, ylabel: str = "share of top-k entries", title
     plt = pyplot()
     groups, models = [str(g) for g in table.index], [str(c) for c in table.columns]
     if ax is None:
-        fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(groups) * max(1, len(models)) ** 0.5 + 2.5), 4.0))
+        fig, ax = plt.subplots(figsize=(min(16.0, max(6.0, 0.18 * len(groups) * len(models) + 2.5)), 4.0))
     fig = ax.figure
     width = 0.8 / max(1, len(models))
     for j, model in enumerate(models):
@@ -152,9 +162,41 @@ def plot_group_bars(table: Any, *, ylabel: str = "share of top-k entries", title
                   ha="right" if max(map(len, groups), default=0) > 3 else "center")
     ax.set_xlabel(str(table.index.name or "group"))
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8, ncol=min(4, len(models)))
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     for s in ("top", "right"):
         ax.spines[s].set_visible(False)
     if title:
         ax.set_title(title)
     return fig
+
+
+def plot_group_heatmap(table: Any, *, label: str = "share of top-k entries", title: str = "", ax: Any = None) -> Any:
+    """A ``group_table`` as a heatmap: rows = models, columns = groups, colour and number = share.
+    Readable for many models, where grouped bars are not. Returns the figure."""
+    plt = pyplot()
+    groups, models = [str(g) for g in table.index], [str(c) for c in table.columns]
+    values = table.to_numpy(float).T  # [models, groups]
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(min(18.0, 0.55 * len(groups) + 3.0), 0.4 * len(models) + 1.8))
+    fig = ax.figure
+    im = ax.imshow(values, cmap="Blues", vmin=0, aspect="auto")
+    ax.set_xticks(range(len(groups)), groups, rotation=45 if max(map(len, groups), default=0) > 3 else 0,
+                  ha="right" if max(map(len, groups), default=0) > 3 else "center")
+    ax.set_yticks(range(len(models)), models)
+    top = float(values.max()) if values.size else 1.0
+    for i in range(len(models)):
+        for j in range(len(groups)):
+            v = values[i, j]
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v > 0.6 * top else "black")
+    ax.set_xlabel(str(table.index.name or "group"))
+    fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02, label=label)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def plot_groups(table: Any, *, title: str = "") -> Any:
+    """Grouped bars for up to :data:`GROUP_BARS_MAX` models, a models × groups heatmap for more."""
+    if len(table.columns) <= GROUP_BARS_MAX:
+        return plot_group_bars(table, title=title)
+    return plot_group_heatmap(table, title=title)

@@ -97,30 +97,29 @@ def plot_clustered_heatmap(matrix: np.ndarray, names: Sequence[str], *, side: Se
     order = leaf_order(merges, m) if merges else list(range(m))
     sub = mat[np.ix_(order, order)]
     size = max(4.0, 0.55 * m + 2.5)
-    fig = plt.figure(figsize=(size + (1.8 if side is not None else 0), size + 0.8))
-    widths = [size, 1.6] if side is not None else [size]
-    grid = fig.add_gridspec(2, len(widths), height_ratios=[1, 4], width_ratios=widths, hspace=0.02, wspace=0.05)
-    ax = fig.add_subplot(grid[1, 0])
+    widths = [size] + ([1.6] if side is not None else []) + [0.22]
+    fig = plt.figure(figsize=(sum(widths) + 0.6, size + 0.8))
+    grid = fig.add_gridspec(2, len(widths), height_ratios=[1, 4], width_ratios=widths, hspace=0.02, wspace=0.08)
+    ax = fig.add_subplot(grid[1, 0], label="heatmap")
     im = ax.imshow(sub, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     labels = [names[i] for i in order]
     ax.set_xticks(range(m), labels, rotation=60, ha="right")
     ax.set_yticks(range(m), labels)
-    lo, hi = im.get_clim()
     for i in range(m):
         for j in range(m):
             v = sub[i, j]
             if np.isfinite(v):
-                light = (v - lo) / (hi - lo) < 0.5 if hi > lo else True
-                ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=8, color="white" if light else "black")
-    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, location="left")
+                r, g, b, _ = im.cmap(im.norm(v))
+                dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
+                ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=8, color="white" if dark else "black")
     if merges:
-        _dendrogram(fig.add_subplot(grid[0, 0]), merges, order)
+        _dendrogram(fig.add_subplot(grid[0, 0], label="dendrogram"), merges, order)
     if side is not None:
-        sax = fig.add_subplot(grid[1, 1], sharey=ax)
+        sax = fig.add_subplot(grid[1, 1], sharey=ax, label="side")
         vals = [None if side[i] is None or not np.isfinite(float(side[i])) else float(side[i])  # type: ignore[arg-type]
                 for i in order]
         finite = [v for v in vals if v is not None]
-        sax.barh(range(m), [v if v is not None else 0.0 for v in vals], color="#4c72b0")
+        sax.barh(range(m), [v if v is not None else 0.0 for v in vals], color="#a9c1e3")
         for i, v in enumerate(vals):
             neg = v is not None and v < 0
             sax.text(-0.02 if neg else 0.02, i, "n/a" if v is None else f"{v:+.2f}", va="center",
@@ -129,6 +128,7 @@ def plot_clustered_heatmap(matrix: np.ndarray, names: Sequence[str], *, side: Se
         sax.set_xlim(-bound if any(v < 0 for v in finite) else 0, bound)
         sax.set_xlabel(side_label)
         sax.tick_params(axis="y", left=False, labelleft=False)
+    fig.colorbar(im, cax=fig.add_subplot(grid[1, -1], label="colorbar"))
     if title:
         fig.suptitle(title)
     return fig

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .compare import VENN_MAX, plot_group_bars, plot_overlap_sets
+from .compare import VENN_MAX, plot_groups, plot_overlap_sets
 from .compare_heatmap import plot_clustered_heatmap
 from .html import write_html_report
 from .plots import pyplot
@@ -57,8 +57,8 @@ def compare_figures(data: dict[str, Any]) -> dict[str, Any]:
                                                  cmap="RdBu_r", title=f"cosine of {data['part']} values"),
         "heatmap_spearman": plot_clustered_heatmap(mats["spearman"].to_numpy(), names, side=r, vmin=-1, vmax=1,
                                                    cmap="RdBu_r", title=f"Spearman of {data['part']} values"),
-        "layers": plot_group_bars(data["layers"], title="where the top-k entries sit, by layer"),
-        "modules": plot_group_bars(data["modules"], title="where the top-k entries sit, by module type"),
+        "layers": plot_groups(data["layers"], title="where the top-k entries sit, by layer"),
+        "modules": plot_groups(data["modules"], title="where the top-k entries sit, by module type"),
     }
     cross = data.get("cross")
     if cross is not None:
