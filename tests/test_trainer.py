@@ -71,7 +71,8 @@ def test_jvp_encoding_equals_explicit(tiny_gpt2, pronouns, tmp_path):
 
 
 def test_pre_pruning_restricts_input_space(tiny_gpt2, pronouns, tmp_path):
-    tr = Trainer(tiny_gpt2, pronouns, ["masc", "fem"], config=_cfg(tmp_path, max_steps=10, pre_prune_topk=500))
+    tr = Trainer(tiny_gpt2, pronouns, ["masc", "fem"], config=_cfg(tmp_path, max_steps=10, pre_prune_topk=500,
+                                                                       post_prune_topk=None))
     fm = tr.train()
     assert fm.input_dim == 500 == fm.param_map.size
     full = sum(p.numel() for p in tr.engine.params.values())
@@ -205,7 +206,7 @@ def test_interrupted_pre_pruning_cache_is_recomputed(tiny_gpt2, pronouns, tmp_pa
     folder) must be recomputed, not crash the next run."""
     import gradedit.gradiend.train.trainer as T
 
-    cfg = _cfg(tmp_path, max_steps=2, eval_steps=2, pre_prune_topk=300)
+    cfg = _cfg(tmp_path, max_steps=2, eval_steps=2, pre_prune_topk=300, post_prune_topk=None)  # keep all 300
     Trainer(tiny_gpt2, pronouns, ["masc", "fem"], config=cfg).train()
     cache = tmp_path / "run" / "pre_prune"
     assert (cache / "param_map.json").is_file() and (cache / "key.json").is_file()

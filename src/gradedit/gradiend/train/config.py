@@ -12,6 +12,9 @@ from typing import Any
 from ..feature_model import PARTS, Part
 from ..gradients import SOURCES, Source
 
+#: ``TrainConfig.gradient_store`` values
+GRADIENT_STORE_CHOICES: tuple[str, ...] = ("off", "fp32", "bf16")
+
 
 @dataclass
 class TrainConfig:
@@ -53,6 +56,12 @@ class TrainConfig:
         post_prune_part: ``encoder-weight``, ``decoder-weight``, ``decoder-bias`` or ``decoder-sum``.
         use_identity_rows: also train on rows with label 0 (factual == alternative class).
         resume: continue from the last checkpoint of an interrupted run with the same config.
+        gradient_store: ``"off"`` (default) computes every training row's gradient at every step;
+            ``"fp32"`` / ``"bf16"`` extracts each row's source/target gradient once into
+            ``experiment_dir/gradient_store`` (sharded safetensors, reused by later runs on the same
+            data, base model and input space) and trains every epoch and seed from it. ``"fp32"`` trains
+            bit-identically to ``"off"``; ``"bf16"`` halves the disk use and rounds the stored gradients.
+            Disk use is rows x input entries x 4 (fp32) or 2 (bf16) bytes, per distinct source/target.
     """
 
     experiment_dir: str = "runs/gradiend"
@@ -81,6 +90,7 @@ class TrainConfig:
     post_prune_part: Part = "decoder-weight"
     use_identity_rows: bool = False
     resume: bool = True
+    gradient_store: str = "off"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -105,6 +115,8 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         for name in ("pre_prune_topk", "post_prune_topk"):
             _check_topk(name, getattr(self, name))
+        if self.gradient_store not in GRADIENT_STORE_CHOICES:
+            raise ValueError(f"gradient_store must be one of {GRADIENT_STORE_CHOICES}, got {self.gradient_store!r}")
         if self.post_prune_part not in PARTS:
             raise ValueError(f"post_prune_part must be one of {PARTS}, got {self.post_prune_part!r}")
         if self.params is not None:
@@ -137,6 +149,8 @@ class TrainConfig:
     def training_fingerprint(self) -> dict[str, Any]:
         """The fields that change what training produces (used to decide whether resuming is valid)."""
         d = self.to_dict()
+        if d["gradient_store"] != "bf16":  # "fp32" trains bit-identically to "off"; older runs stay resumable
+            d.pop("gradient_store")
         for k in ("experiment_dir", "resume", "max_seeds", "min_convergent_seeds", "max_steps", "eval_steps",
                   "post_prune_topk", "post_prune_part", "early_stopping_patience", "early_stopping_min_delta"):
             d.pop(k)

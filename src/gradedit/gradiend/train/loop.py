@@ -28,6 +28,7 @@ from ..encode import encode_rows
 from ..feature_model import FeatureModel
 from ..gradients import GradientEngine
 from ..rows import Rows
+from ..store import GradientStore
 from .config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -132,8 +133,11 @@ class SeedTrainer:
     """Trains one FeatureModel from one seed; checkpoints to ``directory`` and resumes from it."""
 
     def __init__(self, engine: GradientEngine, param_map: ParamMap, cfg: TrainConfig, seed: int,
-                 train: Rows, val: Rows, classes: tuple[str, str], directory: Path, metadata: dict[str, Any]) -> None:
+                 train: Rows, val: Rows, classes: tuple[str, str], directory: Path, metadata: dict[str, Any],
+                 store: GradientStore | None = None) -> None:
         self.engine, self.param_map, self.cfg, self.seed = engine, param_map, cfg, seed
+        #: training rows' gradients read from here instead of computed (its rows are ``train``'s rows)
+        self.store = store
         self.train_rows, self.val_rows, self.classes = train, val, classes
         self.dir = directory
         self.metadata = metadata
@@ -158,6 +162,9 @@ class SeedTrainer:
         return list(self._epoch[1][pos])
 
     def _vectors(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(source [n], target [n]) of one gradient example: from the store, else computed now."""
+        if self.store is not None:
+            return self.store.example(rows)
         r = self.train_rows
         texts = [r.texts[i] for i in rows]
         vecs = self.engine.gradient_vectors(texts, r.factual[rows], r.alternative[rows],

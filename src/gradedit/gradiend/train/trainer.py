@@ -25,6 +25,7 @@ from ..feature_model import FeatureModel
 from ..gradients import GradientEngine
 from ..model import ModelWithGradiend
 from ..rows import Rows, balanced_cap, rows_of
+from ..store import STORE_DIR, GradientStore, extract_store, store_key
 from .after import AfterTraining
 from .config import TrainConfig
 from .loop import SeedResult, SeedTrainer
@@ -91,6 +92,8 @@ class Trainer(AfterTraining):
         self.engine = GradientEngine(lm, config.params, include_embeddings=config.include_embeddings)
         self.seed_results: list[SeedResult] = []
         self._model: FeatureModel | None = None
+        #: the gradient store of the last ``train()`` (dtype, folder, rows, entries, disk_bytes, seconds)
+        self._store_info: dict[str, Any] | None = None
 
     # -- data ----------------------------------------------------------------------------------------
     def _rows(self, split: str, *, cap: int | None = None, seed: int = 0) -> Rows:
@@ -111,7 +114,9 @@ class Trainer(AfterTraining):
     def _input_space(self, train: Rows) -> ParamMap:
         cfg = self.config
         path = self.experiment_dir / "pre_prune"
-        key = {"fingerprint": cfg.training_fingerprint(), "data": self.data.fingerprint(), "model": self.lm.name}
+        fingerprint = cfg.training_fingerprint()
+        fingerprint.pop("gradient_store", None)  # how gradients are stored does not change the pre-pruning
+        key = {"fingerprint": fingerprint, "data": self.data.fingerprint(), "model": self.lm.name}
         if cfg.pre_prune_topk is None:
             return ParamMap.from_params(self.engine.params)
         cached = _cached_pre_prune(path, key)
@@ -125,14 +130,35 @@ class Trainer(AfterTraining):
         write_json_atomic(path / "key.json", key)
         return pmap
 
+    def _gradient_store(self, train: Rows, pmap: ParamMap) -> GradientStore | None:
+        """The store of ``train``'s gradients over ``pmap`` (extracted now unless ``experiment_dir`` already
+        holds it), or ``None`` with ``gradient_store="off"``."""
+        cfg = self.config
+        if cfg.gradient_store == "off":
+            return None
+        t0 = time.time()
+        key = store_key(self.engine, train, pmap, classes=self.classes, split="train", source=cfg.source,
+                        target=cfg.target, dtype=cfg.gradient_store)
+        store = extract_store(self.experiment_dir / STORE_DIR, self.engine, train, pmap, key)
+        self._store_info = {"dtype": key.dtype, "folder": str(store.folder), "rows": key.n_rows,
+                            "entries": key.n_inputs, "disk_bytes": sum(s.bytes or 0 for s in store.index.shards),
+                            "extracted_rows": store.extracted_rows, "seconds": round(time.time() - t0, 2)}
+        return store
+
     def train(self) -> FeatureModel:
         """Train up to ``max_seeds`` seeds; keep the best convergent one in ``experiment_dir/model``.
 
         One process at a time per ``experiment_dir``: it is locked for the whole run.
 
+        With ``gradient_store`` on, the training rows' gradients are read from (and first extracted
+        into) ``experiment_dir/gradient_store``.
+
         Raises:
             FolderLocked: another process is training in ``experiment_dir``.
-            TrainingError: a NaN/Inf loss or gradient (the last good checkpoint is kept).
+            TrainingError: a NaN/Inf loss or gradient (the last good checkpoint is kept), or too little
+                free disk for the gradient store.
+            ArtifactError: ``experiment_dir/gradient_store`` holds a store of other data, another input
+                space, base model, source/target or dtype (delete it to extract again).
         """
         with lock_folder(self.experiment_dir):
             return self._train()
@@ -140,21 +166,28 @@ class Trainer(AfterTraining):
     def _train(self) -> FeatureModel:
         cfg = self.config
         t0 = time.time()
-        self._save_inputs()
         train = self._rows("train")
         val = self._rows("val", cap=cfg.eval_max_size, seed=cfg.seed)
         pmap = self._input_space(train)
         logger.info("training GRADIEND on %d rows (%d val), input space %d entries", len(train), len(val), pmap.size)
         self.seed_results = []
-        for k in range(cfg.max_seeds):
-            seed = cfg.seed + k
-            st = SeedTrainer(self.engine, pmap, cfg, seed, train, val, self.classes,
-                             self.experiment_dir / f"seed_{seed}", self.metadata())
-            res = st.run()
-            self.seed_results.append(res)
-            logger.info("seed %d: r=%+.3f means=%s converged=%s", seed, res.correlation, res.class_means, res.converged)
-            if sum(r.converged for r in self.seed_results) >= cfg.min_convergent_seeds:
-                break
+        self._store_info = None
+        store = self._gradient_store(train, pmap)
+        try:
+            self._save_inputs()  # after the store check: a refused run leaves the folder's inputs as they were
+            for k in range(cfg.max_seeds):
+                seed = cfg.seed + k
+                st = SeedTrainer(self.engine, pmap, cfg, seed, train, val, self.classes,
+                                 self.experiment_dir / f"seed_{seed}", self.metadata(), store=store)
+                res = st.run()
+                self.seed_results.append(res)
+                logger.info("seed %d: r=%+.3f means=%s converged=%s", seed, res.correlation, res.class_means,
+                            res.converged)
+                if sum(r.converged for r in self.seed_results) >= cfg.min_convergent_seeds:
+                    break
+        finally:
+            if store is not None:
+                store.close()
         chosen = self._choose()
         model = FeatureModel.from_pretrained(chosen.directory / "best")
         if cfg.post_prune_topk is not None:
@@ -208,7 +241,7 @@ class Trainer(AfterTraining):
         write_json_atomic(self.experiment_dir / "run.json", {
             "config": self.config.to_dict(), **self.metadata(), "input_dim": input_dim, "seconds": round(seconds, 1),
             "versions": {"torch": torch.__version__, "python": platform.python_version()},
-            "torch_threads": torch.get_num_threads()})
+            "torch_threads": torch.get_num_threads(), "gradient_store": self._store_info})
 
     # -- results --------------------------------------------------------------------------------------
     @property
