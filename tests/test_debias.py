@@ -24,8 +24,9 @@ NEUTRAL = ["The city is quiet and the house is old.", "The quick brown fox jumps
 @pytest.fixture(scope="module")
 def trained(tiny_gpt2, tmp_path_factory):
     ds = PairDataset.from_records(pronoun_records(SUBJECTS[:6], VERBS[:4]), target_classes=["masc", "fem"])
+    # pinned (not the library defaults): the lean injected below is calibrated on this model
     cfg = TrainConfig(experiment_dir=str(tmp_path_factory.mktemp("debias") / "run"), max_steps=20, eval_steps=10,
-                      pre_prune_topk=0.3, eval_max_size=16)
+                      pre_prune_topk=0.3, eval_max_size=16, source="factual", post_prune_topk=None)
     tr = Trainer(tiny_gpt2, ds, ["masc", "fem"], neutral=NEUTRAL, config=cfg)
     tr.train()
     return tr

@@ -31,9 +31,24 @@ def _snapshot(model):
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
+def test_default_selector_spends_the_perplexity_budget(trained):
+    # the default (issue 13 item 5): the strongest point within +1.5 % selection-text perplexity
+    dec = trained.evaluate_decoder(use_cache=False, refine_steps=2, learning_rates=[1e-4, 1e-2, 1.0, 100.0, 1e4])
+    for key, sel in dec.items():
+        base_value = dec.base["metrics"][key]
+        admissible = [p["metrics"][key] for p in dec.grid
+                      if p["perplexity"] <= 1.015 * dec.base["perplexity"] and p["metrics"][key] > base_value]
+        if admissible:
+            assert sel.admissible and sel.value == max(admissible)
+            assert sel.perplexity <= 1.015 * sel.base_perplexity
+        else:
+            assert not sel.admissible and sel.value == base_value
+
+
 def test_sweep_restores_weights_bit_exactly_and_selects(trained):
     before = _snapshot(trained.lm.model)
-    dec = trained.evaluate_decoder(use_cache=False, refine_steps=2, learning_rates=[1e-4, 1e-2, 1.0, 100.0, 1e4])
+    dec = trained.evaluate_decoder(use_cache=False, refine_steps=2, learning_rates=[1e-4, 1e-2, 1.0, 100.0, 1e4],
+                                   selector="lms")
     for n, p in trained.lm.model.named_parameters():
         assert torch.equal(p, before[n]), f"{n} changed after the sweep"
     assert set(dec) == {"masc", "fem"}
