@@ -122,7 +122,8 @@ def _concat(parts: Sequence[Rows]) -> tuple[Rows, list[np.ndarray]]:
 
 
 def cross_encoding(lm: LanguageModel, runs: Sequence[RunInfo], *, data: Mapping[str, PairDataset] | None = None,
-                   split: str = "test", max_rows: int | None = 32, seed: int = 0, batch_size: int = 8) -> CrossEncoding:
+                   split: str = "test", max_rows: int | None = 32, seed: int = 0, batch_size: int = 8,
+                   class_data: PairDataset | None = None) -> CrossEncoding:
     """Encode every model's held-out rows with every model's encoder (see the module docstring).
 
     Args:
@@ -131,6 +132,9 @@ def cross_encoding(lm: LanguageModel, runs: Sequence[RunInfo], *, data: Mapping[
         data: pair data per model name, instead of reading each run's ``data.csv``.
         split: which split's rows to encode.
         max_rows: rows per model (balanced over its two labels); ``None`` = all.
+        class_data: data whose ``factual_class`` names the rows in ``class_means`` (default: the class
+            the row has in the model data it came from; pass the original data when the models' data
+            relabel classes, e.g. one-vs-rest).
 
     Raises:
         ValueError: a model without classes or data, or a model of another base model than ``lm``.
@@ -150,6 +154,12 @@ def cross_encoding(lm: LanguageModel, runs: Sequence[RunInfo], *, data: Mapping[
         parts.append(rows)
         labels.append(rows.labels.numpy().astype(np.float64))
     union, where = _concat(parts)
+    if class_data is not None:
+        named = rows_of(class_data, lm)
+        lookup = {(t, int(f), int(a)): c for t, f, a, c in
+                  zip(named.texts, named.factual, named.alternative, named.classes or [])}
+        union.classes = [lookup.get((t, int(f), int(a)), c) for t, f, a, c in
+                         zip(union.texts, union.factual, union.alternative, union.classes or [])]
     names = [r.name for r in runs]
     logger.info("cross-encoding %d distinct %s rows with %d encoders", len(union), split, len(runs))
     corr = np.zeros((len(runs), len(runs)))

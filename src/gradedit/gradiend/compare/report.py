@@ -156,7 +156,7 @@ def _as_runs(models: Mapping[str, FeatureModel] | Sequence[RunInfo]) -> list[Run
 def compare_models(models: Mapping[str, FeatureModel] | Sequence[RunInfo], *, k: int | float = DEFAULT_TOPK,
                    part: Part = "decoder-weight", latent: int = 0, lm: LanguageModel | None = None,
                    data: Mapping[str, PairDataset] | None = None, split: str = "test",
-                   max_rows: int | None = 32) -> Comparison:
+                   max_rows: int | None = 32, class_data: PairDataset | None = None) -> Comparison:
     """Compare feature models of one base model (top-k sets, similarity matrices, layer and module
     groups; with ``lm`` also cross-encoding on ``split`` rows).
 
@@ -167,6 +167,7 @@ def compare_models(models: Mapping[str, FeatureModel] | Sequence[RunInfo], *, k:
         latent: which latent's weights to use for a model with ``latent_dim > 1``.
         lm: the base model; enables cross-encoding (needs each model's classes and data).
         data: pair data per model name for cross-encoding (default: each run's ``data.csv``).
+        class_data: data naming the classes of cross-encoding's class means (see ``cross_encoding``).
 
     Raises:
         ValueError: fewer than two models, duplicate names, an unknown part.
@@ -195,7 +196,7 @@ def compare_models(models: Mapping[str, FeatureModel] | Sequence[RunInfo], *, k:
     regions = intersections(topks)
     cross = None
     if lm is not None:
-        cross = cross_encoding(lm, runs, data=data, split=split, max_rows=max_rows)
+        cross = cross_encoding(lm, runs, data=data, split=split, max_rows=max_rows, class_data=class_data)
         for r, own in zip(runs, np.diag(cross.correlation)):
             if r.encoder_r is None:
                 r.encoder_r, r.encoder_r_split = float(own), split
