@@ -8,11 +8,11 @@ write vector: all examples and the first ``max_kl_tokens`` unrelated positions e
 through all of them, ``min(n, 8)`` examples and as many unrelated texts per step).
 
 :func:`fit_write_vector` optimises only the component's write vector ``w`` (start: its current
-``σU``), through a forward hook that adds ``(V·x) · (w − σU)`` to the module's output, and returns
-the rank-1 :func:`~gradedit.edits.replace_write_vector` edit. It differs from
-:func:`gradedit.edits.train_write_vector` in two ways the study needs: the fire positions are given
-(where the context class occurs, not where ``|V·x|`` is in its top quantile) and the trained token
-is a fixed target (not the text's own next token).
+``σU``) with :func:`gradedit.edits.components.write_vector.optimise_write_vector` — the loop
+:func:`gradedit.edits.train_write_vector` uses too — and returns the rank-1
+:func:`~gradedit.edits.replace_write_vector` edit. Only the loss differs: the fire positions are given
+(where the context class occurs, not where ``|V·x|`` is in its top quantile) and the trained token is a
+fixed target (not the text's own next token).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ..edits import Component, LoraConfig, TargetData, WeightEdit, replace_write_vector, train_lora
-from ..edits.components import linear_modules
+from ..edits.components.write_vector import optimise_write_vector
 from ..edits.fitting import (
     Batch,
     Positions,
@@ -35,7 +35,6 @@ from ..edits.fitting import (
     kl_rows,
     logprobs_at,
 )
-from ..edits.hooks import add_to_outputs
 from ..errors import EditError
 from ..models import LanguageModel
 from .redirect_data import Example
@@ -76,41 +75,26 @@ def fit_write_vector(lm: LanguageModel, component: Component, examples: Sequence
     other = Positions.from_texts(lm, kl_texts, max_kl_tokens) if kl_texts else Positions([], [], [])
     ledger = TokenLedger()
     ledger.add_positions(lm, "fit", texts, own)
-    mods = linear_modules(lm, [component.module_name])
-    dev, dtype = lm.device, next(lm.model.parameters()).dtype
-    V, w0 = component.V.to(dev, dtype), component.write.to(dev, dtype)
-    w = torch.nn.Parameter(w0.clone())
     own_b, other_b = batches(lm, own, batch_size), batches(lm, other, batch_size)
     fire_m = [_last_of_row(b) for b in own_b]
     n_fire, n_kl = len(examples), own.n - len(examples) + other.n
-    history: list[dict[str, Any]] = []
     with frozen_params(lm.model):
         refs_own, refs_other = base_logprobs(lm, own_b), base_logprobs(lm, other_b)
-        opt = torch.optim.Adam([w], lr=lr)
 
-        def delta(name: str, x: torch.Tensor) -> torch.Tensor:
-            return (x @ V)[..., None] * (w - w0)
+        def terms() -> tuple[torch.Tensor, torch.Tensor]:
+            ce = torch.zeros((), device=lm.device)
+            kl = torch.zeros((), device=lm.device)
+            for b, r, m in zip(own_b, refs_own, fire_m):
+                lp = logprobs_at(lm, b)
+                ce = ce - lp[m, target_id].sum()
+                kl = kl + kl_rows(r[~m], lp[~m]).sum()
+            for b, r in zip(other_b, refs_other):
+                kl = kl + kl_rows(r, logprobs_at(lm, b)).sum()
+            return ce / n_fire, kl / max(1, n_kl)
 
-        for step in range(steps + 1):
-            opt.zero_grad()
-            ce = torch.zeros((), device=dev)
-            kl = torch.zeros((), device=dev)
-            with add_to_outputs(mods, delta):
-                for b, r, m in zip(own_b, refs_own, fire_m):
-                    lp = logprobs_at(lm, b)
-                    ce = ce - lp[m, target_id].sum()
-                    kl = kl + kl_rows(r[~m], lp[~m]).sum()
-                for b, r in zip(other_b, refs_other):
-                    kl = kl + kl_rows(r, logprobs_at(lm, b)).sum()
-            ce, kl = ce / n_fire, kl / max(1, n_kl)
-            loss = ce + kl_weight * kl
-            history.append({"step": step, "loss": float(loss.detach()), "ce": float(ce.detach()),
-                            "kl": float(kl.detach())})
-            if step == steps:
-                break
-            loss.backward()
-            opt.step()
-    edit = replace_write_vector(component, w.detach())
+        w, history = optimise_write_vector(lm, component, terms, steps=steps, lr=lr, kl_weight=kl_weight,
+                                           target_key="ce")
+    edit = replace_write_vector(component, w)
     edit.metadata.update({"method": "redirect_trained", "target_id": int(target_id), "kl_weight": kl_weight,
                           "steps": steps, "lr": lr, "n_examples": len(examples), "n_kl_tokens": n_kl,
                           "target_tokens_used": ledger.counts(), "history": history})

@@ -24,7 +24,7 @@ the other positions of ``fire_texts`` and on ``other_texts``; only ``new_U`` has
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -39,7 +39,11 @@ from .svd import Component, linear_modules
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["replace_write_vector", "suppress_token", "train_write_vector", "unembedding_direction"]
+__all__ = ["optimise_write_vector", "replace_write_vector", "suppress_token", "train_write_vector",
+           "unembedding_direction"]
+
+#: ``loss_terms()`` -> ``(target_loss, kl)``, both 0-dim, evaluated while the trained write vector is hooked in
+LossTerms = Callable[[], tuple[torch.Tensor, torch.Tensor]]
 
 
 def replace_write_vector(component: Component, new_U: torch.Tensor) -> WeightEdit:
@@ -147,39 +151,24 @@ def train_write_vector(lm: LanguageModel, component: Component, fire_texts: Sequ
         ledger.add("selection", text, int(n))
     ledger.add_positions(lm, "fit", fire_texts, fire)
     ledger.add_positions(lm, "fit", fire_texts, quiet)
-    mods = linear_modules(lm, [component.module_name])
-    dev, dtype = lm.device, next(lm.model.parameters()).dtype
-    V, w0 = component.V.to(dev, dtype), component.write.to(dev, dtype)
-    w = torch.nn.Parameter(w0.clone())
     fire_b, kl_b = batches(lm, fire, batch_size), batches(lm, quiet, batch_size) + batches(lm, other, batch_size)
     n_kl = quiet.n + other.n
-    history: list[dict[str, Any]] = []
     with frozen_params(lm.model):
         refs = base_logprobs(lm, kl_b)
-        opt = torch.optim.Adam([w], lr=lr)
 
-        def delta(name: str, x: torch.Tensor) -> torch.Tensor:
-            return (x @ V)[..., None] * (w - w0)
+        def terms() -> tuple[torch.Tensor, torch.Tensor]:
+            fl = torch.zeros((), dtype=torch.float32, device=lm.device)  # logprobs_at is fp32
+            for b in fire_b:
+                lp = logprobs_at(lm, b).gather(-1, b.targets[:, None]).squeeze(-1)
+                fl = fl + (-torch.log1p(-lp.exp().clamp_max(1 - 1e-6)) if remove else -lp).sum()
+            # a tensor even without KL positions (n_kl == 0), so the history can read it
+            kl = sum((kl_rows(r, logprobs_at(lm, b)).sum() for b, r in zip(kl_b, refs)),
+                     torch.zeros((), dtype=torch.float32, device=lm.device))
+            return fl / fire.n, kl / max(1, n_kl)
 
-        for step in range(steps + 1):
-            opt.zero_grad()
-            with add_to_outputs(mods, delta):
-                fl = torch.zeros((), dtype=torch.float32, device=dev)  # logprobs_at is fp32
-                for b in fire_b:
-                    lp = logprobs_at(lm, b).gather(-1, b.targets[:, None]).squeeze(-1)
-                    fl = fl + (-torch.log1p(-lp.exp().clamp_max(1 - 1e-6)) if remove else -lp).sum()
-                fl = fl / fire.n
-                # a tensor even without KL positions (n_kl == 0), so the history can read it
-                kl = sum((kl_rows(r, logprobs_at(lm, b)).sum() for b, r in zip(kl_b, refs)),
-                         torch.zeros((), dtype=torch.float32, device=dev)) / max(1, n_kl)
-            loss = fl + kl_weight * kl
-            history.append({"step": step, "loss": float(loss.detach()), "fire_loss": float(fl.detach()),
-                            "kl": float(kl.detach())})
-            if step == steps:
-                break
-            loss.backward()
-            opt.step()
-    edit = replace_write_vector(component, w.detach())
+        w, history = optimise_write_vector(lm, component, terms, steps=steps, lr=lr, kl_weight=kl_weight,
+                                           target_key="fire_loss")
+    edit = replace_write_vector(component, w)
     edit.metadata.update({"method": "write_vector_trained", "remove": remove, "quantile": quantile,
                           "threshold": thr, "n_fire_tokens": fire.n, "n_kl_tokens": n_kl, "steps": steps,
                           "target_tokens_used": ledger.counts(),
@@ -187,3 +176,39 @@ def train_write_vector(lm: LanguageModel, component: Component, fire_texts: Sequ
     logger.info("train_write_vector %s: loss %.4f -> %.4f (%d fire, %d KL tokens)", component.label,
                 history[0]["loss"], history[-1]["loss"], fire.n, n_kl)
     return edit, history
+
+
+def optimise_write_vector(lm: LanguageModel, component: Component, loss_terms: LossTerms, *, steps: int,
+                          lr: float, kl_weight: float, target_key: str = "target_loss"
+                          ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """Adam on ``component``'s write vector alone (start: its current ``σU``), minimising
+    ``target_loss + kl_weight · kl`` from ``loss_terms()``, which runs the model while a forward hook
+    adds ``(V·x) · (w − σU)`` to the module's output (the model's own weights stay frozen: call it
+    inside :func:`~gradedit.edits.fitting.frozen_params`).
+
+    Returns:
+        ``(w [out], history)``: ``history`` has one dict per step (``step``, ``loss``, ``target_key``,
+        ``kl``) before that step's update, and a last one for the returned vector.
+    """
+    mods = linear_modules(lm, [component.module_name])
+    dev, dtype = lm.device, next(lm.model.parameters()).dtype
+    V, w0 = component.V.to(dev, dtype), component.write.to(dev, dtype)
+    w = torch.nn.Parameter(w0.clone())
+    opt = torch.optim.Adam([w], lr=lr)
+
+    def delta(name: str, x: torch.Tensor) -> torch.Tensor:
+        return (x @ V)[..., None] * (w - w0)
+
+    history: list[dict[str, Any]] = []
+    for step in range(steps + 1):
+        opt.zero_grad()
+        with add_to_outputs(mods, delta):
+            target_loss, kl = loss_terms()
+        loss = target_loss + kl_weight * kl
+        history.append({"step": step, "loss": float(loss.detach()), target_key: float(target_loss.detach()),
+                        "kl": float(kl.detach())})
+        if step == steps:
+            break
+        loss.backward()
+        opt.step()
+    return w.detach(), history
