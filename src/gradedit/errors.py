@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["GradeditError", "DecompositionError", "TokenError", "DataError", "ArtifactError", "ModelPackageMissing", "EditError", "FortunesMissing", "GermanMissing", "SonofmanMissing", "MorphologyUnavailable", "FolderLocked", "TrainingError", "ConfigError", "UnsafeName"]
+__all__ = ["GradeditError", "DecompositionError", "TokenError", "DataError", "ArtifactError", "ModelPackageMissing", "EditError", "FortunesMissing", "GermanMissing", "SonofmanMissing", "MorphologyUnavailable", "FolderLocked", "TrainingError", "ConfigError", "DecomposeConfigError", "UnsafeName"]
 
 
 class GradeditError(Exception):
@@ -59,6 +59,10 @@ class TrainingError(GradeditError, RuntimeError):
 
 class ConfigError(GradeditError, ValueError):
     """A configuration value or command-line option is invalid (unknown key, wrong type, non-finite number)."""
+
+
+class DecomposeConfigError(ConfigError, DecompositionError):
+    """An option of a parameter decomposition is invalid (both a ConfigError and a DecompositionError)."""
 
 
 class UnsafeName(GradeditError, ValueError):
