@@ -23,16 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ... import metrics
-from ..._files import write_json_atomic
 from ..._progress import progress
 from ..._version import __version__
 from ...data.schema import PairDataset
-from ...models import LanguageModel
 from ..model import ModelWithGradiend
+from .fast import fast_points, supported
+from .probe import DecoderProbe, bias_scores
 from .results import DecoderResults, Selection
 from .selectors import (
-    DEBIAS_KEY,
     Selector,
     constraint_of,
     explain_no_point,
@@ -43,111 +41,15 @@ from .selectors import (
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["DEFAULT_FEATURE_FACTORS", "DEFAULT_RELATIVE_LRS", "DEFAULT_SEARCH", "DecoderProbe", "SEARCHES", "bias_scores", "evaluate_decoder",
+           "fingerprint", "lr_scale", "make_probe", "resolve_search", "select_point"]
+
 DEFAULT_FEATURE_FACTORS = (-1.0, 1.0)
 #: default learning rates are this many times ``lr_scale`` (update norm / weight norm on the mapped entries)
 DEFAULT_RELATIVE_LRS = tuple(float(x) for x in np.logspace(-5, -1, 5))
-
-
-def bias_scores(lm: LanguageModel, prompts: Sequence[str], ids_a: Sequence[int], ids_b: Sequence[int],
-                batch_size: int = 16) -> dict[str, float]:
-    """Pronoun bias of ``lm`` on neutral prompts, with P(A) = Σ P(class A tokens) at each prediction point:
-
-    ``mean_abs_log_ratio`` = mean |log P(A) − log P(B)| (0 = balanced on every prompt),
-    ``mean_log_ratio`` = mean log P(A) − log P(B) (the signed lean: > 0 towards A), ``p_a``/``p_b`` the
-    mean probabilities, ``n`` the prompt count.
-    """
-    if not prompts:
-        raise ValueError("bias_scores needs at least one prompt")
-    ids = [*ids_a, *ids_b]
-    p = metrics.next_token_logprobs(lm, list(prompts), ids, batch_size=batch_size).double().exp()
-    pa, pb = p[:, :len(ids_a)].sum(-1), p[:, len(ids_a):].sum(-1)
-    ratio = pa.log() - pb.log()
-    return {"mean_abs_log_ratio": float(ratio.abs().mean()), "mean_log_ratio": float(ratio.mean()),
-            "p_a": float(pa.mean()), "p_b": float(pb.mean()), "n": len(prompts)}
-
-
-class DecoderProbe:
-    """Everything a grid point is scored with: prompts, class tokens, neutral text and (optionally)
-    neutral prompts for the bias measure (grid metric ``"debias"``, see :func:`bias_scores`)."""
-
-    def __init__(self, mwg: ModelWithGradiend, data: PairDataset, classes: tuple[str, str],
-                 neutral: Sequence[str], batch_size: int = 16, max_rows_per_class: int | None = None,
-                 seed: int = 0, bias_prompts: Sequence[str] | None = None) -> None:
-        lm = mwg.lm
-        frame = data.to_frame()
-        frame = frame[frame["factual_class"].isin(classes)]
-        if frame.empty:
-            raise ValueError(f"no rows of classes {list(classes)} to evaluate the decoder on")
-        if max_rows_per_class is not None:
-            keep = [g.sample(min(len(g), max_rows_per_class), random_state=seed).index
-                    for _, g in frame.groupby("factual_class")]
-            frame = frame.loc[sorted(i for idx in keep for i in idx)]
-        self.mwg, self.classes, self.neutral, self.batch_size = mwg, classes, list(neutral), batch_size
-        if not self.neutral:
-            raise ValueError("decoder evaluation needs neutral texts for the LMS constraint")
-        sub = PairDataset.from_frame(frame.reset_index(drop=True))
-        self.prompts = sub.prompts(lm.kind, lm.tokenizer.mask_token)
-        self.row_class = frame["factual_class"].to_numpy()
-        tokens = {c: sorted(set(frame.loc[frame["factual_class"] == c, "factual"])) for c in classes}
-        self.tokens = tokens
-        self.token_ids = {c: lm.token_ids(tokens[c]) for c in classes}
-        self.all_ids = sorted({i for ids in self.token_ids.values() for i in ids})
-        self.col = {t: j for j, t in enumerate(self.all_ids)}
-        self.points: dict[str, dict[str, Any]] = {}
-        self.points_file: Path | None = None
-        self.bias_prompts = list(bias_prompts or [])
-
-    def score(self) -> dict[str, Any]:
-        """Probabilities and LMS of the model as it is now."""
-        lm = self.mwg.lm
-        probs = metrics.next_token_logprobs(lm, self.prompts, self.all_ids, batch_size=self.batch_size).exp()
-        lm_sc = metrics.lm_scores(lm, self.neutral)
-        out: dict[str, Any] = {"lms": lm_sc["lms"], "perplexity": lm_sc["perplexity"], "metrics": {}, "probs": {}}
-        for c in self.classes:
-            p_c = probs[:, [self.col[t] for t in self.token_ids[c]]].sum(-1).numpy()
-            other = [o for o in self.classes if o != c][0]
-            on_other = float(p_c[self.row_class == other].mean())
-            on_own = float(p_c[self.row_class == c].mean())
-            out["probs"][f"P({c}|{other} rows)"] = on_other
-            out["probs"][f"P({c}|{c} rows)"] = on_own
-            out["metrics"][result_key(c, True)] = on_other
-            out["metrics"][result_key(c, False)] = 1.0 - on_own
-        if self.bias_prompts:
-            a, b = self.classes
-            out["bias"] = bias_scores(lm, self.bias_prompts, self.token_ids[a], self.token_ids[b], self.batch_size)
-            out["metrics"][DEBIAS_KEY] = -out["bias"]["mean_abs_log_ratio"]
-        return out
-
-    def score_at(self, feature_factor: float, learning_rate: float) -> dict[str, Any]:
-        key = f"{float(feature_factor)!r}|{float(learning_rate)!r}"
-        if key in self.points:
-            return dict(self.points[key])
-        with self.mwg.applied(learning_rate, feature_factor):
-            point = self.score()
-        logger.info("decoder point ff=%+g lr=%.3g: LMS %.4f, perplexity %.2f, %s", feature_factor, learning_rate,
-                    point["lms"], point["perplexity"], {k: round(v, 4) for k, v in point["metrics"].items()})
-        point = {"feature_factor": float(feature_factor), "learning_rate": float(learning_rate), **point}
-        self.points[key] = point
-        self._save_points()
-        return dict(point)
-
-    def base_point(self) -> dict[str, Any]:
-        if "base" not in self.points:
-            self.points["base"] = {"feature_factor": 0.0, "learning_rate": 0.0, **self.score()}
-            self._save_points()
-        return dict(self.points["base"])
-
-    def use_point_cache(self, path: Path | None) -> None:
-        """Reuse scored points from ``path`` (same model, feature model, rows and neutral text) and add
-        new ones to it: strengthening and weakening sweeps share every grid point."""
-        self.points_file = path
-        if path is not None and path.is_file():
-            self.points = json.loads(path.read_text())
-            logger.info("reusing %d scored decoder points from %s", len(self.points), path)
-
-    def _save_points(self) -> None:
-        if self.points_file is not None:
-            write_json_atomic(self.points_file, self.points)
+SEARCHES = ("grid", "fast")
+#: the search ``evaluate_decoder`` uses when none is given (and the selector allows it)
+DEFAULT_SEARCH = "grid"
 
 
 def lr_scale(mwg: ModelWithGradiend) -> float:
@@ -180,8 +82,17 @@ def evaluate_decoder(mwg: ModelWithGradiend, data: PairDataset, classes: tuple[s
                      selector: str | Selector | None = None, refine_steps: int = 4,
                      batch_size: int = 16, max_rows_per_class: int | None = 64,
                      cache_dir: Path | None = None, split: str = "",
-                     bias_prompts: Sequence[str] | None = None) -> DecoderResults:
-    """Sweep the grid, select per requested class and direction, refine by bisection on the lr.
+                     bias_prompts: Sequence[str] | None = None, search: str | None = None,
+                     tolerance: float = 0.05, derivatives: str = "jvp2") -> DecoderResults:
+    """Select per requested class and direction the strongest point within the selector's constraint.
+
+    ``search="grid"`` scores every (feature factor, lr) of the grid, then refines the lr by
+    ``refine_steps`` bisections. ``search="fast"`` (:mod:`.fast`) predicts each feature factor's
+    constraint boundary from lr-derivatives at lr = 0 (``derivatives``: ``"jvp2"`` jvp-of-jvp or
+    ``"fd"``), then brackets and bisects it on real passes until hi/lo ≤ 1 + ``tolerance`` within
+    [min, max] of ``learning_rates``; it needs a perplexity or LMS selector. ``None`` =
+    :data:`DEFAULT_SEARCH` when the selector allows it, else the grid. ``info["forward_passes"]``
+    counts scoring passes (+ derivative passes for the fast search).
 
     ``split`` names the data split ``data`` comes from; it is recorded with every selection (the
     selected value is measured on these rows, so report held-out figures on another split).
@@ -200,9 +111,12 @@ def evaluate_decoder(mwg: ModelWithGradiend, data: PairDataset, classes: tuple[s
     if any(lr <= 0 for lr in lrs):
         raise ValueError("learning_rates must be positive (the sign of the edit is the feature factor's)")
     sel_name = getattr(select, "__name__", repr(select))
+    mode = resolve_search(search, select)
     grid_key = {"ffs": ffs, "lrs": lrs, "targets": targets, "increase": increase_target_probabilities,
                 "selector": sel_name, "refine": refine_steps, "classes": list(classes),
                 "max_rows_per_class": max_rows_per_class, "rule": "admissible"}
+    if mode == "fast":  # the grid's key is unchanged, so its caches stay valid
+        grid_key = {**grid_key, "search": "fast", "refine": None, "tolerance": tolerance, "derivatives": derivatives}
     fp = fingerprint(mwg, data, neutral, {**grid_key, "bias_prompts": list(bias_prompts or [])})
     cached = cache_dir / f"decoder_{fp}.json" if cache_dir is not None else None
     if cached is not None and cached.is_file():
@@ -210,19 +124,40 @@ def evaluate_decoder(mwg: ModelWithGradiend, data: PairDataset, classes: tuple[s
         return DecoderResults.load(cached)
     probe = make_probe(mwg, data, classes, neutral, batch_size, max_rows_per_class, cache_dir, bias_prompts)
     base = probe.base_point()
-    grid = [probe.score_at(ff, lr) for ff, lr in progress([(f, r) for f in ffs for r in lrs], desc="decoder grid")]
-    for key in keys:
-        grid += _refine(probe, grid, key, base, select, refine_steps)
+    extra: dict[str, Any] = {"search": "grid"}
+    if mode == "fast":
+        grid, extra = fast_points(probe, ffs, keys, select, base, (lrs[0], lrs[-1]), tolerance=tolerance,
+                                  derivatives=derivatives)
+    else:
+        grid = [probe.score_at(ff, lr) for ff, lr in progress([(f, r) for f in ffs for r in lrs], desc="decoder grid")]
+        for key in keys:
+            grid += _refine(probe, grid, key, base, select, refine_steps)
+    extra["forward_passes"] = probe.passes + extra.get("jvp_passes", 0)
+    extra["scoring_passes"] = probe.passes
     selections = {key: select_point(select, grid, key, cls, base, increase_target_probabilities, split)
                   for key, cls in zip(keys, targets)}
     constraint = constraint_of(select)
     info = {"lr_scale": scale, "selector": sel_name, "neutral_texts": len(neutral), "rows": len(probe.prompts),
             "split": split, "class_tokens": probe.tokens, "constraint": asdict(constraint) if constraint is not None
-            else {"measure": None, "factor": None, "upper": None, "label": f"selector {sel_name} (no stated bound)"}}
+            else {"measure": None, "factor": None, "upper": None, "label": f"selector {sel_name} (no stated bound)"},
+            **extra}
     results = DecoderResults(selections, grid, base, fp, info)
     if cached is not None:
         results.save(cached)
     return results
+
+
+def resolve_search(search: str | None, select: Selector) -> str:
+    """``"grid"`` or ``"fast"``: ``None`` is :data:`DEFAULT_SEARCH` if the selector has a perplexity or
+    LMS bound (the fast search predicts those), else ``"grid"``."""
+    if search is None:
+        return DEFAULT_SEARCH if supported(select) is not None else "grid"
+    if search not in SEARCHES:
+        raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
+    if search == "fast" and supported(select) is None:
+        raise ValueError(f"search='fast' needs a selector with a perplexity or LMS bound, not "
+                         f"{getattr(select, '__name__', select)!r}; use search='grid'")
+    return search
 
 
 def make_probe(mwg: ModelWithGradiend, data: PairDataset, classes: tuple[str, str], neutral: Sequence[str],
