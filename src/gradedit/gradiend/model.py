@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from transformers import PreTrainedModel
 
 from ..data.schema import PairDataset
 from ..edits import WeightEdit
+from ..errors import EditError
 from ..models import LanguageModel, load_model
 from ..models.param_map import ParamMap
 from .encode import encode_rows
@@ -24,6 +26,13 @@ from .rewrite_io import save_rewrite
 from .rows import rows_of
 
 logger = logging.getLogger(__name__)
+
+
+def check_finite(**values: Any) -> None:
+    """EditError when a float (learning rate, feature factor) is NaN or infinite: it would fill the model with NaN."""
+    for name, v in values.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise EditError(f"{name} must be finite, got {v!r}; give a finite number such as the decoder selection's")
 
 
 class ModelWithGradiend:
@@ -92,6 +101,7 @@ class ModelWithGradiend:
     @torch.no_grad()
     def apply_update_(self, model: torch.nn.Module, learning_rate: float, feature_factor: float) -> None:
         """In place: θ ← θ + learning_rate · decoder(feature_factor) on the mapped entries."""
+        check_finite(learning_rate=learning_rate, feature_factor=feature_factor)
         vec = self.feature_model.update_vector(feature_factor, learning_rate)
         named = dict(model.named_parameters())
         self.param_map.scatter_add_({n: named[n].data for n in self.param_map.names}, vec)
@@ -101,7 +111,7 @@ class ModelWithGradiend:
 
         ``with mwg.as_edit(lr, ff).applied(lm.model):`` equals ``mwg.applied(lr, ff)``; ``edit * a`` rescales it.
         """
-
+        check_finite(learning_rate=learning_rate, feature_factor=feature_factor)
         vec = self.feature_model.update_vector(feature_factor, learning_rate).detach()
         return WeightEdit.indexed(self.param_map, vec, metadata={
             "method": "gradiend", "base_model": self.lm.name,
@@ -131,6 +141,7 @@ class ModelWithGradiend:
         ``inplace=False`` (default) returns a modified copy and leaves ``self.lm`` untouched.
         With ``output_dir`` the model, its tokenizer and ``rewrite_info.json`` are saved there.
         """
+        check_finite(learning_rate=learning_rate, feature_factor=feature_factor)  # before the copy
         model = self.lm.model if inplace else copy.deepcopy(self.lm.model)
         self.apply_update_(model, learning_rate, feature_factor)
         if output_dir is not None:
