@@ -23,6 +23,7 @@ from gradedit.decompose import Decomposition, decompose
 from gradedit.decompose.config import DecomposeConfig
 from gradedit.errors import (
     ArtifactError,
+    ConfigError,
     DataError,
     DecompositionError,
     EditError,
@@ -168,18 +169,22 @@ CASES: list[tuple[str, Callable[[Ctx], Any], type[BaseException], str]] = [
      .validate_tokens(c.lm), DataError,
      r"^1 of 3 distinct factual/alternative tokens are not one token of tiny-gpt2:.*Fix: use words that are single"),
     # -- configuration
-    ("unknown-train-key", lambda c: TrainConfig.from_dict({"lr": 1e-3}), ValueError,
-     r"^unknown TrainConfig key\(s\) \['lr'\]; known keys: \[.*'learning_rate'"),
-    ("nan-train-lr", lambda c: TrainConfig(learning_rate=float("nan")), ValueError,
-     r"^learning_rate must be > 0, got nan"),
+    ("unknown-train-key", lambda c: TrainConfig.from_dict({"lr": 1e-3}), ConfigError,
+     r"^unknown TrainConfig key\(s\) \['lr'\]; known: \[.*'learning_rate'"),
+    ("nan-train-lr", lambda c: TrainConfig(learning_rate=float("nan")), ConfigError,
+     r"^learning_rate must be finite, got nan"),
+    ("wrong-type-train-value", lambda c: TrainConfig.from_dict({"learning_rate": None}), ConfigError,
+     r"^learning_rate must be a number, got None \(NoneType\), e\.g\. 0\.001"),
     ("unknown-decompose-key", lambda c: DecomposeConfig.from_dict({"learning_rate": 1}), DecompositionError,
-     r"^unknown decomposition option\(s\) \['learning_rate'\]; known: \[.*'lr'"),
+     r"^DecomposeConfig: unknown decomposition option\(s\) \['learning_rate'\]; known: \[.*'lr'"),
+    ("wrong-type-decompose-value", lambda c: DecomposeConfig.from_dict({"steps": "abc"}), ConfigError,
+     r"^DecomposeConfig: steps must be an int, got 'abc' \(str\)"),
     ("nan-decompose-lr", lambda c: DecomposeConfig.from_dict({"lr": float("inf")}), DecompositionError,
      r"^DecomposeConfig: lr must be finite, got inf"),
     # -- classes
     ("trainer-unknown-class", lambda c: Trainer(c.lm, PairDataset.from_records(RECORDS, ["masc", "fem"]), ["masc", "neuter"],
                                                 config=TrainConfig(experiment_dir=str(c.tmp / "r"))),
-     ValueError, r"target class\(es\) \['neuter'\] not in the data; its classes are \['fem', 'masc'\]"),
+     ConfigError, r"target class\(es\) \['neuter'\] not in the data; its classes are \['fem', 'masc'\]"),
     # -- model folders
     ("model-without-weights", lambda c: ge.load_model(str(c.model_folder("nw", lambda p: p.suffix == ".safetensors"))),
      ArtifactError, r"nw holds no model weights \(none of model\.safetensors, pytorch_model\.bin\); give a folder "
@@ -215,10 +220,12 @@ CASES: list[tuple[str, Callable[[Ctx], Any], type[BaseException], str]] = [
     ("inf-edit-scale", lambda c: ge.WeightEdit.dense({"w": torch.ones(2)}, scale=float("inf")), EditError,
      r"^scale must be finite, got inf"),
     # -- empty corpora
-    ("no-corpora", lambda c: ge.blast_radius(c.lm, _edit(c)[0], {}), ValueError,
+    ("no-corpora", lambda c: ge.blast_radius(c.lm, _edit(c)[0], {}), DataError,
      r"^corpora must be a non-empty mapping such as \{'en': \[\.\.\.\]"),
-    ("empty-corpus", lambda c: ge.blast_radius(c.lm, _edit(c)[0], {"en": []}), ValueError,
+    ("empty-corpus", lambda c: ge.blast_radius(c.lm, _edit(c)[0], {"en": []}), DataError,
      r"^corpus 'en' is empty; give it at least one text or leave it out"),
+    ("blank-corpus", lambda c: ge.blast_radius(c.lm, _edit(c)[0], {"en": ["", " "]}), DataError,
+     r"^corpus 'en' holds only blank texts \(2\); give it texts with words in them"),
     # -- names that become files
     ("unsafe-name", lambda c: ge._files.safe_name("a/b", "class id"), UnsafeName,
      r"^class id 'a/b' holds '/', so it cannot name a file or folder; rename it"),

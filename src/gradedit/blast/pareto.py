@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._progress import progress
 from ..edits import WeightEdit
+from ..errors import ConfigError
 from ..models import LanguageModel
 from .control import random_like
 from .radius import EditResult, Target, evaluate_edits
@@ -57,17 +58,17 @@ def pareto_sweep(lm: LanguageModel, make_edit: Callable[[float], WeightEdit], va
     ``chunk`` edits (values are processed ``chunk`` at a time).
 
     Raises:
-        ValueError: no values, or ``chunk`` < 1 (plus everything ``blast_radius`` raises).
+        ConfigError: no values, a non-finite value, or ``chunk`` < 1 (plus everything ``blast_radius`` raises).
     """
     import pandas as pd
 
     values = [float(v) for v in values]
     if not values:
-        raise ValueError("values is empty; give the edit strengths to sweep, e.g. [0.5, 1, 2]")
+        raise ConfigError("values is empty; give the edit strengths to sweep, e.g. [0.5, 1, 2]")
     if any(not math.isfinite(v) for v in values):
-        raise ValueError(f"values must be finite, got {values}")
+        raise ConfigError(f"values must be finite, got {values}; give finite edit strengths")
     if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
+        raise ConfigError(f"chunk must be >= 1, got {chunk}")
     rows: list[dict[str, Any]] = []
     starts = range(0, len(values), chunk)
     for s in progress(starts, desc=f"pareto {method}", disable=len(starts) < 2):

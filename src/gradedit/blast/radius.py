@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ..edits import EditError, WeightEdit
+from ..errors import ConfigError, DataError
 from ..models import LanguageModel
 from .control import random_like
 from .report import TARGET_KEY, BlastReport, TargetSpec
@@ -34,24 +35,33 @@ class EditResult:
 
 
 def check_corpora(corpora: Mapping[str, Sequence[str]], target: Target) -> dict[str, list[str]]:
-    """Validated copy of ``corpora``; raises a ``ValueError``/``TypeError`` naming the problem."""
+    """Validated copy of ``corpora``.
+
+    Raises:
+        DataError: no corpora, an empty corpus or one of only blank texts (a ``ValueError``).
+        TypeError: a corpus given as one string, or a text that is not a string.
+    """
     if not isinstance(corpora, Mapping) or not corpora:
-        raise ValueError("corpora must be a non-empty mapping such as {'en': [...], 'de': [...]}")
+        raise DataError("corpora must be a non-empty mapping such as {'en': [...], 'de': [...]}; give at least one "
+                        "corpus of texts")
     out: dict[str, list[str]] = {}
     for key, texts in corpora.items():
         if isinstance(texts, str):
             raise TypeError(f"corpora[{key!r}] is a single string; give a list of texts")
         texts = list(texts)
         if not texts:
-            raise ValueError(f"corpus {key!r} is empty; give it at least one text or leave it out")
+            raise DataError(f"corpus {key!r} is empty; give it at least one text or leave it out")
         bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
         if bad is not None:
             raise TypeError(f"corpora[{key!r}][{bad}] is {type(texts[bad]).__name__}, expected str")
+        if not any(t.strip() for t in texts):
+            raise DataError(f"corpus {key!r} holds only blank texts ({len(texts)}); give it texts with words in them "
+                            "or leave it out")
         out[str(key)] = texts
     if TARGET_KEY in out:
-        raise ValueError(f"{TARGET_KEY!r} is reserved for the TargetSpec texts; rename that corpus")
+        raise ConfigError(f"{TARGET_KEY!r} is reserved for the TargetSpec texts; rename that corpus")
     if isinstance(target, str) and target not in out:
-        raise ValueError(f"target {target!r} is not a corpus key; known keys: {sorted(out)} "
+        raise ConfigError(f"target {target!r} is not a corpus key; known keys: {sorted(out)} "
                          "(or pass a TargetSpec(texts, tokens))")
     if target is not None and not isinstance(target, (str, TargetSpec)):
         raise TypeError(f"target must be a corpus key, a TargetSpec or None, got {type(target).__name__}")
@@ -66,7 +76,7 @@ def target_ids(lm: LanguageModel, spec: TargetSpec) -> torch.Tensor:
             raise TypeError(f"target tokens are words or ids, got {tok!r}")
         if isinstance(tok, int):
             if not 0 <= tok < lm.vocab_size:
-                raise ValueError(f"target token id {tok} is outside the vocabulary [0, {lm.vocab_size})")
+                raise ConfigError(f"target token id {tok} is outside the vocabulary [0, {lm.vocab_size})")
             ids.append(tok)
         else:
             ids.append(lm.token_id(tok))
@@ -124,11 +134,11 @@ def evaluate_edits(lm: LanguageModel, edits: Sequence[WeightEdit], corpora: Mapp
     base passes. Returns the raw totals per corpus and one ``EditResult`` per edit."""
     texts = check_corpora(corpora, target)
     if topk < 1:
-        raise ValueError(f"topk must be >= 1, got {topk}")
+        raise ConfigError(f"topk must be >= 1, got {topk}")
     if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+        raise ConfigError(f"batch_size must be >= 1 or None, got {batch_size}")
     if not edits:
-        raise ValueError("no edits to evaluate")
+        raise ConfigError("no edits to evaluate; give at least one WeightEdit")
     tids = None
     if isinstance(target, TargetSpec):
         tids = target_ids(lm, target)
@@ -147,10 +157,10 @@ def evaluate_edits(lm: LanguageModel, edits: Sequence[WeightEdit], corpora: Mapp
                                      desc=f"blast {key}")
         logger.info("blast radius: corpus %r done in %.1f s", key, time.time() - t0)
         if totals[key].n == 0:
-            raise ValueError(f"corpus {key!r}: no token could be scored (every text is shorter than two "
-                             "tokens); give longer texts")
+            raise DataError(f"corpus {key!r}: no token could be scored (every text is shorter than two "
+                            "tokens); give longer texts")
     if isinstance(target, TargetSpec) and totals[TARGET_KEY].edits[0].t_n == 0:
-        raise ValueError(f"no scored token of the TargetSpec texts is one of {list(target.tokens)}; "
+        raise DataError(f"no scored token of the TargetSpec texts is one of {list(target.tokens)}; "
                          "give texts that contain the target tokens (CLM: not as the first token)")
     names: dict[int, str] = {}
     if isinstance(target, TargetSpec):
@@ -178,7 +188,8 @@ def blast_radius(lm: LanguageModel, edit: WeightEdit, corpora: Mapping[str, Sequ
         batch_size: max texts per forward pass (default: by the logit memory budget).
 
     Raises:
-        ValueError/TypeError: unknown target key, empty corpus, malformed input.
+        DataError: no corpora, an empty or blank corpus, or one with no scorable token.
+        ValueError/TypeError: unknown target key, malformed input.
         TokenError: a target word is not one token.
         EditError: the edit does not fit the model.
     """

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._files import json_safe, write_text_atomic
+from ..errors import DataError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -41,12 +42,15 @@ class TargetSpec:
         object.__setattr__(self, "texts", tuple(self.texts))
         object.__setattr__(self, "tokens", tuple(self.tokens))
         if not self.texts:
-            raise ValueError("TargetSpec.texts is empty; give texts that contain the target tokens")
+            raise DataError("TargetSpec.texts is empty; give texts that contain the target tokens")
         if not self.tokens:
-            raise ValueError("TargetSpec.tokens is empty; give target words such as [' he'] or token ids")
+            raise DataError("TargetSpec.tokens is empty; give target words such as [' he'] or token ids")
         bad = [i for i, t in enumerate(self.texts) if not isinstance(t, str)]
         if bad:
             raise TypeError(f"TargetSpec.texts[{bad[0]}] is not a str")
+        if not any(t.strip() for t in self.texts):
+            raise DataError(f"TargetSpec.texts holds only blank texts ({len(self.texts)}); give texts that contain "
+                            "the target tokens")
 
 
 def on_target_token_lines(on_target: dict[str, Any]) -> list[str]:

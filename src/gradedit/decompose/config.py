@@ -1,4 +1,5 @@
-"""Configuration of a parameter decomposition (validated; unknown keys are an error)."""
+"""Configuration of a parameter decomposition (validated; unknown keys are an error), and
+:class:`ConfigFields`, the checks every gradedit config dataclass shares (``TrainConfig`` too)."""
 
 from __future__ import annotations
 
@@ -6,19 +7,114 @@ import dataclasses
 import hashlib
 import json
 import math
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, TypeVar, Union
 
-from ..errors import DecompositionError
+from ..errors import ConfigError, DecomposeConfigError
 
-__all__ = ["DecomposeConfig", "Objective"]
+__all__ = ["ConfigFields", "DecomposeConfig", "Objective"]
 
 Objective = Literal["layer", "output"]
 
+C = TypeVar("C", bound="ConfigFields")
+
+
+def _type_name(tp: Any) -> str:
+    """``float``, ``int or None``, ``one of ('a', 'b')``, ``list of str`` ... for error messages."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return f"one of {args}"
+    if origin in (Union, types.UnionType):
+        names = [_type_name(a) for a in args]
+        return ", ".join(names[:-1]) + " or " + names[-1]
+    if origin is list:
+        return f"a list of {getattr(args[0], '__name__', args[0])}"
+    if origin is dict:
+        return f"a dict with {getattr(args[0], '__name__', args[0])} keys"
+    return _NAMES.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+_NAMES: dict[Any, str] = {type(None): "None", Any: "any value", int: "an int", float: "a number", str: "a string",
+                          bool: "true or false"}
+
+
+def value_fits(value: Any, tp: Any) -> bool:
+    """Whether ``value`` is of the annotated type ``tp`` (bools are not numbers; an int is a float;
+    a tuple passes for a list)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return True
+    if origin is Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return any(value_fits(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is list:
+        return isinstance(value, (list, tuple)) and all(value_fits(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(value_fits(k, args[0]) for k in value)
+    return isinstance(value, tp)
+
+
+class ConfigFields:
+    """Mixin of gradedit's config dataclasses: ``from_dict`` (unknown keys refused), ``to_dict``,
+    ``replace``, and :meth:`check_fields` (every field of its annotated type, every float finite),
+    all raising :meth:`config_error` (a :class:`~gradedit.errors.ConfigError`)."""
+
+    #: how ``from_dict`` names unknown keys: ``unknown <KEYS_NAME> [...]; known: [...]``
+    KEYS_NAME: ClassVar[str] = "option(s)"
+
+    @classmethod
+    def config_error(cls, message: str) -> ConfigError:
+        """The error a bad value raises (subclasses may prefix the message or use a subclass)."""
+        return ConfigError(message)
+
+    @classmethod
+    def from_dict(cls: type[C], values: Mapping[str, Any]) -> C:
+        """Build from a mapping; unknown keys raise :meth:`config_error` with the list of known ones."""
+        if not isinstance(values, Mapping):
+            raise cls.config_error(f"{cls.__name__} needs a mapping of its fields, got {type(values).__name__}; "
+                                   "give a dict such as {'seed': 0}")
+        known = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        unknown = sorted(map(str, set(values) - set(known)))
+        if unknown:
+            raise cls.config_error(f"unknown {cls.KEYS_NAME} {unknown}; known: {sorted(known)}")
+        return cls(**dict(values))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def replace(self: C, **changes: Any) -> C:
+        """A copy with some fields changed (validated like :meth:`from_dict`; unknown keys raise)."""
+        return type(self).from_dict({**self.to_dict(), **changes})
+
+    def check_fields(self) -> None:
+        """Every field holds a value of its annotated type and every float is finite, else
+        :meth:`config_error` naming the field, the value and the type wanted (with the default as an example)."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value, tp = getattr(self, f.name), hints[f.name]
+            if not value_fits(value, tp):
+                example = ("" if f.default is dataclasses.MISSING or f.default is None
+                           else f", e.g. {f.default!r} (the default)")
+                raise self.config_error(f"{f.name} must be {_type_name(tp)}, got {value!r} "
+                                        f"({type(value).__name__}){example}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise self.config_error(f"{f.name} must be finite, got {value!r}")
+
 
 @dataclass
-class DecomposeConfig:
+class DecomposeConfig(ConfigFields):
     """Hyper-parameters of :func:`gradedit.decompose.decompose` (SPD-style, Bushnaq et al. 2025).
 
     Every loss is scale-free, so coefficients carry over between a toy model and an LM:
@@ -102,34 +198,23 @@ class DecomposeConfig:
     checkpoint_every: int = 100
     log_every: int = 10
 
-    def __post_init__(self) -> None:
-        def bad(msg: str) -> DecompositionError:
-            return DecompositionError(f"DecomposeConfig: {msg}")
+    KEYS_NAME: ClassVar[str] = "decomposition option(s)"
 
+    @classmethod
+    def config_error(cls, message: str) -> ConfigError:
+        return DecomposeConfigError(f"DecomposeConfig: {message}")
+
+    def __post_init__(self) -> None:
+        bad = self.config_error
         if self.faithfulness_warmup_steps is None:
             self.faithfulness_warmup_steps = 0
-
-        if self.objective not in ("layer", "output"):
-            raise bad(f"objective must be 'layer' or 'output', got {self.objective!r}")
-        if self.lr_schedule not in ("cosine", "constant"):
-            raise bad(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
-        if self.init not in ("random", "data"):
-            raise bad(f"init must be 'random' or 'data', got {self.init!r}")
-        if self.output_loss not in ("auto", "kl", "mse"):
-            raise bad(f"output_loss must be 'auto', 'kl' or 'mse', got {self.output_loss!r}")
-        positive_ints = ("steps", "batch_size", "ci_hidden", "seq_len", "max_pool_rows", "stats_rows", "log_every")
-        for name in positive_ints:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise bad(f"{name} must be a positive int, got {v!r}")
+        self.check_fields()  # types (Literal choices included), finite floats
+        for name in ("steps", "batch_size", "ci_hidden", "seq_len", "max_pool_rows", "stats_rows", "log_every"):
+            if getattr(self, name) < 1:
+                raise bad(f"{name} must be a positive int, got {getattr(self, name)!r}")
         for name in ("seed", "faithfulness_warmup_steps", "checkpoint_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise bad(f"{name} must be a non-negative int, got {v!r}")
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, float) and not math.isfinite(v):
-                raise bad(f"{f.name} must be finite, got {v!r}")
+            if getattr(self, name) < 0:
+                raise bad(f"{name} must be a non-negative int, got {getattr(self, name)!r}")
         for name in ("lr", "faithfulness_warmup_lr", "p_start", "p_end"):
             if not getattr(self, name) > 0:
                 raise bad(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -143,10 +228,9 @@ class DecomposeConfig:
                 raise bad(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
         if self.p_anneal_end_frac < self.p_anneal_start_frac:
             raise bad("p_anneal_end_frac must be >= p_anneal_start_frac")
-        if self.ci_lr is not None and not (math.isfinite(self.ci_lr) and self.ci_lr > 0):
+        if self.ci_lr is not None and not self.ci_lr > 0:
             raise bad(f"ci_lr must be > 0 or None, got {self.ci_lr!r}")
-        if self.faithfulness_rows is not None and (isinstance(self.faithfulness_rows, bool)
-                                                   or not isinstance(self.faithfulness_rows, int) or self.faithfulness_rows < 1):
+        if self.faithfulness_rows is not None and self.faithfulness_rows < 1:
             raise bad(f"faithfulness_rows must be a positive int or None, got {self.faithfulness_rows!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise bad(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
@@ -178,22 +262,7 @@ class DecomposeConfig:
         return final + (self.lr - final) * 0.5 * (1.0 + math.cos(math.pi * t))
 
     # ------------------------------------------------------------------ (de)serialisation
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> DecomposeConfig:
-        """Build from a mapping; unknown keys raise :class:`DecompositionError` naming them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise DecompositionError(f"unknown decomposition option(s) {unknown}; known: {sorted(known)}")
-        return cls(**dict(d))
-
-    def replace(self, **overrides: Any) -> DecomposeConfig:
-        """A copy with ``overrides`` (validated like :meth:`from_dict`)."""
-        return DecomposeConfig.from_dict({**self.to_dict(), **overrides})
-
+    # from_dict / to_dict / replace: ConfigFields (unknown keys raise DecomposeConfigError naming them)
     def training_hash(self) -> str:
         """Hash of every option that changes the trained result (not logging/checkpoint cadence)."""
         d = {k: v for k, v in self.to_dict().items() if k not in ("checkpoint_every", "log_every", "stats_rows")}

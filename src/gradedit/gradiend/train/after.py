@@ -6,18 +6,21 @@ Kept apart from ``trainer.py`` so each file holds one concept; ``Trainer`` inher
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from transformers import PreTrainedModel
 
+from ..._files import safe_join
 from ...data.schema import PairDataset
+from ...errors import ArtifactError, ConfigError
 from ..evaluate.debias import evaluate_debias
 from ..evaluate.decoder import evaluate_decoder
 from ..evaluate.encoder import EncoderResults
 from ..evaluate.encoder import evaluate_encoder as _evaluate_encoder
-from ..evaluate.results import DecoderResults, Selector, result_key
+from ..evaluate.results import DecoderResults, Selection, Selector, result_key
 from ..evaluate.selectors import DEBIAS_KEY
 
 if TYPE_CHECKING:
@@ -29,6 +32,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DECODER_FILE = "decoder_results.json"
+
+
+class NotEvaluated(ConfigError, KeyError):
+    """``rewrite_base_model`` found no decoder selection for a (class, direction): run the decoder
+    evaluation for it first. A :class:`~gradedit.errors.ConfigError`, and a ``KeyError`` like any
+    missing ``DecoderResults`` entry."""
+
+    __str__ = BaseException.__str__  # the message, not KeyError's repr of it
 
 
 class AfterTraining:
@@ -48,8 +59,8 @@ class AfterTraining:
 
     def _neutral_texts(self, max_texts: int) -> list[str]:
         if not self.neutral:
-            raise ValueError("this step needs neutral text: create the Trainer with neutral=[...] "
-                             "(e.g. gradedit.data.features.neutral('en'))")
+            raise ConfigError("this step needs neutral text: create the Trainer with neutral=[...] "
+                              "(e.g. gradedit.data.features.neutral('en'))")
         return self.neutral[:max_texts]
 
     def evaluate_encoder(self, split: str = "test", data: PairDataset | None = None,
@@ -135,22 +146,33 @@ class AfterTraining:
         Raises:
             NoAdmissiblePoint: a selection found no point that moves its metric the requested way
                 within its constraint (the message names the requirement that binds); nothing is written.
+            ConfigError: no ``target_class``, or a class the run was not trained on.
+            NotEvaluated: the decoder was not evaluated for a class in this direction (also a ``KeyError``).
+            ArtifactError: a selection holds a non-finite learning rate or feature factor.
+            UnsafeName: a class id cannot be a folder name (several classes with ``output_dir``).
         """
         if decoder_results is None:
             path = self.experiment_dir / DECODER_FILE
             if not path.is_file():
                 raise FileNotFoundError(f"no decoder results in {path}; run trainer.evaluate_decoder() first")
             decoder_results = DecoderResults.load(path)
+        known = [*self.classes, DEBIAS_KEY]
         if target_class is None:
-            raise ValueError(f"give target_class: one of {list(self.classes)} (or {DEBIAS_KEY!r} after evaluate_debias)")
+            raise ConfigError(f"give target_class: one of {list(self.classes)} (or {DEBIAS_KEY!r} after evaluate_debias)")
         many = not isinstance(target_class, str)
         wanted = list(target_class) if many else [str(target_class)]
-        selections = [decoder_results[result_key(c, increase_target_probabilities)].require_admissible()
-                      for c in wanted]
+        unknown = [c for c in wanted if c not in known]
+        if not wanted:
+            raise ConfigError(f"target_class is an empty list; give one or more of {list(self.classes)}")
+        if unknown:
+            raise ConfigError(f"target class(es) {unknown} are not classes of this run; give one of {list(self.classes)} "
+                              f"(or {DEBIAS_KEY!r} after evaluate_debias)")
+        selections = [self._selection(decoder_results, c, increase_target_probabilities) for c in wanted]
         mwg = self.get_model()
         models = []
         for cls, sel in zip(wanted, selections):
-            out = None if output_dir is None else (Path(output_dir) / cls if many else Path(output_dir))
+            out = None if output_dir is None else (safe_join(Path(output_dir), cls, "class id") if many
+                                                    else Path(output_dir))
             direction = "debias" if sel.key == DEBIAS_KEY else ("strengthen" if sel.increase else "weaken")
             info: dict[str, Any] = {"target_class": cls, "direction": direction,
                                     "selected_value": sel.value, "base_value": sel.base_value,
@@ -161,3 +183,21 @@ class AfterTraining:
             logger.info("rewrote %s (%s %s): lr=%.3g ff=%+g", self.lm.name, info["direction"], cls,
                         sel.learning_rate, sel.feature_factor)
         return models if many else models[0]
+
+    @staticmethod
+    def _selection(results: DecoderResults, cls: str, increase: bool) -> Selection:
+        """The admissible, finite selection for ``cls`` in one direction (see ``rewrite_base_model``)."""
+        key = cls if cls == DEBIAS_KEY else result_key(cls, increase)
+        if key not in results.selections:
+            how = ("evaluate_debias()" if cls == DEBIAS_KEY else
+                   f"evaluate_decoder(target_class={cls!r}, increase_target_probabilities={increase})")
+            raise NotEvaluated(f"no decoder selection {key!r}: the decoder was not evaluated to "
+                               f"{'strengthen' if increase else 'weaken'} {cls!r} (evaluated: {sorted(results.selections)}); "
+                               f"run trainer.{how} first")
+        sel = results.selections[key].require_admissible()
+        bad = [f"{n} {v!r}" for n, v in (("learning_rate", sel.learning_rate), ("feature_factor", sel.feature_factor))
+               if not (isinstance(v, (int, float)) and math.isfinite(v))]
+        if bad:
+            raise ArtifactError(f"the decoder selection {key!r} holds a non-finite {', '.join(bad)}; evaluate the "
+                                "decoder again")
+        return sel

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from collections.abc import Mapping
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from ..feature_model import PARTS, Part
-from ..gradients import SOURCES, Source
+from ...decompose.config import ConfigFields
+from ...errors import ConfigError
+from ..feature_model import Part
+from ..gradients import Source
 
 #: ``TrainConfig.gradient_store`` values
 GRADIENT_STORE_CHOICES: tuple[str, ...] = ("off", "fp32", "bf16")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigFields):
     """GRADIEND training configuration.
 
     Attributes:
@@ -93,58 +94,48 @@ class TrainConfig:
     gradient_store: str = "off"
     extra: dict[str, Any] = field(default_factory=dict)
 
+    KEYS_NAME: ClassVar[str] = "TrainConfig key(s)"
+
     def __post_init__(self) -> None:
-        self.experiment_dir = str(self.experiment_dir)
-        for name in ("source", "target"):
-            if getattr(self, name) not in SOURCES:
-                raise ValueError(f"{name} must be one of {SOURCES}, got {getattr(self, name)!r}")
-        positive_ints = ["latent_dim", "train_batch_size", "rows_per_gradient", "max_steps", "eval_steps",
-                         "eval_max_size", "max_seeds", "min_convergent_seeds", "pre_prune_samples"]
-        for name in positive_ints:
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        bad = self.config_error
+        if isinstance(self.experiment_dir, os.PathLike):
+            self.experiment_dir = os.fspath(self.experiment_dir)
+        if isinstance(self.params, str):
+            raise bad(f"params must be a list of glob patterns, e.g. ['*.mlp.*'], got the single string {self.params!r}")
+        if isinstance(self.params, tuple):
+            self.params = list(self.params)
+        self.check_fields()  # types (source, target, post_prune_part choices included), finite floats
+        for name in ("latent_dim", "train_batch_size", "rows_per_gradient", "max_steps", "eval_steps",
+                     "eval_max_size", "max_seeds", "min_convergent_seeds", "pre_prune_samples"):
+            if getattr(self, name) < 1:
+                raise bad(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.min_convergent_seeds > self.max_seeds:
-            raise ValueError("min_convergent_seeds cannot exceed max_seeds")
+            raise bad(f"min_convergent_seeds ({self.min_convergent_seeds}) cannot exceed max_seeds ({self.max_seeds}); "
+                      "raise max_seeds or lower min_convergent_seeds")
         p = self.early_stopping_patience
-        if p is not None and (not isinstance(p, int) or isinstance(p, bool) or p < 1):
-            raise ValueError(f"early_stopping_patience must be a positive integer or None, got {p!r}")
+        if p is not None and p < 1:
+            raise bad(f"early_stopping_patience must be a positive integer or None, got {p!r}")
         if not self.early_stopping_min_delta >= 0:
-            raise ValueError(f"early_stopping_min_delta must be >= 0, got {self.early_stopping_min_delta}")
+            raise bad(f"early_stopping_min_delta must be >= 0, got {self.early_stopping_min_delta}")
         if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+            raise bad(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.weight_decay < 0:
+            raise bad(f"weight_decay must be >= 0, got {self.weight_decay}")
         for name in ("pre_prune_topk", "post_prune_topk"):
             _check_topk(name, getattr(self, name))
         if self.gradient_store not in GRADIENT_STORE_CHOICES:
-            raise ValueError(f"gradient_store must be one of {GRADIENT_STORE_CHOICES}, got {self.gradient_store!r}")
-        if self.post_prune_part not in PARTS:
-            raise ValueError(f"post_prune_part must be one of {PARTS}, got {self.post_prune_part!r}")
-        if self.params is not None:
-            if isinstance(self.params, str) or not all(isinstance(p, str) for p in self.params):
-                raise ValueError("params must be a list of glob patterns, e.g. ['*.mlp.*']")
-            self.params = list(self.params)
+            raise bad(f"gradient_store must be one of {GRADIENT_STORE_CHOICES}, got {self.gradient_store!r}")
 
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
-        """Build from a mapping; unknown keys raise with the list of known ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig key(s) {unknown}; known keys: {sorted(known)}")
-        return cls(**dict(values))
-
+    # from_dict / to_dict / replace: ConfigFields (unknown keys raise ConfigError with the known ones)
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with some fields changed (validated; unknown keys raise)."""
-        merged = self.to_dict()
-        merged.update(changes)
-        return TrainConfig.from_dict(merged)
+        """The config saved in ``path`` (JSON); a file that is not a JSON object raises ConfigError."""
+        try:
+            values = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path} is not a readable TrainConfig ({type(err).__name__}: {err}); "
+                              "give a JSON object of TrainConfig fields") from None
+        return cls.from_dict(values)
 
     def training_fingerprint(self) -> dict[str, Any]:
         """The fields that change what training produces (used to decide whether resuming is valid)."""
@@ -158,11 +149,7 @@ class TrainConfig:
 
 
 def _check_topk(name: str, v: float | int | None) -> None:
-    if v is None:
-        return
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ValueError(f"{name} must be an int count or a float fraction, got {v!r}")
     if isinstance(v, float) and not 0.0 < v <= 1.0:
-        raise ValueError(f"{name} as a fraction must be in (0, 1], got {v}")
+        raise ConfigError(f"{name} as a fraction must be in (0, 1], got {v}; e.g. 0.05 keeps 5 %")
     if isinstance(v, int) and v < 1:
-        raise ValueError(f"{name} as a count must be >= 1, got {v}")
+        raise ConfigError(f"{name} as a count must be >= 1, got {v}; give a count of entries or a fraction")

@@ -19,6 +19,7 @@ import torch
 from ..._files import lock_folder, write_json_atomic
 from ..._version import __version__
 from ...data.schema import PairDataset
+from ...errors import ArtifactError, ConfigError, DataError
 from ...models import LanguageModel
 from ...models.param_map import ParamMap
 from ..feature_model import FeatureModel
@@ -59,6 +60,23 @@ def _cached_pre_prune(path: Path, key: dict[str, Any]) -> ParamMap | None:
     return pmap
 
 
+def _checked_neutral(neutral: Sequence[str] | None) -> list[str] | None:
+    """``neutral`` as a list (``None`` stays ``None``); an empty list, a single string, non-strings or only
+    blank texts raise DataError."""
+    if neutral is None:
+        return None
+    fix = "give a list of neutral texts (e.g. gradedit.data.features.neutral('en')) or neutral=None"
+    if isinstance(neutral, (str, bytes)):
+        raise DataError(f"neutral is a single string, not a list of texts; {fix}")
+    texts = list(neutral)
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise DataError(f"neutral[{bad}] is {type(texts[bad]).__name__}, not a string; {fix}")
+    if not any(t.strip() for t in texts):
+        raise DataError(f"neutral holds no text ({len(texts)} blank or no entries); {fix}")
+    return texts
+
+
 class Trainer(AfterTraining):
     """Train a GRADIEND feature model for two target classes of a ``PairDataset``.
 
@@ -77,17 +95,19 @@ class Trainer(AfterTraining):
         elif isinstance(config, Mapping):
             config = TrainConfig.from_dict(config)
         elif not isinstance(config, TrainConfig):
-            raise TypeError(f"config must be a TrainConfig or a dict, got {type(config).__name__}")
-        targets = tuple(target_classes)
+            raise ConfigError(f"config must be a TrainConfig or a dict of its fields, got {type(config).__name__}")
+        targets = tuple(target_classes) if not isinstance(target_classes, str) else (target_classes,)
         if len(targets) != 2 or targets[0] == targets[1]:
-            raise ValueError(f"target_classes must be two different class ids, got {list(target_classes)}")
+            raise ConfigError(f"target_classes must be two different class ids, got {list(targets)}; "
+                              f"choose two of the data's classes {data.classes}")
         missing = [c for c in targets if c not in data.classes]
         if missing:
-            raise ValueError(f"target class(es) {missing} not in the data; its classes are {data.classes}")
+            raise ConfigError(f"target class(es) {missing} not in the data; its classes are {data.classes}: "
+                              "choose two of them")
         self.lm, self.config, self.classes = lm, config, (str(targets[0]), str(targets[1]))
         self.data = data.with_targets(list(self.classes))
         self.data.validate_tokens(lm)
-        self.neutral = list(neutral) if neutral is not None else None
+        self.neutral = _checked_neutral(neutral)
         self.experiment_dir = Path(config.experiment_dir)
         self.engine = GradientEngine(lm, config.params, include_embeddings=config.include_embeddings)
         self.seed_results: list[SeedResult] = []
@@ -101,7 +121,8 @@ class Trainer(AfterTraining):
         if not self.config.use_identity_rows or split != "train":
             part = part.where(part.to_frame()["label"].to_numpy() != 0)
         if len(part) == 0:
-            raise ValueError(f"the {split!r} split has no rows of classes {list(self.classes)}")
+            raise DataError(f"the {split!r} split has no rows of classes {list(self.classes)}; add rows of both classes "
+                            f"to it (or re-split the data)")
         rows = rows_of(part, self.lm)
         return balanced_cap(rows, cap, seed) if cap else rows
 
@@ -217,7 +238,8 @@ class Trainer(AfterTraining):
         fm = FeatureModel.from_pretrained(d / MODEL_DIR)
         classes = fm.metadata.get("classes")
         if classes is None:
-            raise ValueError(f"{d / MODEL_DIR} records no target classes in its metadata; it was not saved by Trainer")
+            raise ArtifactError(f"{d / MODEL_DIR} records no target classes in its metadata, so it was not saved by "
+                                "Trainer; train the run again")
         if lm is None:
             lm = load_model(fm.metadata["base_model"])
         data = PairDataset.load(d / DATA_FILE, target_classes=classes)
@@ -249,7 +271,7 @@ class Trainer(AfterTraining):
         if self._model is None:
             path = self.experiment_dir / MODEL_DIR
             if not (path / "config.json").is_file():
-                raise RuntimeError(f"no trained model in {path}; call trainer.train() first")
+                raise FileNotFoundError(f"no trained model in {path}; call trainer.train() first")
             self._model = FeatureModel.from_pretrained(path)
         return self._model
 
