@@ -2,26 +2,28 @@
 
 No German spaCy pipeline exists, so the cell of ``der/die/das/den/dem/des`` is worked out here:
 
-1. **Tokens and tags.** The sentence is split into words (hyphenated compounds stay one word) and
-   punctuation and tagged with HanTa (STTS tags). Only tokens tagged ``ART`` are articles: ``der``
-   as a relative or demonstrative pronoun (``PRELS``/``PDS``) is rejected (``not_article``).
-2. **Governed noun.** The first ``NN``/``NE`` after the article, with only adjectives, adverbs,
-   numerals, indefinite determiners or commas between adjectives in between (else ``no_noun``).
-3. **Candidates.** The article's cells (``der`` = masc_nom, fem_dat, fem_gen, pl_gen), intersected
-   with the cells the noun's surface form fills in ``german-nouns`` (gender × case × number; a
-   compound not in the lexicon uses its longest known head: ``Felsenkluft`` → ``Kluft``; else
-   ``unknown_noun``), and with the weak adjective ending after a definite article (``-e`` only in
-   nom sg and fem/neut acc sg, ``-en`` elsewhere). An empty set is ``inconsistent``.
-4. **Case from context.** A preposition right before the article restricts the case (``mit`` →
-   dat, ``durch`` → acc, ``in`` → acc or dat). Then, only where they keep a candidate: an article
-   right after a noun is a genitive attribute; the noun phrase opening a main clause and followed
-   by its finite verb is the subject (nominative) unless a nominative pronoun follows the verb
-   (``Die Schenkel wusch er``: accusative); a noun phrase right after the finite verb of a clause
-   that starts with adverbs only (``Da antwortete das Volk``) is the subject; after a nominative
-   pronoun and a non-copula finite verb in the same clause it is not (``Er öffnete die Tür``).
+1. **Tokens and tags.** The sentence is split into words (hyphenated compounds and numbers such as
+   ``20.000`` stay one word) and punctuation and tagged with HanTa (STTS tags). Only tokens tagged
+   ``ART`` are articles: ``der`` as a relative or demonstrative pronoun is rejected (``not_article``).
+2. **Governed noun.** The head of the phrase after the article (``german_clauses.governed_noun``):
+   adjectives, adverbs, numerals and one participle phrase (``der von der Stadt geplante Neubau``)
+   may stand in between; a capitalised adjective with nothing after it is a nominalised adjective
+   (``Der Angeklagte``); else ``no_noun``.
+3. **Candidates (agreement).** The article's cells (``der`` = masc_nom, fem_dat, fem_gen, pl_gen),
+   intersected with the cells of the noun's surface form in ``german-nouns`` (a compound not listed
+   uses its longest listed head: ``Mathearbeit`` → ``Arbeit``; an unknown noun is ``unknown_noun``
+   unless it is a nominalised adjective) and with the weak adjective endings after a definite
+   article (``-e`` only in nom sg and fem/neut acc sg, ``-en`` elsewhere) of every adjective between
+   article and noun, and of a nominalised adjective itself. An empty set is ``inconsistent``.
+4. **Case.** A preposition before the article (contractions and a ``fast``/``rund`` in between
+   included) restricts the case by ``german_tables.PREPOSITION_CASES`` (``mit`` dat, ``durch`` acc,
+   two-way ``in``/``auf`` … acc or dat, ``wegen``/``laut`` gen, else dat). Otherwise: right after a
+   noun the article is a genitive attribute, elsewhere it is not genitive; and the clause role from
+   ``german_clauses.clause_roles`` (subject or predicate → nominative, other argument → not
+   nominative). Every context rule is used only where it keeps a candidate.
 5. One candidate left → that cell; several → ``ambiguous`` (rejected: precision over coverage).
 
-Measured precision and coverage on a hand-labelled sample are in ``docs/data.md``.
+Measured precision and coverage on two hand-labelled gold sets are in ``docs/data.md``.
 
 The lexicon is read from the installed ``german-nouns`` CSV on first use (never at import) and
 kept in memory and as JSON under ``gradedit``'s cache folder (written atomically; no pickle: a
@@ -45,50 +47,31 @@ from typing import Any
 from .._files import cache_dir, locked, write_text_atomic
 from .._progress import progress
 from ..errors import GermanMissing
+from .german_clauses import NOUN_TAGS, clause_roles, governed_noun, is_preposition
+from .german_tables import (
+    ARTICLE_CELLS,
+    CASES,
+    CELL_ARTICLE,
+    CELLS,
+    GENDERS,
+    PREFERRED_CASE,
+    PREPOSITION_CASES,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ARTICLE_CELLS", "CASES", "CELLS", "CELL_ARTICLE", "GENDERS", "ArticleAnalysis", "GermanArticleTagger",
-           "GermanMissing", "NounLexicon", "load_lexicon", "tokenize"]
-
-GENDERS = ("masc", "fem", "neut", "pl")
-CASES = ("nom", "acc", "dat", "gen")
-_PARADIGM = {"masc": ("der", "den", "dem", "des"), "fem": ("die", "die", "der", "der"),
-             "neut": ("das", "das", "dem", "des"), "pl": ("die", "die", "den", "der")}
-CELLS: tuple[str, ...] = tuple(f"{g}_{c}" for g in GENDERS for c in CASES)
-"""The 16 cells: 12 singular gender×case cells ``masc_nom`` … ``neut_gen`` and 4 plural ones
-``pl_nom`` … ``pl_gen`` (German plural articles do not mark gender)."""
-CELL_ARTICLE: dict[str, str] = {f"{g}_{c}": _PARADIGM[g][i] for g in GENDERS for i, c in enumerate(CASES)}
-"""Cell → its definite article."""
-ARTICLE_CELLS: dict[str, frozenset[str]] = {
-    a: frozenset(c for c, art in CELL_ARTICLE.items() if art == a) for a in sorted(set(CELL_ARTICLE.values()))}
-"""Article → the cells it can fill (``der`` → masc_nom, fem_dat, fem_gen, pl_gen)."""
+           "GermanMissing", "NounLexicon", "PREPOSITION_CASES", "load_lexicon", "tokenize"]
 
 INSTALL = "pip install --no-deps hanta==1.2.1 german-nouns==1.2.5"
 LEXICON_FORMAT = 2  # bump when the cached lexicon layout changes (1 was a pickle: never read)
-ANALYSIS_VERSION = 2  # bump when the assignment rules change (invalidates cached corpus analyses)
+ANALYSIS_VERSION = 3  # bump when the assignment rules change (invalidates cached corpus analyses)
 
 _CASE_COLUMNS = {"nominativ": "nom", "akkusativ": "acc", "dativ": "dat", "genitiv": "gen"}
 _GENUS = {"m": "masc", "f": "fem", "n": "neut"}
 _WEAK_E = frozenset({"masc_nom", "fem_nom", "fem_acc", "neut_nom", "neut_acc"})  # "der gute", else "-en"
 
-_DAT, _ACC, _GEN = frozenset({"dat"}), frozenset({"acc"}), frozenset({"gen"})
-PREPOSITION_CASES: dict[str, frozenset[str]] = {
-    **dict.fromkeys("aus bei mit nach seit von zu gegenüber samt nebst entgegen gemäß zufolge".split(), _DAT),
-    **dict.fromkeys("durch für gegen ohne um wider bis".split(), _ACC),
-    **dict.fromkeys("wegen während trotz statt anstatt innerhalb außerhalb oberhalb unterhalb diesseits jenseits "
-                    "inmitten mittels kraft laut angesichts betreffs bezüglich halber ob".split(), _GEN),
-    **dict.fromkeys("an auf hinter in neben über unter vor zwischen".split(), frozenset({"acc", "dat"})),
-}
-"""Preposition → the cases of the noun phrase it governs."""
-
-_NOM_PRONOUNS = frozenset({"ich", "du", "er", "wir"})  # unambiguously nominative personal pronouns
-_COPULA = frozenset("bin bist ist sind seid war warst waren wart sei seiest seien wäre wären werde wirst wird "
-                    "werden werdet wurde wurden ward bleibt blieb bleiben heißt hieß heißen".split())
-_NP_INSIDE = ("ADJ(A)", "ADJ(D)", "ADV", "CARD", "PIAT", "PTKNEG")  # may stand between article and noun
-_NOUN = ("NN", "NE")
-_FINITE = ("VV(FIN)", "VA(FIN)", "VM(FIN)")
-_TOKEN = re.compile(r"\w+(?:[-’']\w+)*|[^\w\s]")
+_TOKEN = re.compile(r"\d+(?:[.,]\d+)+|\w+(?:[-’']\w+)*|[^\w\s]")
 
 
 def tokenize(sentence: str) -> list[tuple[str, int]]:
@@ -120,11 +103,12 @@ class NounLexicon:
 
     def cells(self, word: str, *, compounds: bool = True) -> frozenset[str] | None:
         """Cells of ``word``; a compound not listed uses its longest listed head (≥ 3 letters after a
-        ≥ 2-letter prefix, hyphenated parts included); None when unknown."""
+        ≥ 3-letter modifier, hyphenated parts included: ``Mathearbeit`` → ``Arbeit``; a 2-letter
+        modifier gave false heads such as ``W|agens``); None when unknown."""
         hit = self.forms.get(word)
         if hit is not None or not compounds:
             return hit
-        for i in range(2, len(word) - 2):
+        for i in range(3, len(word) - 2):
             tail = word[i:].lstrip("-")
             head = tail[:1].upper() + tail[1:]
             if len(head) >= 3 and head in self.forms:
@@ -310,80 +294,74 @@ class GermanArticleTagger:
             return ()
         words = [w for w, _ in toks]
         tags = self.tags(words)
-        return tuple(self._one(words, tags, i, off) for i, (w, off) in enumerate(toks) if w.lower() in ARTICLE_CELLS)
+        found = {i: self._agreement(words, tags, i) for i, w in enumerate(words) if w.lower() in ARTICLE_CELLS}
+        roles = clause_roles(words, tags, {i: (j, c) for i, (j, c, _, why) in found.items() if not why})
+        return tuple(_decide(words, tags, i, toks[i][1], *found[i], roles.get(i)) for i in found)
 
-    def _one(self, words: list[str], tags: list[str], i: int, offset: int) -> ArticleAnalysis:
+    def _agreement(self, words: list[str], tags: list[str], i: int
+                   ) -> tuple[int, frozenset[str], str | None, str]:
+        """``(head index, candidate cells, noun, reason)`` from the article, noun and adjectives alone."""
         art = words[i].lower()
-
-        def result(cands: Iterable[str], noun: str | None, reason: str = "") -> ArticleAnalysis:
-            ordered = tuple(c for c in CELLS if c in set(cands))
-            cell = ordered[0] if len(ordered) == 1 and not reason else None
-            return ArticleAnalysis(offset, words[i], cell, ordered, noun, reason or ("" if cell else "ambiguous"))
-
         if tags[i] != "ART":
-            return result((), None, "not_article")
-        j = i + 1
-        adjectives: list[str] = []
-        while j < len(words) and j <= i + 6 and (tags[j] in _NP_INSIDE or (words[j] == "," and adjectives)):
-            if tags[j] == "ADJ(A)":
-                adjectives.append(words[j].lower())
-            j += 1
-        if j >= len(words) or tags[j] not in _NOUN or not words[j][:1].isupper():
-            return result((), None, "no_noun")
+            return i, frozenset(), None, "not_article"
+        head = governed_noun(words, tags, i)
+        if head is None:
+            return i, frozenset(), None, "no_noun"
+        j, adjectives = head
         noun = words[j]
-        noun_cells = self.lexicon.cells(noun)
-        if noun_cells is None:
-            return result((), noun, "unknown_noun")
-        cands: set[str] | frozenset[str] = ARTICLE_CELLS[art] & noun_cells
-        for adj in adjectives:
+        noun_cells = self.lexicon.cells(noun) if tags[j] in NOUN_TAGS else None
+        if noun_cells is None and tags[j] in NOUN_TAGS and tags[j] != "NNA":
+            return j, frozenset(), noun, "unknown_noun"
+        if noun_cells is None:  # a nominalised adjective: its own ending agrees, gender unknown
+            noun_cells, adjectives = frozenset(CELLS), [*adjectives, j]
+        cands = ARTICLE_CELLS[art] & noun_cells
+        for k in adjectives:
+            adj = words[k].lower()
             if adj.endswith("en"):
                 cands -= _WEAK_E
             elif adj.endswith("e"):
                 cands &= _WEAK_E
-        if not cands:
-            return result((), noun, "inconsistent")
-        prep = PREPOSITION_CASES.get(words[i - 1].lower()) if i > 0 and tags[i - 1] == "APPR" else None
-        if prep is not None:
-            cands = {c for c in cands if c.split("_")[1] in prep}
-            if not cands:
-                return result((), noun, "inconsistent")
-        elif len(cands) > 1:
-            cands = _context(words, tags, i, j, cands)
-        return result(cands, noun)
+        return j, cands, noun, "" if cands else "inconsistent"
+
+
+def _decide(words: list[str], tags: list[str], i: int, offset: int, j: int, cands: frozenset[str],
+            noun: str | None, reason: str, role: str | None) -> ArticleAnalysis:
+    """Narrow ``cands`` by the preposition, the genitive position and the clause role."""
+    def result(final: Iterable[str], why: str = "") -> ArticleAnalysis:
+        ordered = tuple(c for c in CELLS if c in set(final))
+        cell = ordered[0] if len(ordered) == 1 and not why else None
+        return ArticleAnalysis(offset, words[i], cell, ordered, noun, why or ("" if cell else "ambiguous"))
+
+    if reason:
+        return result(cands, reason)
+    k = i - 1
+    while k > 0 and k >= i - 2 and tags[k] == "ADV" and is_preposition(words, tags, k - 1):
+        k -= 1  # "um fast die Hälfte"
+    prep = words[k].lower() if k >= 0 and is_preposition(words, tags, k) else None
+    if prep is not None and prep in PREPOSITION_CASES:
+        kept = {c for c in cands if _case(c) in PREPOSITION_CASES[prep]}
+        if not kept:
+            return result((), "inconsistent")
+        return result(_soft(kept, {PREFERRED_CASE[prep]}) if prep in PREFERRED_CASE else kept)
+    if prep is not None:  # an unlisted preposition: not nominative at least
+        return result(_soft(cands, {"acc", "dat", "gen"}))
+    after_noun = i > 0 and tags[i - 1] in NOUN_TAGS
+    kept = _soft(cands, {"gen"}) if after_noun else set(cands) if role == "frag" else _soft(cands, {"nom", "acc", "dat"})
+    if role in ("subj", "pred"):
+        kept = _soft(kept, {"nom"})
+    elif role == "obj":
+        kept = _soft(kept, {"acc", "dat", "gen"})
+    return result(kept)
+
+
+def _case(cell: str) -> str:
+    return cell.split("_")[1]
 
 
 def _soft(cands: set[str] | frozenset[str], cases: set[str]) -> set[str]:
     """``cands`` restricted to ``cases``, unless that leaves nothing."""
-    kept = {c for c in cands if c.split("_")[1] in cases}
+    kept = {c for c in cands if _case(c) in cases}
     return kept or set(cands)
-
-
-def _context(words: list[str], tags: list[str], i: int, j: int, cands: set[str] | frozenset[str]) -> set[str]:
-    """Case evidence from the clause around the noun phrase ``words[i..j]`` (article … noun)."""
-    if i > 0 and tags[i - 1] in _NOUN:
-        return _soft(cands, {"gen"})  # "die Söhne des Hauses", "am Orte der Schakale"
-    start = i  # clause start: after the last punctuation mark / coordinating conjunction before i
-    while start > 0 and not tags[start - 1].startswith("$") and tags[start - 1] != "KON":
-        start -= 1
-    before = range(start, i)
-    if not before and start > 0 and words[start - 1] == ",":
-        return set(cands)  # ", die Frucht tragen": usually a relative pronoun, and no case evidence
-    if not before:  # the noun phrase opens the clause: subject if the finite verb follows it
-        k = j + 1
-        while k < len(words) and (tags[k] in (*_NOUN, "ART", "PPOSAT", *_NP_INSIDE)):
-            k += 1
-        if k < len(words) and tags[k] in _FINITE:
-            after = words[k + 1].lower() if k + 1 < len(words) else ""
-            return _soft(cands, {"acc"} if after in _NOM_PRONOUNS else {"nom"})
-        return set(cands)
-    verb = [k for k in before if tags[k] in _FINITE]
-    if verb and verb[-1] == i - 1 > start and all(tags[k] in ("ADV", "PROAV") or words[k].lower() == "es"
-                                                  for k in range(start, i - 1)):
-        return _soft(cands, {"nom"})  # "Da antwortete das Volk", "es kommt die Stunde"
-    subject = any(words[k].lower() in _NOM_PRONOUNS and tags[k] == "PPER" for k in before)
-    if verb and subject and words[verb[-1]].lower() not in _COPULA:
-        return _soft(cands, {"acc", "dat", "gen"})  # "Und er öffnete die Tür"
-    return set(cands)
 
 
 def _hanta():
