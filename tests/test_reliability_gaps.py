@@ -228,3 +228,46 @@ def test_blank_target_texts_and_bad_sweeps_are_gradedit_errors(tiny_gpt2) -> Non
     # a corpus with one blank text among real ones is fine (blank texts score nothing)
     report = ge.blast_radius(tiny_gpt2, edit, {"en": ["", "The city is quiet and old."]}, control=False)
     assert report.n_tokens["en"] > 0 and isinstance(DataError("x"), GradeditError)
+
+
+# -- 5. a kill between writing a checkpoint and swapping it in ------------------------------------------------------
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing catches it, nothing after it runs."""
+
+
+def _resume_cfg(folder: Path) -> TrainConfig:
+    return TrainConfig(experiment_dir=str(folder), max_steps=6, eval_steps=2, pre_prune_topk=50, pre_prune_samples=4,
+                       eval_max_size=4, early_stopping_patience=None)
+
+
+# (rename that is killed, how many such renames come before it): ``last`` is first moved away at step 4;
+# ``last.new`` moves in at every checkpoint (steps 2, 4, 6)
+@pytest.mark.parametrize("kill_at, before", [(("last", "last.old"), 0), (("last.new", "last"), 1)],
+                         ids=["before-moving-last-away", "before-moving-last.new-in"])
+def test_kill_during_a_checkpoint_swap_resumes_from_the_new_checkpoint(tiny_gpt2, tmp_path, monkeypatch, caplog,
+                                                                       kill_at: tuple[str, str], before: int) -> None:
+    """The step-4 checkpoint is complete in ``last.new`` when the kill comes: the rerun resumes from step 4
+    (not 2, not 0), its later checkpoints succeed, and the model equals an uninterrupted run bit for bit."""
+    reference = Trainer(tiny_gpt2, _data(), ["masc", "fem"], config=_resume_cfg(tmp_path / "ref")).train()
+    real_rename = Path.rename
+    seen = []
+
+    def rename(self: Path, target: Any) -> Any:
+        if (self.name, Path(target).name) == kill_at and self.parent.name == "seed_0":
+            seen.append(1)
+            if len(seen) == before + 1:  # the swap of the step-4 checkpoint
+                raise Killed
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    run = tmp_path / "run"
+    with pytest.raises(Killed):
+        Trainer(tiny_gpt2, _data(), ["masc", "fem"], config=_resume_cfg(run)).train()
+    assert (run / "seed_0" / "last.new").is_dir()  # what the kill left behind
+    monkeypatch.setattr(Path, "rename", real_rename)
+    with caplog.at_level("INFO", logger="gradedit.gradiend.train.loop"):
+        resumed = Trainer(tiny_gpt2, _data(), ["masc", "fem"], config=_resume_cfg(run)).train()
+    assert "resuming seed 0 from step 4" in caplog.text
+    assert sorted(p.name for p in (run / "seed_0").iterdir()) == ["best", "last", "result.json"]
+    for (name, a), (_, b) in zip(reference.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name

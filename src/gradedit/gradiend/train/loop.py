@@ -276,6 +276,9 @@ class SeedTrainer:
 
     def _start(self) -> tuple[FeatureModel, torch.optim.Optimizer, int, list[dict[str, Any]], dict[str, Any] | None]:
         last = self.dir / "last"
+        if self.cfg.resume:  # a kill between writing a checkpoint and swapping it in leaves ``last.new``
+            settle_dir(last)
+            settle_dir(self.dir / "best")
         state = self._read_state(last) if self.cfg.resume else None
         if state is not None:
             if state.get("fingerprint") == self.cfg.training_fingerprint() and state.get("seed") == self.seed:
@@ -323,15 +326,32 @@ class SeedTrainer:
         self._saved_step = step
 
 
+def settle_dir(target: Path) -> None:
+    """Finish a swap of :func:`_replace_dir` that a kill interrupted, so ``target`` holds the newest
+    complete folder and no ``<name>.new`` / ``<name>.old`` is left to block the next swap.
+
+    ``<name>.new`` only ever exists complete (``atomic_dir`` renames it into place whole) and is newer
+    than ``target``, so it wins; ``<name>.old`` is a replaced folder, removed. Every step is safe to
+    interrupt again: the next call picks up where this one stopped.
+    """
+    new, old = target.with_name(target.name + ".new"), target.with_name(target.name + ".old")
+    if new.is_dir():
+        if old.exists():
+            shutil.rmtree(old)
+        if target.exists():
+            target.rename(old)
+        new.rename(target)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def _replace_dir(target: Path, write: Callable[[Path], object]) -> None:
-    """Write a folder through ``write(tmp)`` and swap it in for ``target`` (never half-written)."""
+    """Write a folder through ``write(tmp)`` and swap it in for ``target`` (never half-written; a swap
+    interrupted earlier is finished first)."""
+    settle_dir(target)
     with atomic_dir(target.with_name(target.name + ".new")) as tmp:
         write(tmp)
-    old = target.with_name(target.name + ".old")
-    if target.exists():
-        target.rename(old)
-    target.with_name(target.name + ".new").rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+    settle_dir(target)
 
 
 def steps_per_epoch(rows: Rows, cfg: TrainConfig) -> float:
