@@ -197,7 +197,7 @@ def test_real_tagger_on_syncretic_and_rejected_rows() -> None:
     assert list(cells.values()) == [
         [("der", "masc_nom"), ("den", "masc_acc")],
         [("der", "fem_dat")],
-        [("die", "ambiguous"), ("der", "pl_gen")],
+        [("die", "pl_acc"), ("der", "pl_gen")],  # "man" is the subject
         [("Das", "not_article"), ("der", "masc_nom"), ("der", "not_article")],
         [("der", "unknown_noun")],
     ]
