@@ -63,10 +63,10 @@ def test_importing_gradedit_changes_no_global_state() -> None:
     assert changed == {}, f"importing gradedit changed global state: {changed}"
 
 
-def test_run_json_records_versions_seeds_threads_and_data(tiny_gpt2, tmp_path) -> None:
+def test_run_json_records_versions_seeds_threads_dtype_device_and_data(tiny_gpt2, tmp_path) -> None:
     data = PairDataset.from_records(pronoun_records(SUBJECTS[:4], VERBS[:3]), target_classes=["masc", "fem"])
     cfg = TrainConfig(experiment_dir=str(tmp_path / "run"), max_steps=2, eval_steps=2, pre_prune_topk=50,
-                      pre_prune_samples=4, eval_max_size=4, seed=7)
+                      pre_prune_samples=4, eval_max_size=4, seed=7, max_seeds=2, min_convergent_seeds=2)
     Trainer(tiny_gpt2, data, ["masc", "fem"], config=cfg).train()
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     import platform
@@ -81,3 +81,15 @@ def test_run_json_records_versions_seeds_threads_and_data(tiny_gpt2, tmp_path) -
     assert run["torch_threads"] == torch.get_num_threads()
     assert run["data_fingerprint"] == data.fingerprint()
     assert run["base_model"] == "tiny-gpt2"
+    import numpy
+    import safetensors
+    import transformers
+
+    assert run["versions"]["transformers"] == transformers.__version__
+    assert run["versions"]["numpy"] == numpy.__version__ and run["versions"]["safetensors"] == safetensors.__version__
+    param = next(tiny_gpt2.model.parameters())
+    assert run["model_dtype"] == "float32" == str(param.dtype).removeprefix("torch.")
+    assert run["device"] == "cpu" == str(param.device)
+    seeds = json.loads((tmp_path / "run" / "seed_report.json").read_text())
+    assert run["seeds_tried"] == [7, 8] == [s["seed"] for s in seeds["seeds"]]
+    assert run["chosen_seed"] == seeds["chosen_seed"] in (7, 8)

@@ -14,7 +14,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy
+import safetensors
 import torch
+import transformers
 
 from ..._files import lock_folder, write_json_atomic
 from ..._version import __version__
@@ -260,9 +263,14 @@ class Trainer(AfterTraining):
         write_json_atomic(self.experiment_dir / "seed_report.json", {
             "chosen_seed": chosen.seed, "converged_seeds": sum(r.converged for r in self.seed_results),
             "seeds": [r.to_dict() for r in self.seed_results]})
+        param = next(self.lm.model.parameters())
         write_json_atomic(self.experiment_dir / "run.json", {
             "config": self.config.to_dict(), **self.metadata(), "input_dim": input_dim, "seconds": round(seconds, 1),
-            "versions": {"torch": torch.__version__, "python": platform.python_version()},
+            "versions": {"torch": torch.__version__, "python": platform.python_version(),
+                         "transformers": transformers.__version__, "numpy": numpy.__version__,
+                         "safetensors": safetensors.__version__},
+            "model_dtype": str(param.dtype).removeprefix("torch."), "device": str(param.device),
+            "seeds_tried": [r.seed for r in self.seed_results], "chosen_seed": chosen.seed,
             "torch_threads": torch.get_num_threads(), "gradient_store": self._store_info})
 
     # -- results --------------------------------------------------------------------------------------
