@@ -98,7 +98,8 @@ def is_preposition(words: Sequence[str], tags: Sequence[str], k: int) -> bool:
     (``Während der Pause tranken …``)."""
     if tags[k] in ("APPR", "APPRART", "APPO") or words[k].lower() in CONTRACTIONS:
         return True
-    if tags[k] == "KOUS" and words[k].lower() in PREPOSITION_CASES and k + 1 < len(words) and tags[k + 1] == "ART":
+    if (tags[k] == "KOUS" and words[k].lower() in PREPOSITION_CASES and k + 1 < len(words) and tags[k + 1] == "ART"
+            and words[k + 1].lower() in ("der", "des", "dem", "den")):  # "während die …" is the conjunction
         head = governed_noun(words, tags, k + 1)
         return head is not None and head[0] + 1 < len(words) and tags[head[0] + 1] in FINITE
     return False
