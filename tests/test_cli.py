@@ -45,7 +45,13 @@ def test_train_command_on_tiny_model(tmp_path, capsys):
     assert code == 0
     text = capsys.readouterr().out
     assert "validation r =" in text and (out / "model" / "config.json").is_file()
-    assert json.loads((out / "model" / "config.json").read_text())["input_dim"] == 200
+    # --pre-prune 200 fixes the trained input space; the saved model is then post-pruned by the config's rule
+    run = json.loads((out / "run.json").read_text())
+    assert run["input_dim"] == 200
+    k = json.loads((out / "train_config.json").read_text())["post_prune_topk"]
+    expected = 200 if k is None else min(200, k) if isinstance(k, int) else max(1, round(k * 200))
+    assert expected < 200  # the default prunes
+    assert json.loads((out / "model" / "config.json").read_text())["input_dim"] == expected
     assert main(["train", "--model", "tiny-gpt2", "--data", str(data), "--classes", "masc", "nope",
                  "--out", str(out)]) == 2
     assert "['nope'] not in" in capsys.readouterr().err
@@ -102,3 +108,19 @@ def test_edit_then_blast_commands(tmp_path, capsys):
     assert (tmp_path / "blast" / "report.json").is_file()
     assert main(["edit", "lora", "--model", "tiny-llama", "--tokens", "0", "--out", str(tmp_path / "x")]) == 2
     assert "--tokens" in capsys.readouterr().err
+
+
+def test_help_names_every_exit_code(capsys):
+    """``gradedit --help`` documents each exit code main() can return, signals included."""
+    import signal
+
+    from gradedit.cli import app
+
+    assert main(["--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert (app.EXIT_SIGINT, app.EXIT_SIGTERM) == (128 + signal.SIGINT, 128 + signal.SIGTERM)
+    for code, meaning in [(app.EXIT_OK, "done"), (app.EXIT_INTERNAL, "internal error"),
+                          (app.EXIT_USAGE, "usage or input error"), (app.EXIT_NO_EDIT, "no edit found"),
+                          (app.EXIT_SIGINT, "interrupted by Ctrl-C (SIGINT)"), (app.EXIT_SIGTERM, "terminated (SIGTERM)")]:
+        assert f"{code} {meaning}" in out, (code, meaning)
+        assert f"{code} " in app.__doc__  # the module docstring lists it too

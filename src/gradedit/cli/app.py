@@ -1,8 +1,14 @@
 """The ``gradedit`` command line (argparse): one module per subcommand, each with ``register(sub)``;
 each subcommand is a thin layer over the library, imported lazily so ``gradedit --help`` is fast.
 
-Errors are one line (``gradedit: error: ...``) unless ``--debug`` is given; exit codes: 0 done,
-1 internal error, 2 usage or input error, 3 no edit found (:class:`.checks.NoEditFound`).
+Errors are one line (``gradedit: error: ...``) unless ``--debug`` is given. Exit codes:
+
+- 0 done;
+- 1 internal error (a bug: one line, the traceback with ``--debug``);
+- 2 usage or input error (bad arguments, data, config or model folder: the line names the fix);
+- 3 no edit found (:class:`.checks.NoEditFound`; nothing saved);
+- 130 interrupted by Ctrl-C (SIGINT), 143 by SIGTERM (128 + the signal number): ``train`` and
+  ``decompose`` keep their checkpoints and say how to resume (:mod:`.interrupt`).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ logger = logging.getLogger(__name__)
 SUBCOMMANDS = (models, env, data, train, evaluate, rewrite, edit, blast, decompose, components, compare, demo)
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_NO_EDIT = 0, 1, 2, 3
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+"""128 + the signal number, as shells report a process a signal ended (see :mod:`.interrupt`)."""
 USER_ERRORS: tuple[type[BaseException], ...] = (
     GradeditError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
     PermissionError)
@@ -35,7 +43,9 @@ workflow (see README.md, "Command line"):
   gradedit blast out/fem --langs en,de,fr
 
 exit codes: 0 done, 1 internal error (a bug: rerun with --debug and report it with `gradedit env`),
-2 usage or input error, 3 no edit found (nothing saved)"""
+2 usage or input error (the message names the fix), 3 no edit found (nothing saved),
+130 interrupted by Ctrl-C (SIGINT), 143 terminated (SIGTERM); train and decompose keep their
+checkpoints: run the same command again to resume"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print("gradedit: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_SIGINT
     except Exception as err:
         if args.debug:
             raise
