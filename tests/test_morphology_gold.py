@@ -30,7 +30,7 @@ needs_german = pytest.mark.skipif(not HAS_GERMAN, reason="needs pip install --no
 def test_modern_gold_set_is_complete_and_covers_every_cell() -> None:
     rows = load_gold(MODERN)
     articles = [r for r in rows if r["gold"] != "none"]
-    assert len(articles) >= 150 and {r["source"] for r in rows} == {"own-simple", "own-complex"}
+    assert len(articles) >= 150 and {r["source"] for r in rows} == {"own-simple", "own-complex", "own-heldout"}
     counts = Counter(r["gold"] for r in articles if not r.get("ambiguous"))
     assert set(counts) == set(CELLS) and min(counts.values()) >= 9
     # every der/die/das/den/dem/des of every sentence is annotated, once, in sentence order
@@ -55,7 +55,7 @@ def test_modern_gold_coverage_and_precision() -> None:
     rows = load_gold(MODERN)
     score = score_gold(rows)
     assert score.pronouns_assigned == 0  # a relative/demonstrative pronoun never gets a cell
-    assert score.precision >= 0.9 and score.coverage >= 0.6, score.table()  # measured 0.993 / 0.975
+    assert score.precision >= 0.9 and score.coverage >= 0.6, score.table()  # measured 0.993 / 0.972
     complex_part = score_gold([r for r in rows if r["source"] == "own-complex"])
     assert complex_part.precision >= 0.9 and complex_part.coverage >= 0.6  # measured 0.995 / 0.980
     assert sum(n for n, _, _ in score.per_cell.values()) == score.articles
@@ -65,7 +65,7 @@ def test_modern_gold_coverage_and_precision() -> None:
 @needs_german
 def test_older_bible_and_fortunes_gold_does_not_regress() -> None:
     score = score_gold(load_gold(DATA / "de_articles_gold.jsonl"))  # labelled before these rules existed
-    assert score.precision >= 0.95 and score.coverage >= 0.75  # measured 92/92 of 112 (68/68 before)
+    assert score.precision >= 0.95 and score.coverage >= 0.75  # measured 91/91 of 112 (68/68 before)
 
 
 # -- unit tests of each rule (hand tags, no HanTa) ----------------------------------------------------

@@ -343,8 +343,8 @@ def _decide(words: list[str], tags: list[str], i: int, offset: int, j: int, cand
         if not kept:
             return result((), "inconsistent")
         return result(_soft(kept, {PREFERRED_CASE[prep]}) if prep in PREFERRED_CASE else kept)
-    if prep is not None:  # an unlisted preposition: not nominative at least
-        return result(_soft(cands, {"acc", "dat", "gen"}))
+    if prep is not None:  # an unlisted preposition ("als", "wie", "per" …): no evidence
+        return result(cands)
     after_noun = i > 0 and tags[i - 1] in NOUN_TAGS
     kept = _soft(cands, {"gen"}) if after_noun else set(cands) if role == "frag" else _soft(cands, {"nom", "acc", "dat"})
     if role in ("subj", "pred"):

@@ -206,14 +206,16 @@ def clause_roles(words: Sequence[str], tags: Sequence[str],
         kind = "main"
         if shared or (first == "KOUI" and words[lo].lower() in SUBJECTLESS_OPENERS):
             kind = "none"
-        elif first == "KOUS" and not is_preposition(words, tags, lo):
-            kind = "sub"
+        elif (first == "KOUS" and not is_preposition(words, tags, lo)) or (
+                words[lo].lower() in ("als", "wie") and finite and finite[-1] == hi - 1):
+            kind = "sub"  # "Als die Ampel auf Grün sprang": "als" is often tagged APPR
         elif first == "PRELS" or (first == "APPR" and lo + 1 < hi and tags[lo + 1] in ("PRELS", "PRELAT")):
             kind = "rel"
         elif first in ("PWS", "PWAV", "PWAT"):
             kind = "main" if (question and finite and finite[0] == lo + 1) else "sub"
         elif not finite:
-            kind = "none" if any(tags[k] in ("VV(IZU)", "PTKZU", "VV(INF)") for k in range(lo, hi)) else "fragment"
+            # a zu-infinitive has no subject; a bare infinitive may be a mis-tagged plural verb
+            kind = "none" if any(tags[k] in ("VV(IZU)", "PTKZU") for k in range(lo, hi)) else "fragment"
         elif finite[0] == lo:
             kind = "v1"
         verb = (finite[-1] if kind in ("sub", "rel") else finite[0]) if finite else None
