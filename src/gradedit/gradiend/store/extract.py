@@ -4,11 +4,20 @@ The base model never changes during GRADIEND training, so a row's (pre-pruned) g
 constant: computing it once and reading it back every epoch and every seed gives the same training
 as recomputing it. Extraction is resumable: the index (with the shard plan) is written first, each
 shard is written atomically, and a rerun skips every shard that is already finished.
+
+Under ``torchrun`` / ``accelerate launch`` (a process group of N ranks, see :mod:`gradedit.dist`)
+rank 0 locks the folder, writes or checks the index and picks the shards still to do; each rank
+extracts every N-th of them with its own copy of the model; after a barrier rank 0 marks the index
+complete. Each row is the same one-row call as in one process, so the stored tensors are the same
+bits (at the same torch thread count); a new store gets at least N shards so that every rank has work.
+The folder must be on a file system every rank sees (one machine, or a shared mount).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import shutil
 import time
 from collections.abc import Sequence
@@ -17,6 +26,7 @@ from typing import cast
 
 import torch
 
+from ... import dist
 from ..._files import lock_folder, save_safetensors_atomic
 from ..._progress import progress
 from ...errors import ArtifactError, TrainingError
@@ -89,6 +99,8 @@ def extract_store(folder: str | Path, engine: GradientEngine, rows: Rows, param_
     if len(rows) != key.n_rows or param_map.size != key.n_inputs:
         raise ValueError(f"the key is for {key.n_rows} rows x {key.n_inputs} entries, got {len(rows)} x "
                          f"{param_map.size}")
+    if dist.init():
+        return _extract_distributed(folder, engine, rows, param_map, key, shard_bytes, shard_rows)
     with lock_folder(folder):
         index = _index_for(folder, key, shard_bytes, shard_rows)
         if index.complete:
@@ -113,8 +125,60 @@ def extract_store(folder: str | Path, engine: GradientEngine, rows: Rows, param_
     return store
 
 
-def _index_for(folder: Path, key: StoreKey, shard_bytes: int, shard_rows: int | None) -> StoreIndex:
-    """The folder's index when it is for ``key``; a new one (written now) when there is none."""
+def _extract_distributed(folder: Path, engine: GradientEngine, rows: Rows, param_map: ParamMap, key: StoreKey,
+                         shard_bytes: int, shard_rows: int | None) -> GradientStore:
+    """:func:`extract_store` with every rank extracting a share of the missing shards (see the module doc)."""
+    world = dist.world_size()
+    with contextlib.ExitStack() as stack:
+
+        def plan() -> list[int]:  # rank 0, holding the folder lock until the store is complete
+            stack.enter_context(lock_folder(folder))
+            index = _index_for(folder, key, shard_bytes, shard_rows, min_shards=world)
+            if index.complete:
+                try:
+                    GradientStore.open(folder, key).close()
+                    return []
+                except ArtifactError as err:
+                    logger.warning("%s; extracting the damaged shards again", err)
+                    index.complete = False
+                    index.save(folder)
+            todo = [k for k, s in enumerate(index.shards) if shard_problem(folder, s, key)]
+            _check_disk(folder, key, sum(index.shards[k].rows for k in todo))
+            return todo
+
+        todo: list[int] = dist.main_decides(plan)
+        if not todo:
+            logger.info("reusing the gradient store in %s (%d rows x %d entries, %s)", folder, key.n_rows,
+                        key.n_inputs, key.dtype)
+            return GradientStore.open(folder, key)
+        index = StoreIndex.load(folder)
+        mine = [index.shards[k] for k in todo[dist.rank()::world]]
+        logger.info("gradient store: %d shard(s) to extract over %d ranks", len(todo), world)
+        failure: Exception | None = None
+        computed = 0
+        try:
+            computed = _extract_shards(folder, engine, rows, param_map, index, mine)
+        except Exception as err:  # noqa: BLE001 - every rank learns of it in check_all_ok
+            failure = err
+        dist.check_all_ok(failure)
+        total = sum(dist.all_gather_json(computed))
+
+        def finish() -> None:
+            for s in index.shards:
+                s.bytes = (folder / s.file).stat().st_size
+            index.complete = True
+            index.save(folder)
+
+        dist.main_decides(finish)
+    store = GradientStore.open(folder, key)
+    store.extracted_rows = total
+    return store
+
+
+def _index_for(folder: Path, key: StoreKey, shard_bytes: int, shard_rows: int | None,
+               min_shards: int = 1) -> StoreIndex:
+    """The folder's index when it is for ``key``; a new one (written now) when there is none (with at
+    least ``min_shards`` shards when there are that many rows)."""
     if (folder / INDEX_FILE).is_file():
         index = StoreIndex.load(folder)
         if index.key != key:
@@ -122,6 +186,8 @@ def _index_for(folder: Path, key: StoreKey, shard_bytes: int, shard_rows: int | 
                                 f"{'; '.join(index.key.differences(key))}; delete {folder} to extract it again "
                                 "(or train in another experiment_dir)")
         return index
+    if shard_rows is None and min_shards > 1:
+        shard_rows = min(max(1, shard_bytes // max(1, key.row_bytes)), math.ceil(key.n_rows / min_shards))
     index = StoreIndex(key, plan_shards(key.n_rows, key.row_bytes, shard_bytes, shard_rows))
     index.save(folder)
     return index
