@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from gradedit.data.schema import PairDataset
+from gradedit.errors import UnsafeName
 from gradedit.gradiend import suite as suite_mod
 from gradedit.gradiend.compare import KeySpace
 from gradedit.gradiend.feature_model import FeatureModel
@@ -75,7 +76,9 @@ def test_every_pair_trains_on_the_one_shared_input_space(trained: Suite) -> None
     shared_keys = set(space.keys(shared).tolist())
     for pair in trained.pairs:
         d = trained.pair_dir(pair)
-        assert FeatureModel.from_pretrained(d / "pre_prune").param_map == shared  # the Trainer kept the hand-over
+        # the Trainer trained on the space it was given (every seed checkpoint), and pre-pruned nothing itself
+        assert all(FeatureModel.from_pretrained(b).param_map == shared for b in d.glob("seed_*/best"))
+        assert len(list(d.glob("seed_*/best"))) >= 1 and not (d / "pre_prune").exists()
         model = FeatureModel.from_pretrained(d / "model")
         assert model.metadata["classes"] == list(pair) and model.input_dim == 300
         assert set(space.keys(model.param_map).tolist()) <= shared_keys  # post-pruned inside the shared space
@@ -146,3 +149,16 @@ def test_one_vs_rest_suite_names_original_classes(tiny_gpt2, tmp_path: Path) -> 
     assert all(set(m) == {"fem", "masc", "plur"} for m in comp.cross.class_means.values())
     # each pair's held-out rows: its class against the rest, at most 32 (balanced over the two labels)
     assert all(0 < n <= 32 for n in comp.cross.rows.values())
+
+
+def test_class_pairs_that_cannot_name_a_folder_are_refused_before_training(tiny_gpt2, tmp_path: Path) -> None:
+    """Each id is a safe name (checked when the data loads), but ``A-vs-B`` can still be too long: the suite
+    refuses it when it is built, and never rewrites it (two pairs could then share a folder)."""
+    long = {"masc": "m" * 130, "fem": "f" * 130}
+    frame = three_class_data().to_frame().drop(columns="label").replace({"factual_class": long,
+                                                                        "alternative_class": long})
+    data = PairDataset.from_frame(frame, target_classes=list(long.values()))
+    with pytest.raises(UnsafeName, match=r"^class pair 'mmm.*\.\.\.' is longer than 255 bytes"):
+        Suite(tiny_gpt2, data, [tuple(long.values())], config=CONFIG, experiment_dir=tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+    assert Suite.pair_name(("a b", "c")) == "a b-vs-c"  # safe characters stay as they are

@@ -1,6 +1,7 @@
 """GRADIEND training on a tiny model: convergence, sign, resume, seeds, pruning, encoding paths."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -303,3 +304,35 @@ def test_kept_model_is_not_re_validated_and_its_sign_flip_is_exact(tiny_gpt2, pr
     r, means, _ = real(st, FeatureModel.from_pretrained(tmp_path / "run" / "seed_0" / "best"))
     assert r == pytest.approx(res.correlation, abs=1e-6) and means["masc"] > 0
     assert means == pytest.approx(res.class_means, abs=1e-6)
+
+
+def test_given_input_space_replaces_pre_pruning(tiny_gpt2, pronouns, tmp_path, caplog):
+    """Oracle: the pre-pruned space handed back as ``input_space`` trains the same model bit for bit, with no
+    pre-pruning of its own; a checkpoint of another input space is not resumed."""
+    cfg = dict(max_steps=10, eval_steps=5, post_prune_topk=None)
+    a = Trainer(tiny_gpt2, pronouns, ["masc", "fem"], config=_cfg(tmp_path / "a", **cfg)).train()
+    given = Trainer(tiny_gpt2, pronouns, ["masc", "fem"], config=_cfg(tmp_path / "b", **cfg), input_space=a.param_map)
+    b = given.train()
+    assert b.param_map == a.param_map and not (tmp_path / "b" / "run" / "pre_prune").exists()
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+    smaller = a.param_map.select(torch.arange(100))
+    with caplog.at_level("WARNING"):
+        c = Trainer(tiny_gpt2, pronouns, ["masc", "fem"], config=_cfg(tmp_path / "a", **cfg), input_space=smaller).train()
+    assert "trained on another input space" in caplog.text
+    assert c.input_dim == 100 and c.param_map == smaller
+
+
+def test_input_space_must_fit_the_trainer(tiny_gpt2, tiny_llama, pronouns, tmp_path):
+    from gradedit.errors import ConfigError
+    from gradedit.models.param_map import ParamMap
+
+    name, p = next((n, p) for n, p in tiny_gpt2.model.named_parameters() if n.endswith("attn.c_attn.weight"))
+    llama = {n: q for n, q in tiny_llama.model.named_parameters() if q.dim() == 2}
+    for space, match in [(ParamMap.from_params(llama), r"^input_space holds parameters that config.params does not "
+                                                       r"select: \['model\."),
+                         (ParamMap([name], [(3, 3)], [None]), rf"^input_space was built for another model: {name} has "
+                                                             rf"shape \(3, 3\) there, {re.escape(str(tuple(p.shape)))} in tiny-gpt2"),
+                         ({name: p}, r"^input_space must be a ParamMap \(e\.g\. FeatureModel\.param_map\), got dict")]:
+        with pytest.raises(ConfigError, match=match):
+            Trainer(tiny_gpt2, pronouns, ["masc", "fem"], config=_cfg(tmp_path), input_space=space)

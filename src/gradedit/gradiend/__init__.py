@@ -7,7 +7,8 @@ from .evaluate import DecoderResults, NoAdmissiblePoint, Selection, evaluate_dec
 from .feature_model import FeatureModel
 from .gradients import GradientEngine
 from .model import ModelWithGradiend
+from .suite import Suite
 from .train import TrainConfig, Trainer
 
 __all__ = ["DecoderResults", "FeatureModel", "GradientEngine", "ModelWithGradiend", "NoAdmissiblePoint",
-           "Selection", "TrainConfig", "Trainer", "evaluate_decoder"]
+           "Selection", "Suite", "TrainConfig", "Trainer", "evaluate_decoder"]

@@ -13,10 +13,9 @@ What the pairs share: the base model (one ``LanguageModel``, used in place), the
 rows drawn from all pairs (balanced over pair and label), giving every pair the same input space.
 That costs one pass instead of one per pair, and the pairs then compare on identical supports.
 
-Each pair trains with the public ``Trainer`` in ``experiment_dir/pairs/<A>-vs-<B>``. The shared input
-space is handed to it through the Trainer's pre-pruning cache (``pre_prune/`` + ``key.json``); after
-training the suite checks that the Trainer kept it, and warns if the Trainer computed its own instead
-(e.g. after a change of its cache key) — results stay correct, only the sharing is lost.
+Each pair trains with the public ``Trainer`` in ``experiment_dir/pairs/<A>-vs-<B>`` (class ids go
+through ``_files.safe_name``: an id that could leave the folder is refused, never rewritten). The
+shared input space is handed to it as ``Trainer(..., input_space=...)``.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._files import lock_folder, write_json_atomic
+from .._files import lock_folder, safe_join, safe_name, write_json_atomic
 from ..data.schema import PairDataset
 from ..models import LanguageModel
 from ..models.param_map import ParamMap
@@ -51,7 +49,6 @@ __all__ = ["Suite", "one_vs_rest", "suite_pairs"]
 STATE_FILE = "suite.json"
 SHARED_DIR = "shared_pre_prune"
 REST = "not_{}"
-_SAFE = re.compile(r"[^\w.+=-]")
 
 
 def one_vs_rest(data: PairDataset, cls: str) -> PairDataset:
@@ -144,6 +141,8 @@ class Suite:
         self.share_pre_pruning, self.evaluate = share_pre_pruning, evaluate
         self.one_vs_rest = pairs == "one-vs-rest"
         self.pairs = suite_pairs(data, pairs)
+        for pair in self.pairs:  # every pair's folder name, before anything trains
+            self.pair_name(pair)
         data.validate_tokens(lm)  # once for all pairs (a Trainer re-checks only its own rows)
         self.data = data
         self.shared_map: ParamMap | None = None
@@ -151,11 +150,11 @@ class Suite:
     # -- pairs ------------------------------------------------------------------------------------------
     @staticmethod
     def pair_name(pair: Sequence[str]) -> str:
-        """``"A-vs-B"`` (characters unsafe in a folder name replaced by ``_``)."""
-        return _SAFE.sub("_", f"{pair[0]}-vs-{pair[1]}")
+        """``"A-vs-B"``; UnsafeName when it cannot be a folder name (a ``/``, a control character, too long)."""
+        return safe_name(f"{pair[0]}-vs-{pair[1]}", "class pair")
 
     def pair_dir(self, pair: Sequence[str]) -> Path:
-        return self.experiment_dir / "pairs" / self.pair_name(pair)
+        return safe_join(self.experiment_dir / "pairs", self.pair_name(pair), "class pair")
 
     def pair_data(self, pair: tuple[str, str]) -> PairDataset:
         """The rows a pair's Trainer gets (the whole data, or its one-vs-rest relabelling)."""
@@ -164,9 +163,10 @@ class Suite:
     def pair_config(self, pair: tuple[str, str]) -> TrainConfig:
         return self.config.replace(experiment_dir=str(self.pair_dir(pair)))
 
-    def trainer(self, pair: tuple[str, str]) -> Trainer:
-        """A fresh ``Trainer`` for one pair (loading nothing)."""
-        return Trainer(self.lm, self.pair_data(pair), list(pair), neutral=self.neutral, config=self.pair_config(pair))
+    def trainer(self, pair: tuple[str, str], input_space: ParamMap | None = None) -> Trainer:
+        """A fresh ``Trainer`` for one pair (loading nothing), on ``input_space`` when given."""
+        return Trainer(self.lm, self.pair_data(pair), list(pair), neutral=self.neutral, config=self.pair_config(pair),
+                       input_space=input_space)
 
     def _record(self, pair: tuple[str, str]) -> dict[str, Any]:
         cfg = self.pair_config(pair).to_dict()
@@ -223,27 +223,6 @@ class Suite:
         write_json_atomic(path / "key.json", key)
         return pmap
 
-    def _hand_over(self, trainer: Trainer, pmap: ParamMap) -> dict[str, Any]:
-        """Put ``pmap`` where ``trainer`` looks for its cached pre-pruning; returns the key written.
-        The key mirrors the one ``Trainer`` computes; :meth:`_kept` checks after training that it matched."""
-        fingerprint = trainer.config.training_fingerprint()
-        fingerprint.pop("gradient_store", None)
-        key = {"fingerprint": fingerprint, "data": trainer.data.fingerprint(), "model": self.lm.name}
-        path = trainer.experiment_dir / "pre_prune"
-        (path / "key.json").unlink(missing_ok=True)
-        FeatureModel(pmap.size, 1, param_map=pmap, seed=0, metadata={"purpose": "pre-pruning map (suite)"}).save_pretrained(path)
-        write_json_atomic(path / "key.json", key)
-        return key
-
-    @staticmethod
-    def _kept(trainer: Trainer, key: dict[str, Any], pmap: ParamMap) -> bool:
-        path = trainer.experiment_dir / "pre_prune"
-        try:
-            same_key = json.loads((path / "key.json").read_text()) == key
-            return same_key and FeatureModel.from_pretrained(path).param_map == pmap
-        except (OSError, ValueError):
-            return False
-
     # -- training ---------------------------------------------------------------------------------------
     def train(self) -> dict[str, FeatureModel]:
         """Train every pair not finished before (a pair interrupted mid-training resumes from its last
@@ -256,12 +235,8 @@ class Suite:
                 self.shared_map = self.shared_input_space()
             for i, pair in enumerate(todo, 1):
                 logger.info("suite: pair %d/%d %s", i, len(todo), self.pair_name(pair))
-                trainer = self.trainer(pair)
-                key = self._hand_over(trainer, self.shared_map) if self.shared_map is not None else None
+                trainer = self.trainer(pair, input_space=self.shared_map)
                 trainer.train()
-                if key is not None and self.shared_map is not None and not self._kept(trainer, key, self.shared_map):
-                    logger.warning("suite: %s did not use the shared pre-pruning (the Trainer's cache key differs); "
-                                   "it pre-pruned on its own rows", self.pair_name(pair))
                 if self.evaluate:
                     trainer.evaluate_encoder(split="test")
                 state = self._state()

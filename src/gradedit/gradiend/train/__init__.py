@@ -1,6 +1,7 @@
 """GRADIEND training: ``TrainConfig`` and the ``Trainer`` facade."""
 
+from .after import NotEvaluated
 from .config import TrainConfig
 from .trainer import Trainer
 
-__all__ = ["TrainConfig", "Trainer"]
+__all__ = ["NotEvaluated", "TrainConfig", "Trainer"]

@@ -281,15 +281,19 @@ class SeedTrainer:
             settle_dir(self.dir / "best")
         state = self._read_state(last) if self.cfg.resume else None
         if state is not None:
-            if state.get("fingerprint") == self.cfg.training_fingerprint() and state.get("seed") == self.seed:
-                fm = FeatureModel.from_pretrained(last)
+            same = state.get("fingerprint") == self.cfg.training_fingerprint() and state.get("seed") == self.seed
+            fm = FeatureModel.from_pretrained(last) if same else None
+            if fm is None:
+                logger.warning("ignoring checkpoint in %s: it was made with a different configuration", last)
+            elif fm.param_map != self.param_map:
+                logger.warning("ignoring checkpoint in %s: it was trained on another input space", last)
+            else:
                 opt = self._optimizer(fm)
                 opt.load_state_dict(state["optimizer"])
                 logger.info("resuming seed %d from step %d (%s)", self.seed, state["step"], last)
                 self.step_losses = [list(x) for x in state.get("step_losses", [])]
                 self._saved_step = int(state["step"])
                 return fm, opt, int(state["step"]), list(state["history"]), state.get("best")
-            logger.warning("ignoring checkpoint in %s: it was made with a different configuration", last)
         if self.dir.exists():
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True)

@@ -89,10 +89,15 @@ class Trainer(AfterTraining):
         target_classes: ``[A, B]``; class A is encoded as positive.
         neutral: optional neutral texts (used by encoder/decoder evaluation).
         config: a ``TrainConfig`` or a dict of its fields (unknown keys raise).
+        input_space: a precomputed input space (a ``ParamMap`` over parameters that ``config.params``
+            selects, e.g. one pre-pruning shared by several trainers, or ``FeatureModel.param_map`` of
+            an earlier run): training uses it as is and skips pre-pruning (``pre_prune_topk`` is then
+            ignored). A checkpoint trained on another input space is not resumed.
     """
 
     def __init__(self, lm: LanguageModel, data: PairDataset, target_classes: Sequence[str],
-                 neutral: Sequence[str] | None = None, config: TrainConfig | Mapping[str, Any] | None = None) -> None:
+                 neutral: Sequence[str] | None = None, config: TrainConfig | Mapping[str, Any] | None = None,
+                 input_space: ParamMap | None = None) -> None:
         if config is None:
             config = TrainConfig()
         elif isinstance(config, Mapping):
@@ -113,6 +118,8 @@ class Trainer(AfterTraining):
         self.neutral = _checked_neutral(neutral)
         self.experiment_dir = Path(config.experiment_dir)
         self.engine = GradientEngine(lm, config.params, include_embeddings=config.include_embeddings)
+        #: the input space given to the constructor (``None``: pre-pruned, or every selected entry)
+        self.input_space = self._checked_input_space(input_space)
         self.seed_results: list[SeedResult] = []
         self._model: FeatureModel | None = None
         #: the gradient store of the last ``train()`` (dtype, folder, rows, entries, disk_bytes, seconds)
@@ -135,8 +142,29 @@ class Trainer(AfterTraining):
                 "gradedit_version": __version__}
 
     # -- training -------------------------------------------------------------------------------------
+    def _checked_input_space(self, space: ParamMap | None) -> ParamMap | None:
+        """``space`` if it indexes parameters this trainer computes gradients for, with their shapes."""
+        if space is None:
+            return None
+        if not isinstance(space, ParamMap):
+            raise ConfigError(f"input_space must be a ParamMap (e.g. FeatureModel.param_map), got {type(space).__name__}")
+        params = self.engine.params
+        outside = [n for n in space.names if n not in params]
+        if outside:
+            raise ConfigError(f"input_space holds parameters that config.params does not select: {outside[:3]}; build "
+                              f"it over the trainer's parameters ({len(params)} selected) or widen TrainConfig.params")
+        wrong = [(n, s, tuple(params[n].shape)) for n, s in zip(space.names, space.shapes) if tuple(params[n].shape) != s]
+        if wrong:
+            n, s, real = wrong[0]
+            raise ConfigError(f"input_space was built for another model: {n} has shape {s} there, {real} in "
+                              f"{self.lm.name}; build it from this model")
+        return space
+
     def _input_space(self, train: Rows) -> ParamMap:
         cfg = self.config
+        if self.input_space is not None:
+            logger.info("training on the given input space (%d entries); no pre-pruning", self.input_space.size)
+            return self.input_space
         path = self.experiment_dir / "pre_prune"
         fingerprint = cfg.training_fingerprint()
         fingerprint.pop("gradient_store", None)  # how gradients are stored does not change the pre-pruning
