@@ -271,3 +271,20 @@ def test_kill_during_a_checkpoint_swap_resumes_from_the_new_checkpoint(tiny_gpt2
     assert sorted(p.name for p in (run / "seed_0").iterdir()) == ["best", "last", "result.json"]
     for (name, a), (_, b) in zip(reference.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+# -- 4. class ids as folder names ----------------------------------------------------------------------------------
+def test_rewrite_of_several_classes_writes_one_checked_folder_per_class(trained, tmp_path, monkeypatch) -> None:
+    dec = _results(fem={}, masc={})
+    out = tmp_path / "out"
+    models = trained.rewrite_base_model(dec, target_class=["masc", "fem"], output_dir=out)
+    assert len(models) == 2 and sorted(p.name for p in out.iterdir()) == ["fem", "masc"]
+    for cls in ("masc", "fem"):
+        assert json.loads((out / cls / "rewrite_info.json").read_text())["target_class"] == cls
+    # the folder name goes through safe_join even for a class id that slipped past the data checks
+    monkeypatch.setattr(trained, "classes", ("masc", "../fem"))
+    from gradedit.errors import UnsafeName
+
+    with pytest.raises(UnsafeName, match=r"^class id '\.\./fem' holds '/'"):
+        trained.rewrite_base_model(_results(**{"../fem": {}}), target_class=["../fem"], output_dir=tmp_path / "o2")
+    assert not (tmp_path / "o2" / ".." / "fem").exists()
