@@ -201,7 +201,8 @@ def test_de_articles_on_a_small_corpus_all_cells_and_pairs() -> None:
     got = sorted(zip(frame["factual"].str.strip(), frame["factual_class"], frame["noun"]))
     assert got == sorted([("der", "masc_nom", "Mann"), ("den", "masc_acc", "Hund"), ("der", "fem_dat", "Frau"),
                           ("der", "pl_gen", "Kinder"), ("der", "fem_gen", "Frau"), ("die", "fem_acc", "Stadt"),
-                          ("der", "masc_nom", "Mann"), ("den", "pl_dat", "Hunden"), ("des", "masc_gen", "Nachbarn")])
+                          ("der", "masc_nom", "Mann"), ("den", "pl_dat", "Hunden"), ("des", "masc_gen", "Nachbarn"),
+                          ("die", "pl_acc", "Stimmen")])  # "hörte man die Stimmen": man is the subject
     assert set(frame["label"]) == {0} and ds.target_classes is None
     assert all(CELL_ARTICLE[a] == alt.strip().lower() for a, alt in zip(frame["alternative_class"], frame["alternative"]))
     assert all(f.strip().lower() != a.strip().lower() for f, a in zip(frame["factual"], frame["alternative"]))
