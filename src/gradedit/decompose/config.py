@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal, TypeVar, Union
 
 from ..errors import ConfigError, DecomposeConfigError
 
-__all__ = ["ConfigFields", "DecomposeConfig", "Objective"]
+__all__ = ["ConfigFields", "DecomposeConfig", "Objective", "value_fits"]
 
 Objective = Literal["layer", "output"]
 
@@ -23,7 +23,7 @@ C = TypeVar("C", bound="ConfigFields")
 
 
 def _type_name(tp: Any) -> str:
-    """``float``, ``int or None``, ``one of ('a', 'b')``, ``list of str`` ... for error messages."""
+    """``a number``, ``an int or None``, ``one of ('a', 'b')``, ``a list of str`` ... for error messages."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is Literal:
         return f"one of {args}"
