@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .. import dist
 from .._files import lock_folder
 from ..errors import DecompositionError
 from ..models import LanguageModel
@@ -21,6 +22,7 @@ from .config import DecomposeConfig, Objective
 from .data import build_pool
 from .layers import LayerInfo, find_linear_modules, model_fingerprint, resolve_components
 from .objectives import frozen, make_objective
+from .parallel import BatchSplit
 from .stats import component_stats, layer_reconstruction, output_reconstruction, summarise
 from .train import (
     CHECKPOINT_FILE,
@@ -66,6 +68,12 @@ def decompose(model: nn.Module | LanguageModel, modules: str | Sequence[str], n_
             (bit-identical to an uninterrupted run on the same machine and thread count).
         on_step: called as ``on_step(step, loss_terms)`` after every optimiser step.
 
+    Under ``torchrun`` / ``accelerate launch`` every rank calls this with the same arguments; each
+    rank computes its slice of every global batch of ``batch_size`` rows and the gradients are
+    averaged (:mod:`gradedit.decompose.parallel`), so the result equals one process up to float
+    rounding. Rank 0 alone locks ``out`` and writes checkpoints and the result; every rank returns
+    the same :class:`Decomposition`.
+
     Returns:
         A :class:`Decomposition` (also saved to ``out`` when given).
 
@@ -89,43 +97,65 @@ def decompose(model: nn.Module | LanguageModel, modules: str | Sequence[str], n_
     fps = model_fingerprint(mods)
     run_meta = {"training_hash": cfg.training_hash(), "data": pool.fingerprint(), "fingerprints": fps,
                 "n_components": cs}
+    split = BatchSplit.current()
+    if split.world > cfg.batch_size:
+        raise DecompositionError(f"batch_size={cfg.batch_size} is smaller than the {split.world} processes; give "
+                                 f"every process at least one row (batch_size >= {split.world})")
     out_path = Path(out) if out is not None else None
+    ckpt = out_path / CHECKPOINT_FILE if out_path is not None else None
     with contextlib.ExitStack() as stack:
-        if out_path is not None:
-            stack.enter_context(lock_folder(out_path))  # one process per out folder
-        if out_path is not None and (out_path / META_FILE).is_file() and resume:
-            done = Decomposition.load(out_path)
-            same = (done.meta.get("training_hash"), done.meta.get("data"), done.fingerprints) == \
-                (run_meta["training_hash"], run_meta["data"], fps) and {n: i.C for n, i in done.infos.items()} == cs
-            if not same:
-                raise DecompositionError(f"{out_path} holds a decomposition made with other options, data or weights; "
-                                         f"pass another out folder or resume=False to overwrite it")
-            logger.info("loaded the finished decomposition in %s", out_path)
-            return done
+        finished: list[Decomposition] = []
 
-        state = new_state(infos, cfg)
-        ckpt = out_path / CHECKPOINT_FILE if out_path is not None else None
-        if ckpt is not None and ckpt.is_file():
-            if not resume:
-                ckpt.unlink()
-            else:
+        def prepare() -> str:
+            """Rank 0: lock ``out`` for the run and say whether it holds a finished result ("done"), a
+            checkpoint to continue ("resume") or nothing to use ("fresh")."""
+            if out_path is None:
+                return "fresh"
+            stack.enter_context(lock_folder(out_path))  # one process per out folder
+            if (out_path / META_FILE).is_file() and resume:
+                done = Decomposition.load(out_path)
+                same = (done.meta.get("training_hash"), done.meta.get("data"), done.fingerprints) == \
+                    (run_meta["training_hash"], run_meta["data"], fps) and {n: i.C for n, i in done.infos.items()} == cs
+                if not same:
+                    raise DecompositionError(f"{out_path} holds a decomposition made with other options, data or "
+                                             f"weights; pass another out folder or resume=False to overwrite it")
+                finished.append(done)
+                return "done"
+            if ckpt is not None and ckpt.is_file():
+                if not resume:
+                    ckpt.unlink()
+                    return "fresh"
                 old = read_checkpoint_meta(ckpt)
                 if {k: old.get(k) for k in run_meta} != run_meta:
                     raise DecompositionError(f"{ckpt} is a checkpoint of a run with other options, data or weights; "
                                              f"pass another out folder or resume=False to start over")
-                load_checkpoint(ckpt, state)
-                logger.info("resuming from %s at step %d", ckpt, state.step)
-        logger.info("decomposing %d module(s) (%s) with objective=%s, %d+%d steps, batch %d, %d torch threads",
+                return "resume"
+            return "fresh"
+
+        decision = dist.main_decides(prepare)  # rank 0 decides, every rank follows (one process: just prepare())
+        if decision == "done":
+            logger.info("loaded the finished decomposition in %s", out_path)
+            return finished[0] if finished else Decomposition.load(out_path)  # type: ignore[arg-type]
+
+        state = new_state(infos, cfg)
+        if decision == "resume" and ckpt is not None:
+            load_checkpoint(ckpt, state)
+            logger.info("resuming from %s at step %d", ckpt, state.step)
+        logger.info("decomposing %d module(s) (%s) with objective=%s, %d+%d steps, batch %d, %d torch threads%s",
                     len(mods), ", ".join(f"{n}:{c}" for n, c in cs.items()), cfg.objective,
-                    cfg.faithfulness_warmup_steps, cfg.steps, cfg.batch_size, torch.get_num_threads())
-        objective_ = make_objective(net, mods, pool, cfg)
+                    cfg.faithfulness_warmup_steps, cfg.steps, cfg.batch_size, torch.get_num_threads(),
+                    f", {split.world} processes" if split.active else "")
+        objective_ = make_objective(net, mods, pool, cfg, split)
         names = list(mods)
-        state = train(net, names, objective_, state, cfg, checkpoint=ckpt, meta=run_meta, on_step=on_step)
+        state = train(net, names, objective_, state, cfg, checkpoint=ckpt if dist.is_main() else None,
+                      meta=run_meta, on_step=on_step)
+        dist.broadcast_tensors(state.layers.parameters())  # every rank returns rank 0's bits
         dec = _finish(net, mods, names, objective_, state, infos, cfg, run_meta)
-        if out_path is not None:
+        if out_path is not None and dist.is_main():
             dec.save(out_path)
             if ckpt is not None:
                 ckpt.unlink(missing_ok=True)
+        dist.barrier()  # the result is on disk before any rank returns
         return dec
 
 
@@ -158,7 +188,8 @@ def _finish(net: nn.Module, mods: Mapping[str, nn.Module], names: list[str], obj
     }
     meta = {**run_meta, "seconds": round(state.seconds, 2), "steps_done": state.step, "history": state.history,
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
-            "gradedit": _library_version(), "pool_rows": len(objective.pool)}
+            "gradedit": _library_version(), "pool_rows": len(objective.pool),
+            "world_size": objective.split.world}
     logger.info("decomposition done in %.0f s: faithfulness %.3g (relative), mean L0 %.2f, alive %s",
                 state.seconds, metrics["faithfulness_relative"], metrics["mean_l0_per_token"], metrics["alive"])
     for layer in layers.values():

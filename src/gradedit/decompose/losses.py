@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -30,35 +30,47 @@ def faithfulness(layers: Mapping[str, ComponentLayer], weights: Mapping[str, Ten
     return num / max(total, 1e-30)
 
 
-def importance_minimality(g_upper: Mapping[str, Tensor], p: float, eps: float, beta: float) -> Tensor:
+def importance_minimality(g_upper: Mapping[str, Tensor], p: float, eps: float, beta: float,
+                          reduce: Callable[[Tensor], Tensor] | None = None, total_rows: int | None = None) -> Tensor:
     """``Σ_layers Σ_c [mean_rows(g+eps)^p · (1 + beta · log2(1 + sum_rows(g+eps)^p))]``.
 
     ``g_upper [rows, C]`` per layer; ``beta > 0`` adds VPD's frequency (description-length) term.
+    Data parallel: ``reduce`` sums the per-component row sums ``[C]`` over ranks and ``total_rows``
+    is the number of rows of all ranks together.
     """
     total = torch.zeros(())
     for g in g_upper.values():
         vals = (g + eps).pow(p)
         s = vals.sum(0)
-        mean = s / vals.shape[0]
+        if reduce is not None:
+            s = reduce(s)
+        mean = s / (vals.shape[0] if total_rows is None else total_rows)
         term = mean if beta == 0 else mean * (1 + beta * torch.log2(1 + s))
         total = total + term.sum()
     return total
 
 
-def sample_masks(g_lower: Mapping[str, Tensor], generator: torch.Generator, delta: bool
+def sample_masks(g_lower: Mapping[str, Tensor], generator: torch.Generator, delta: bool,
+                 part: slice | None = None, total: int | None = None
                  ) -> tuple[dict[str, Tensor], dict[str, Tensor | None]]:
     """Stochastic masks ``m = g + (1 − g) r`` with ``r ~ U(0, 1)``; a residual mask ``U(0, 1)`` per row.
 
     Without the residual component (``delta=False``) the residual mask is 0 (components alone).
+    Data parallel: ``g`` holds rows ``part`` of a global batch of ``total`` rows (dim 0); the noise
+    is drawn for the whole global batch, in the same order as one process, and sliced.
     """
+    def rand(shape: torch.Size, dtype: torch.dtype) -> Tensor:
+        if part is None or total is None:
+            return torch.rand(shape, generator=generator, dtype=dtype)
+        return torch.rand((total, *shape[1:]), generator=generator, dtype=dtype)[part]
+
     masks: dict[str, Tensor] = {}
     dmasks: dict[str, Tensor | None] = {}
     for name, g in g_lower.items():
-        r = torch.rand(g.shape, generator=generator, dtype=g.dtype)
+        r = rand(g.shape, g.dtype)
         masks[name] = g + (1 - g) * r
         rows = g.shape[:-1]
-        dmasks[name] = (torch.rand(rows, generator=generator, dtype=g.dtype) if delta
-                        else torch.zeros(rows, dtype=g.dtype))
+        dmasks[name] = rand(rows, g.dtype) if delta else torch.zeros(rows, dtype=g.dtype)
     return masks, dmasks
 
 

@@ -15,6 +15,7 @@ from .data import InputPool, cache_layer_inputs
 from .hooks import call_model, capture_inputs, masked_model
 from .layers import ComponentLayer, logical_weight, lower_leaky_hard_sigmoid, upper_leaky_hard_sigmoid
 from .losses import faithfulness, importance_minimality, layer_recon, mean_square, output_recon, sample_masks
+from .parallel import BatchSplit
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +54,10 @@ def _importances(layers: Mapping[str, ComponentLayer], xs: Mapping[str, Tensor],
 
 class _Base:
     def __init__(self, model: nn.Module, modules: Mapping[str, nn.Module], pool: InputPool,
-                 cfg: DecomposeConfig) -> None:
+                 cfg: DecomposeConfig, split: BatchSplit | None = None) -> None:
         self.model, self.modules, self.pool, self.cfg = model, dict(modules), pool, cfg
+        #: this rank's share of each global batch (one process: all of it)
+        self.split = split or BatchSplit()
         self.weights = {n: logical_weight(m).detach().float().contiguous() for n, m in modules.items()}
         self.weight_total = sum(float(w.double().pow(2).sum()) for w in self.weights.values())
 
@@ -91,9 +94,25 @@ class _Base:
                     eye = torch.eye(gram.shape[0], dtype=gram.dtype)
                     layer.U.copy_(torch.linalg.solve(gram + ridge * eye, V.T @ self.weights[n].T.double()))
 
-    def minimality(self, gu: Mapping[str, Tensor], p: float) -> Tensor:
+    def minimality(self, gu: Mapping[str, Tensor], p: float, n_local: int) -> Tensor:
+        """Importance minimality of this rank's ``n_local`` batch rows, over the global batch."""
         flat = {n: g.reshape(-1, g.shape[-1]) for n, g in gu.items()}
-        return importance_minimality(flat, p, self.cfg.importance_eps, self.cfg.frequency_beta)
+        if not self.split.active:
+            return importance_minimality(flat, p, self.cfg.importance_eps, self.cfg.frequency_beta)
+        per_row = next(iter(flat.values())).shape[0] // n_local  # positions per batch row
+        return importance_minimality(flat, p, self.cfg.importance_eps, self.cfg.frequency_beta,
+                                     reduce=self.split.sum, total_rows=per_row * self.cfg.batch_size)
+
+    def draw(self, gen: torch.Generator, n: int) -> tuple[Tensor, slice]:
+        """The global batch's row indices ``[batch_size]`` (drawn from ``range(n)``) and this rank's part."""
+        idx = torch.randint(0, n, (self.cfg.batch_size,), generator=gen)
+        return idx, self.split.rows(self.cfg.batch_size)
+
+    def masks(self, gl: Mapping[str, Tensor], gen: torch.Generator, part: slice
+              ) -> tuple[dict[str, Tensor], dict[str, Tensor | None]]:
+        if not self.split.active:
+            return sample_masks(gl, gen, self.cfg.delta_component)
+        return sample_masks(gl, gen, self.cfg.delta_component, part, self.cfg.batch_size)
 
     def combine(self, faith: Tensor, recon: Tensor, imp: Tensor, imp_coeff: float,
                 extra: Terms | None = None) -> tuple[Tensor, Terms]:
@@ -111,8 +130,8 @@ class LayerObjective(_Base):
     """Each layer's own output reconstructed (normalised MSE) from cached inputs; no model forward per step."""
 
     def __init__(self, model: nn.Module, modules: Mapping[str, nn.Module], pool: InputPool,
-                 cfg: DecomposeConfig) -> None:
-        super().__init__(model, modules, pool, cfg)
+                 cfg: DecomposeConfig, split: BatchSplit | None = None) -> None:
+        super().__init__(model, modules, pool, cfg, split)
         with frozen(model):
             self.acts, self.groups = cache_layer_inputs(model, modules, pool, cfg.max_pool_rows)
         self.rows = int(next(iter(self.acts.values())).shape[0])
@@ -131,17 +150,19 @@ class LayerObjective(_Base):
 
     def step(self, layers: Mapping[str, ComponentLayer], gen: torch.Generator, s: int) -> tuple[Tensor, Terms]:
         """Loss and its terms at main-phase step ``s`` (one batch, one mask sample)."""
-        idx = torch.randint(0, self.rows, (self.cfg.batch_size,), generator=gen)
-        xs = self.layer_inputs(idx)
+        idx, part = self.draw(gen, self.rows)
+        xs = self.layer_inputs(idx[part])
+        n_local, B = part.stop - part.start, self.cfg.batch_size
         a, gl, gu = _importances(layers, xs, self.cfg.leaky_alpha)
-        masks, dmasks = sample_masks(gl, gen, self.cfg.delta_component)
+        masks, dmasks = self.masks(gl, gen, part)
         recon = torch.zeros(())
         for n, layer in layers.items():
             with torch.no_grad():
                 y = xs[n] @ self.weights[n].T
-            recon = recon + layer_recon(layer, a[n], y, masks[n], dmasks[n], self.norms[n])
+            term = layer_recon(layer, a[n], y, masks[n], dmasks[n], self.norms[n])
+            recon = recon + self.split.mean(term, n_local, B)
         recon = recon / len(layers)
-        imp = self.minimality(gu, self.cfg.p_at(s))
+        imp = self.minimality(gu, self.cfg.p_at(s), n_local)
         return self.combine(self.faithfulness(layers, gen), recon, imp, self.cfg.importance_coeff_at(s))
 
 
@@ -149,8 +170,8 @@ class OutputObjective(_Base):
     """The model's output under masks vs the target model's (KL for LMs, normalised MSE otherwise)."""
 
     def __init__(self, model: nn.Module, modules: Mapping[str, nn.Module], pool: InputPool,
-                 cfg: DecomposeConfig) -> None:
-        super().__init__(model, modules, pool, cfg)
+                 cfg: DecomposeConfig, split: BatchSplit | None = None) -> None:
+        super().__init__(model, modules, pool, cfg, split)
         self.kind = cfg.output_loss if cfg.output_loss != "auto" else ("kl" if pool.is_lm else "mse")
         first = pool.data[: min(len(pool), 256)]
         with frozen(model), torch.no_grad():
@@ -181,24 +202,26 @@ class OutputObjective(_Base):
 
     def step(self, layers: Mapping[str, ComponentLayer], gen: torch.Generator, s: int) -> tuple[Tensor, Terms]:
         """Loss and its terms at main-phase step ``s`` (one batch, one mask sample)."""
-        idx = torch.randint(0, len(self.pool), (self.cfg.batch_size,), generator=gen)
-        batch = self.pool.data[idx]
+        idx, part = self.draw(gen, len(self.pool))
+        batch = self.pool.data[idx[part]]
+        n_local, B = part.stop - part.start, self.cfg.batch_size
         xs, target = self.clean(batch)
         _a, gl, gu = _importances(layers, xs, self.cfg.leaky_alpha)
-        masks, dmasks = sample_masks(gl, gen, self.cfg.delta_component)
-        recon = output_recon(self.masked_output(layers, batch, masks, dmasks), target, self.kind, self.norm)
+        masks, dmasks = self.masks(gl, gen, part)
+        out = self.masked_output(layers, batch, masks, dmasks)
+        recon = self.split.mean(output_recon(out, target, self.kind, self.norm), n_local, B)
         extra: Terms = {}
         if self.cfg.layerwise_coeff > 0 and len(layers) > 1:
             lw = torch.zeros(())
             for n in layers:
                 out = self.masked_output({n: layers[n]}, batch, masks, dmasks)
-                lw = lw + output_recon(out, target, self.kind, self.norm)
+                lw = lw + self.split.mean(output_recon(out, target, self.kind, self.norm), n_local, B)
             extra["layerwise"] = lw / len(layers)
-        imp = self.minimality(gu, self.cfg.p_at(s))
+        imp = self.minimality(gu, self.cfg.p_at(s), n_local)
         return self.combine(self.faithfulness(layers, gen), recon, imp, self.cfg.importance_coeff_at(s), extra)
 
 
 def make_objective(model: nn.Module, modules: Mapping[str, nn.Module], pool: InputPool,
-                   cfg: DecomposeConfig) -> LayerObjective | OutputObjective:
+                   cfg: DecomposeConfig, split: BatchSplit | None = None) -> LayerObjective | OutputObjective:
     cls = LayerObjective if cfg.objective == "layer" else OutputObjective
-    return cls(model, modules, pool, cfg)
+    return cls(model, modules, pool, cfg, split)

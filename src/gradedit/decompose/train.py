@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from .. import dist
 from .._files import save_safetensors_atomic
 from .._progress import progress
 from ..errors import DecompositionError
@@ -166,6 +167,7 @@ def train(model: nn.Module, names: list[str], objective: LayerObjective | Output
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 params = [p for grp in opt.param_groups for p in grp["params"] if p.grad is not None]
+                dist.average_gradients(params)  # data parallel: the global batch's gradient (no-op in one process)
                 if not all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None):
                     raise diverged(t, "a gradient is not finite (NaN/Inf)")
                 if cfg.grad_clip is not None:
