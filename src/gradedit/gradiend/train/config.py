@@ -43,7 +43,8 @@ class TrainConfig(ConfigFields):
         early_stopping_patience: stop a seed after this many evaluations in a row without a
             validation |r| above the best so far by more than ``early_stopping_min_delta``
             (``None``: always train ``max_steps``); the best step's model is kept either way.
-        early_stopping_min_delta: the smallest |r| gain that counts as an improvement.
+        early_stopping_min_delta: the smallest |r| gain that counts as an improvement, for stopping and
+            for the kept model alike (kept: the last evaluation that improved by more than this).
         seed: first seed; further seeds are seed+1, seed+2, ...
         max_seeds: seeds to try at most.
         min_convergent_seeds: stop once this many seeds converged.

@@ -218,7 +218,10 @@ class SeedTrainer:
                                 "seconds": round(time.time() - t0, 2)})
                 losses = []
                 bar.set_postfix(r=f"{r:+.3f}", loss=f"{history[-1]['loss']:.3g}")
-                if best is None or abs(r) > best["abs_r"]:
+                # the kept model is the last evaluation that beat the best |r| by more than min_delta (the step
+                # early stopping counts from; Keras' restore_best_weights rule): with |r| saturated near 1, gains
+                # of 1e-6 are noise and must not move the kept model to a later, more drifted step
+                if best is None or abs(r) > best["abs_r"] + cfg.early_stopping_min_delta:
                     best = {"abs_r": abs(r), "step": step, "correlation": r, "class_means": means}
                     self._save_model(fm, self.dir / "best", best)
                 logger.info("seed %d step %d: validation r %+.3f (best %+.3f at step %d), loss %.4g", self.seed, step,
