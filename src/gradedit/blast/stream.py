@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
+from .. import dist
 from .._progress import progress
 from ..edits import WeightEdit
 from ..metrics import LOGIT_BUDGET_BYTES, ScoredChunk, iter_scored, kl_rows
@@ -204,7 +205,49 @@ def compare_stream(lm: LanguageModel, texts: Sequence[str], edits: Sequence[Weig
 
     Returns:
         ``CorpusTotals`` with one ``EditTotals`` per edit.
+
+    Under ``torchrun`` / ``accelerate launch`` each rank scores a contiguous block of ``texts`` and
+    the sums (and per-token records, in text order) are combined on every rank: the same totals as
+    one process up to the order of float additions.
     """
+    if dist.init():
+        mine = dist.shard(texts)
+        part = (_compare_local(lm, mine, edits, target_ids=target_ids, keep_tokens=keep_tokens, topk=topk,
+                               batch_size=batch_size, desc=desc) if mine else
+                CorpusTotals(edits=[EditTotals() for _ in edits], tokens=[] if keep_tokens else None))
+        return merge_totals(dist.all_gather_json(asdict(part)))
+    return _compare_local(lm, texts, edits, target_ids=target_ids, keep_tokens=keep_tokens, topk=topk,
+                          batch_size=batch_size, desc=desc)
+
+
+def merge_totals(parts: Sequence[dict[str, Any]]) -> CorpusTotals:
+    """One ``CorpusTotals`` from the ``asdict`` forms of per-rank totals over consecutive blocks of texts."""
+    out = CorpusTotals(edits=[EditTotals() for _ in parts[0]["edits"]],
+                       tokens=[] if parts[0]["tokens"] is not None else None)
+    for part in parts:
+        out.n += part["n"]
+        out.nll_base += part["nll_base"]
+        for tot, e in zip(out.edits, part["edits"]):
+            for name in ("nll", "kl", "t_n", "t_logp_before", "t_logp_after", "t_p_before", "t_p_after", "s_n", "s_kl"):
+                setattr(tot, name, getattr(tot, name) + e[name])
+            for t, d in e["by_token"].items():  # JSON made the token ids strings
+                acc = tot.by_token.setdefault(int(t), {"n": 0, "logp_before": 0.0, "logp_after": 0.0,
+                                                       "p_before": 0.0, "p_after": 0.0, "p_other": {}})
+                for name in ("n", "logp_before", "logp_after", "p_before", "p_after"):
+                    acc[name] += d[name]
+                for u, (before, after) in d["p_other"].items():
+                    pair = acc["p_other"].setdefault(int(u), [0.0, 0.0])
+                    pair[0] += before
+                    pair[1] += after
+        if out.tokens is not None:
+            out.tokens.extend(part["tokens"])
+    return out
+
+
+def _compare_local(lm: LanguageModel, texts: Sequence[str], edits: Sequence[WeightEdit], *,
+                   target_ids: torch.Tensor | None, keep_tokens: bool, topk: int, batch_size: int | None,
+                   desc: str | None) -> CorpusTotals:
+    """:func:`compare_stream` over ``texts`` in this process."""
     out = CorpusTotals(edits=[EditTotals() for _ in edits])
     dec = _Decoder(lm)
     records = [_empty_record(lm, t, dec) for t in texts] if keep_tokens else None
