@@ -288,3 +288,22 @@ def test_rewrite_of_several_classes_writes_one_checked_folder_per_class(trained,
     with pytest.raises(UnsafeName, match=r"^class id '\.\./fem' holds '/'"):
         trained.rewrite_base_model(_results(**{"../fem": {}}), target_class=["../fem"], output_dir=tmp_path / "o2")
     assert not (tmp_path / "o2" / ".." / "fem").exists()
+
+
+def test_rerunning_or_extending_a_finished_run_keeps_the_sign_normalisation(tiny_gpt2, tmp_path) -> None:
+    """A finished seed's ``best/`` is sign-normalised (class A encodes positive). Rerunning the finished run,
+    or extending it when no later evaluation replaces ``best/``, must not flip it a second time."""
+    from gradedit._files import load_tree
+
+    run = _resume_cfg(tmp_path / "run")
+    first = Trainer(tiny_gpt2, _data(), ["masc", "fem"], config=run).train()
+    state = load_tree(tmp_path / "run" / "seed_0" / "last" / "trainer_state.safetensors", "")
+    assert state["best"]["class_means"]["masc"] < 0  # seed 0 trains masc negative: the flip path is taken
+    again = Trainer(tiny_gpt2, _data(), ["masc", "fem"], config=run).train()  # nothing left to train
+    longer = Trainer(tiny_gpt2, _data(), ["masc", "fem"], config=run.replace(max_steps=8)).train()
+    straight = Trainer(tiny_gpt2, _data(), ["masc", "fem"],
+                       config=_resume_cfg(tmp_path / "ref").replace(max_steps=8)).train()
+    for other, ref in ((again, first), (longer, straight)):
+        for (name, a), (_, b) in zip(ref.state_dict().items(), other.state_dict().items()):
+            assert torch.equal(a, b), name
+    assert first.metadata["sign_normalised"] and first.metadata["correlation"] > 0

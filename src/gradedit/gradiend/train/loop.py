@@ -238,9 +238,13 @@ class SeedTrainer:
         # the kept model was evaluated when it was saved: no second validation pass is needed
         r, means = float(best["correlation"]), dict(best["class_means"])
         if means[self.classes[0]] < 0:  # sign normalisation: class A encodes positive
-            best_fm.flip_sign_()  # negates every encoding exactly (tanh is odd), hence r and the means
+            # a run resumed after it had finished may find best/ normalised already (no later evaluation
+            # replaced it): flipping it again would undo the normalisation ("correlation" marks older runs)
+            if not best_fm.metadata.get("sign_normalised", "correlation" in best_fm.metadata):
+                best_fm.flip_sign_()  # negates every encoding exactly (tanh is odd), hence r and the means
             r, means = -r, {k: -v for k, v in means.items()}
-        best_fm.metadata.update({"seed": self.seed, "best_step": best["step"], "correlation": r})
+        best_fm.metadata.update({"seed": self.seed, "best_step": best["step"], "correlation": r,
+                                 "sign_normalised": True})
         self._save_model(best_fm, self.dir / "best", best)
         converged = is_converged(r, means, best["step"], cfg)
         res = SeedResult(self.seed, self.dir, best["step"], r, means, converged, history, time.time() - t0,
