@@ -133,3 +133,29 @@ def test_output_objective_on_an_lm_two_processes_equal_one(two: Path, tiny_llama
     _assert_close(_params(got), _params(ref), rtol=1e-4, atol=1e-5)
     assert [h["loss"] for h in got.meta["history"]] == pytest.approx([h["loss"] for h in ref.meta["history"]],
                                                                       rel=1e-4)
+
+
+def test_gradedit_decompose_under_torchrun_equals_one_process(tmp_path):
+    """The CLI itself under ``torchrun --nproc_per_node 2 -m gradedit``: rank 0 alone locks and writes --out,
+    and the result equals the 1-process run's."""
+    import os
+    import subprocess
+    import sys
+
+    from gradedit.decompose import Decomposition
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADEDIT_NO_PROGRESS": "1"}
+    args = ["-m", "gradedit", "decompose", "--preset", "tiny", "--steps", "6"]
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    two = subprocess.run([*torchrun, *args, "--out", str(tmp_path / "two")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("decomposition saved to") == 1 and "2 processes" in two.stdout
+    a, b = Decomposition.load(tmp_path / "one"), Decomposition.load(tmp_path / "two")
+    assert a.modules == b.modules
+    for m in a.modules:
+        for x, y in zip(a.components(m), b.components(m)):
+            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4 * float(x.abs().max()))  # as the API tests above

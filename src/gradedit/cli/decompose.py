@@ -4,24 +4,30 @@ folder (checkpoints, resumable) — from a preset or from ``--model --modules -C
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from .interrupt import run_interruptible
 
 
 def _cmd_decompose(args: argparse.Namespace) -> int:
+    from .. import dist
     from .._files import lock_folder
     from ..decompose.presets import run_cli_args
 
     out = Path(args.out)
 
     def work() -> int:
+        # under torchrun / accelerate launch every rank runs this; rank 0 owns --out (locks and writes)
+        dist.init()
         # --out is ours before the model loads; decompose()'s own lock inside passes through (share_nested)
-        with lock_folder(out, share_nested=True):
+        with lock_folder(out, share_nested=True) if dist.is_main() else contextlib.nullcontext():
             dec = run_cli_args(args)
-        stats = dec.faithfulness()
-        print(f"decomposition saved to {args.out}: {len(dec.modules)} modules, "
-              f"faithfulness error {stats:.3g} (mean squared residual per weight)")
+        if dist.is_main():
+            stats = dec.faithfulness()
+            print(f"decomposition saved to {args.out}: {len(dec.modules)} modules, "
+                  f"faithfulness error {stats:.3g} (mean squared residual per weight)"
+                  + (f", {dist.world_size()} processes" if dist.is_distributed() else ""))
         return 0
 
     return run_interruptible(args, out, "decomposition", work)
