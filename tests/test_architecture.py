@@ -23,7 +23,7 @@ MAX_ROOT_MODULES = 8
 
 # bottom to top; a module may import from its own top-level folder or from any earlier entry
 LAYERS: list[set[str]] = [
-    {"_version", "errors", "_files", "_progress"},
+    {"_version", "errors", "_files", "_progress", "_config"},
     {"dist"},
     {"models", "data"},
     {"metrics"},

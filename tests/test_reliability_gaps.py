@@ -17,8 +17,9 @@ import pytest
 import torch
 
 import gradedit as ge
+from gradedit._config import value_fits
 from gradedit.data.schema import PairDataset
-from gradedit.decompose.config import DecomposeConfig, value_fits
+from gradedit.decompose.config import DecomposeConfig
 from gradedit.decompose.presets import PRESETS
 from gradedit.errors import (
     ArtifactError,

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ...decompose.config import ConfigFields
+from ..._config import ConfigFields
 from ...errors import ConfigError
 from ..feature_model import Part
 from ..gradients import Source
