@@ -31,6 +31,7 @@ def test_single_process_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
     t = torch.arange(3.0, requires_grad=True)
     assert dist.all_reduce_sum(t) is t and dist.sum_with_grad(t) is t
     assert dist.broadcast_json({"a": 1}) == {"a": 1} and dist.all_gather_json(2) == [2]
+    assert dist.all_gather_rows(t) is t
     assert dist.shard_range(5) == range(5) and dist.main_decides(lambda: 3) == 3
     dist.barrier()
     monkeypatch.setenv("WORLD_SIZE", "1")
@@ -63,6 +64,10 @@ def _worker(out: str) -> None:
     p = torch.nn.Parameter(torch.full((2,), float(r)))
     dist.broadcast_tensors([p])
     res["broadcast_tensor"] = p.tolist()
+    rows = torch.tensor([[r + 0.1, 1 / 3]] * (2 - r), dtype=torch.float64)  # rank 0: 2 rows, rank 1: 1 row
+    res["rows"] = dist.all_gather_rows(rows).tolist()
+    res["rows_dtype"] = str(dist.all_gather_rows(rows.float()).dtype)
+    res["rows_empty"] = dist.all_gather_rows(torch.arange(3 * (1 - r)).view(-1, 3)).tolist()  # rank 1: no rows
 
     def fail() -> None:
         raise ArtifactError("store is broken; delete it")
@@ -89,6 +94,8 @@ def test_two_processes_agree_with_one_process_oracles(tmp_path: Path) -> None:
         assert got["bcast"] == {"from": 0, "txt": "ünï"}
         assert got["gather"] == [[0], [1, 1]]
         assert got["broadcast_tensor"] == [0.0, 0.0]
+        assert got["rows"] == [[0.1, 1 / 3], [0.1, 1 / 3], [1.1, 1 / 3]]  # rank order, float64 bits kept
+        assert got["rows_dtype"] == "torch.float32" and got["rows_empty"] == [[0, 1, 2]]
         assert "store is broken" in got["main_error"]
     assert res[1]["main_error"].startswith("rank 0 failed: ArtifactError")
     assert res[0]["all_ok_error"] == "GradeditError: rank 1 failed: ValueError: bad row"

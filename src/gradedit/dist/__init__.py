@@ -31,6 +31,7 @@ from .group import (
 from .launch import free_port, launch_local, main_first, on_main
 from .ops import (
     all_gather_json,
+    all_gather_rows,
     all_reduce_sum,
     average_gradients,
     broadcast_json,
@@ -42,7 +43,7 @@ from .ops import (
     sum_with_grad,
 )
 
-__all__ = ["BACKEND_ENV", "TIMEOUT_ENV", "DistEnv", "all_gather_json", "all_reduce_sum", "average_gradients", "backend",
+__all__ = ["BACKEND_ENV", "TIMEOUT_ENV", "DistEnv", "all_gather_json", "all_gather_rows", "all_reduce_sum", "average_gradients", "backend",
            "barrier", "broadcast_json", "broadcast_tensors", "check_all_ok", "comm_device", "detect", "free_port",
            "init", "is_distributed", "is_main", "launch_local", "local_rank", "main_decides", "main_first", "on_main",
            "quiet", "rank", "shard", "shard_range", "sum_with_grad", "world_size"]

@@ -19,7 +19,7 @@ from .. import errors
 from .group import comm_device, is_distributed, is_main, rank, world_size
 
 __all__ = ["shard_range", "shard", "all_reduce_sum", "sum_with_grad", "average_gradients", "broadcast_json",
-           "all_gather_json", "main_decides", "check_all_ok", "broadcast_tensors"]
+           "all_gather_json", "all_gather_rows", "main_decides", "check_all_ok", "broadcast_tensors"]
 
 T = TypeVar("T")
 
@@ -128,6 +128,24 @@ def all_gather_json(obj: Any) -> list[Any]:
     bufs = [torch.empty(longest, dtype=torch.uint8, device=dev) for _ in sizes]
     tdist.all_gather(bufs, padded)
     return [json.loads(bytes(b[: int(s.item())].cpu().numpy().tobytes()).decode()) for b, s in zip(bufs, sizes)]
+
+
+def all_gather_rows(t: Tensor) -> Tensor:
+    """Every rank's ``t`` [n_r, ...] concatenated along dim 0 in rank order [Σ n_r, ...] (``t`` itself
+    in a single process). Ranks may hold different row counts (zero included); the trailing shape and
+    the dtype must agree. The values travel as tensors, bit for bit."""
+    if not is_distributed():
+        return t
+    dev = comm_device()
+    sizes = [torch.zeros(1, dtype=torch.long, device=dev) for _ in range(world_size())]
+    tdist.all_gather(sizes, torch.tensor([t.shape[0]], dtype=torch.long, device=dev))
+    counts = [int(s.item()) for s in sizes]
+    longest = max(max(counts), 1)
+    padded = torch.zeros((longest, *t.shape[1:]), dtype=t.dtype, device=dev)
+    padded[: t.shape[0]] = t.detach().to(dev)
+    bufs = [torch.empty_like(padded) for _ in counts]
+    tdist.all_gather(bufs, padded)
+    return torch.cat([b[:n] for b, n in zip(bufs, counts)]).to(t.device)
 
 
 def _error_payload(err: BaseException) -> dict[str, str]:
