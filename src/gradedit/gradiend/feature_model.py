@@ -183,6 +183,38 @@ class FeatureModel(nn.Module):
         self.decoder_weight.neg_()
         return self
 
+    @torch.no_grad()
+    def reorder_latents_(self, order: list[int], signs: list[float]) -> FeatureModel:
+        """In place: new latent ``j`` is ``signs[j] * old latent order[j]`` (signs are ±1), exactly: the
+        encoder rows and bias are permuted and negated (tanh is odd), the decoder columns likewise, so
+        ``decode`` of the reordered latent equals the old ``decode`` bit for bit. Reset optimizer state."""
+        k = self.latent_dim
+        if sorted(order) != list(range(k)) or len(signs) != k or any(s not in (1, -1, 1.0, -1.0) for s in signs):
+            raise ValueError(f"order must be a permutation of range({k}) and signs {k} values of +1/-1, "
+                             f"got {order} and {signs}")
+        idx = torch.as_tensor(order, device=self.device)
+        s = torch.as_tensor(signs, dtype=self.dtype, device=self.device)
+        self.encoder_weight.copy_(self.encoder_weight.index_select(0, idx) * s[:, None])
+        self.encoder_bias.copy_(self.encoder_bias.index_select(0, idx) * s)
+        self.decoder_weight.copy_(self.decoder_weight.index_select(1, idx) * s[None, :])
+        return self
+
+    @torch.no_grad()
+    def latent(self, j: int) -> FeatureModel:
+        """A NEW one-latent model of latent ``j`` (copies): its ``encode`` is column ``j`` of this model's
+        and ``decode(ff)`` equals this model's ``decode(ff * e_j)`` (decoder bias included)."""
+        if not 0 <= int(j) < self.latent_dim:
+            raise IndexError(f"latent {j} out of range for latent_dim {self.latent_dim}")
+        j = int(j)
+        tensors = {"encoder_weight": self.encoder_weight[j : j + 1].clone(),
+                   "encoder_bias": self.encoder_bias[j : j + 1].clone(),
+                   "decoder_weight": self.decoder_weight[:, j : j + 1].clone()}
+        if self.decoder_bias is not None:
+            tensors["decoder_bias"] = self.decoder_bias.detach().clone()
+        meta = {**self.metadata, "latent_of": {"latent": j, "latent_dim": self.latent_dim}}
+        return type(self)._from_tensors(tensors, param_map=self.param_map, metadata=meta,
+                                        init_seed=self.init_seed).train(self.training)
+
     # -- importance, top-k, pruning ---------------------------------------------------------------
 
     @torch.no_grad()

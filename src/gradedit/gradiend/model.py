@@ -23,7 +23,7 @@ from .encode import encode_rows
 from .feature_model import FeatureModel
 from .gradients import GradientEngine, Source
 from .rewrite_io import save_rewrite
-from .rows import rows_of
+from .rows import Rows, rows_of
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +96,10 @@ class ModelWithGradiend:
         values = encode_rows(self.engine, self.feature_model, rows_of(data, self.lm), self.source,
                              batch_size=batch_size, method=method)
         return values[:, 0] if self.feature_model.latent_dim == 1 else values
+
+    def encode_rows(self, rows: Rows, *, batch_size: int = 8, method: str = "jvp") -> np.ndarray:
+        """Encoded values ``[N, k]`` of prepared model inputs (texts, token ids) with this model's source."""
+        return encode_rows(self.engine, self.feature_model, rows, self.source, batch_size=batch_size, method=method)
 
     # -- rewriting -----------------------------------------------------------------------------------
     @torch.no_grad()

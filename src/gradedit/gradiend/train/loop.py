@@ -236,23 +236,30 @@ class SeedTrainer:
             logger.info("seed %d: early stop at step %d of %d: %s", self.seed, step, cfg.max_steps, stopped)
         best_fm = FeatureModel.from_pretrained(self.dir / "best")
         # the kept model was evaluated when it was saved: no second validation pass is needed
-        r, means = float(best["correlation"]), dict(best["class_means"])
-        if means[self.classes[0]] < 0:  # sign normalisation: class A encodes positive
-            # a run resumed after it had finished may find best/ normalised already (no later evaluation
-            # replaced it): flipping it again would undo the normalisation ("correlation" marks older runs)
-            if not best_fm.metadata.get("sign_normalised", "correlation" in best_fm.metadata):
-                best_fm.flip_sign_()  # negates every encoding exactly (tanh is odd), hence r and the means
-            r, means = -r, {k: -v for k, v in means.items()}
+        r, means = self._normalise(best_fm, float(best["correlation"]), dict(best["class_means"]))
         best_fm.metadata.update({"seed": self.seed, "best_step": best["step"], "correlation": r,
                                  "sign_normalised": True})
         self._save_model(best_fm, self.dir / "best", best)
-        converged = is_converged(r, means, best["step"], cfg)
+        converged = self._converged(r, means, best["step"])
         res = SeedResult(self.seed, self.dir, best["step"], r, means, converged, history, time.time() - t0,
                          last_step=step, stopped_early=bool(stopped), stop_reason=stopped,
                          step_losses=list(self.step_losses))
         write_json_atomic(self.dir / "result.json", {**res.to_dict(), "history": history,
                                                      "step_losses": res.step_losses})
         return res
+
+    def _normalise(self, fm: FeatureModel, r: float, means: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+        """Sign normalisation of the kept model (class A encodes positive); returns the matching (r, means)."""
+        if means[self.classes[0]] < 0:
+            # a run resumed after it had finished may find best/ normalised already (no later evaluation
+            # replaced it): flipping it again would undo the normalisation ("correlation" marks older runs)
+            if not fm.metadata.get("sign_normalised", "correlation" in fm.metadata):
+                fm.flip_sign_()  # negates every encoding exactly (tanh is odd), hence r and the means
+            r, means = -r, {k: -v for k, v in means.items()}
+        return r, means
+
+    def _converged(self, r: float, means: dict[str, Any], best_step: int) -> bool:
+        return is_converged(r, means, best_step, self.cfg)
 
     def _bad_rows(self, rows: list[list[int]], src: torch.Tensor, tgt: torch.Tensor) -> str:
         """Which training rows gave a NaN/Inf model gradient (``src``/``tgt`` are ``[batch, n]``)."""

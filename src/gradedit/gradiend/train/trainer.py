@@ -104,16 +104,8 @@ class Trainer(AfterTraining):
             config = TrainConfig.from_dict(config)
         elif not isinstance(config, TrainConfig):
             raise ConfigError(f"config must be a TrainConfig or a dict of its fields, got {type(config).__name__}")
-        targets = tuple(target_classes) if not isinstance(target_classes, str) else (target_classes,)
-        if len(targets) != 2 or targets[0] == targets[1]:
-            raise ConfigError(f"target_classes must be two different class ids, got {list(targets)}; "
-                              f"choose two of the data's classes {data.classes}")
-        missing = [c for c in targets if c not in data.classes]
-        if missing:
-            raise ConfigError(f"target class(es) {missing} not in the data; its classes are {data.classes}: "
-                              "choose two of them")
-        self.lm, self.config, self.classes = lm, config, (str(targets[0]), str(targets[1]))
-        self.data = data.with_targets(list(self.classes))
+        self.lm, self.config = lm, config
+        self._set_classes(data, target_classes)
         self.data.validate_tokens(lm)
         self.neutral = _checked_neutral(neutral)
         self.experiment_dir = Path(config.experiment_dir)
@@ -126,6 +118,19 @@ class Trainer(AfterTraining):
         self._store_info: dict[str, Any] | None = None
 
     # -- data ----------------------------------------------------------------------------------------
+    def _set_classes(self, data: PairDataset, target_classes: Sequence[str]) -> None:
+        """Check the target classes; set ``self.classes`` and ``self.data`` (labels for them)."""
+        targets = tuple(target_classes) if not isinstance(target_classes, str) else (target_classes,)
+        if len(targets) != 2 or targets[0] == targets[1]:
+            raise ConfigError(f"target_classes must be two different class ids, got {list(targets)}; "
+                              f"choose two of the data's classes {data.classes}")
+        missing = [c for c in targets if c not in data.classes]
+        if missing:
+            raise ConfigError(f"target class(es) {missing} not in the data; its classes are {data.classes}: "
+                              "choose two of them")
+        self.classes = (str(targets[0]), str(targets[1]))
+        self.data = data.with_targets(list(self.classes))
+
     def _rows(self, split: str, *, cap: int | None = None, seed: int = 0) -> Rows:
         part = self.data.split(split)
         if not self.config.use_identity_rows or split != "train":
@@ -229,8 +234,7 @@ class Trainer(AfterTraining):
             self._save_inputs()  # after the store check: a refused run leaves the folder's inputs as they were
             for k in range(cfg.max_seeds):
                 seed = cfg.seed + k
-                st = SeedTrainer(self.engine, pmap, cfg, seed, train, val, self.classes,
-                                 self.experiment_dir / f"seed_{seed}", self.metadata(), store=store)
+                st = self._seed_trainer(seed, train, val, pmap, store)
                 res = st.run()
                 self.seed_results.append(res)
                 logger.info("seed %d: r=%+.3f means=%s converged=%s", seed, res.correlation, res.class_means,
@@ -249,6 +253,11 @@ class Trainer(AfterTraining):
         self._model = model
         self._write_reports(chosen, time.time() - t0, pmap.size)
         return model
+
+    def _seed_trainer(self, seed: int, train: Rows, val: Rows, pmap: ParamMap,
+                      store: GradientStore | None) -> SeedTrainer:
+        return SeedTrainer(self.engine, pmap, self.config, seed, train, val, self.classes,
+                           self.experiment_dir / f"seed_{seed}", self.metadata(), store=store)
 
     def _save_inputs(self) -> None:
         """Keep the data and neutral text beside the run, so ``Trainer.load(dir)`` can rebuild it."""
