@@ -16,10 +16,19 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ... import dist
 from ..._progress import progress
 from ...data.schema import PairDataset
 from ..model import ModelWithGradiend
-from .decoder import DEFAULT_RELATIVE_LRS, DecoderProbe, fingerprint, lr_scale, make_probe, select_point
+from .decoder import (
+    DEFAULT_RELATIVE_LRS,
+    DecoderProbe,
+    fingerprint,
+    load_cached,
+    lr_scale,
+    make_probe,
+    select_point,
+)
 from .results import DecoderResults
 from .selectors import DEBIAS_KEY, Selector, constraint_of, resolve_selector
 
@@ -48,7 +57,10 @@ def evaluate_debias(mwg: ModelWithGradiend, data: PairDataset, classes: tuple[st
     Returns:
         ``DecoderResults`` with ``["debias"]`` (``value`` = −mean |log-ratio|: 0 is balanced) and
         ``info["bias"]`` = the bias measure of the base and of the selected point on ``prompts``.
+
+    Under a launcher the scoring passes are split over the ranks by rows, as in ``evaluate_decoder``.
     """
+    dist.init()
     if not prompts:
         raise ValueError("evaluate_debias needs neutral prompts, e.g. gradedit.data.templates.occupation_prompts()")
     select = resolve_selector(selector or DEFAULT_DEBIAS_SELECTOR)
@@ -62,9 +74,9 @@ def evaluate_debias(mwg: ModelWithGradiend, data: PairDataset, classes: tuple[st
                 "max_rows_per_class": max_rows_per_class, "debias": list(prompts)}
     fp = fingerprint(mwg, data, neutral, grid_key)
     cached = cache_dir / f"debias_{fp}.json" if cache_dir is not None else None
-    if cached is not None and cached.is_file():
-        logger.info("debias results loaded from cache %s", cached)
-        return DecoderResults.load(cached)
+    hit = load_cached(cached)
+    if hit is not None:
+        return hit
     probe = make_probe(mwg, data, classes, neutral, batch_size, max_rows_per_class, cache_dir, prompts)
     base = probe.base_point()
     logger.info("debias: base mean |log P(%s) - log P(%s)| = %.3f on %d prompts", *classes,
@@ -84,7 +96,7 @@ def evaluate_debias(mwg: ModelWithGradiend, data: PairDataset, classes: tuple[st
     logger.info("debias: selected ff=%+g lr=%.3g: mean |log-ratio| %.3f -> %.3f (selection prompts)",
                 selection.feature_factor, selection.learning_rate, base["bias"]["mean_abs_log_ratio"],
                 chosen["bias"]["mean_abs_log_ratio"])
-    if cached is not None:
+    if cached is not None and dist.is_main():
         results.save(cached)
     return results
 

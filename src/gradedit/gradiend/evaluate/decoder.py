@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ... import dist
 from ..._progress import progress
 from ..._version import __version__
 from ...data.schema import PairDataset
@@ -42,7 +43,7 @@ from .selectors import (
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_FEATURE_FACTORS", "DEFAULT_RELATIVE_LRS", "DEFAULT_SEARCH", "DecoderProbe", "SEARCHES", "bias_scores", "evaluate_decoder",
-           "fingerprint", "lr_scale", "make_probe", "resolve_search", "select_point"]
+           "fingerprint", "load_cached", "lr_scale", "make_probe", "resolve_search", "select_point"]
 
 DEFAULT_FEATURE_FACTORS = (-1.0, 1.0)
 #: default learning rates are this many times ``lr_scale`` (update norm / weight norm on the mapped entries)
@@ -101,7 +102,13 @@ def evaluate_decoder(mwg: ModelWithGradiend, data: PairDataset, classes: tuple[s
     ``max_rows_per_class`` caps the prompts scored per class (a seeded sample; ``None`` = all rows).
     ``bias_prompts`` also scores every point's bias on these neutral prompts (grid metric ``"debias"``;
     pass the same list to :func:`evaluate_debias` and it reuses the points).
+
+    Under ``torchrun`` / ``accelerate launch`` every scoring (and derivative) pass is split over the
+    ranks by rows (:class:`DecoderProbe`), so every rank holds the same grid and makes the same
+    selection as one process would (up to float addition order); rank 0 alone reads and writes the
+    caches.
     """
+    dist.init()
     targets = _targets(target_class, classes)
     keys = [result_key(c, increase_target_probabilities) for c in targets]
     select = resolve_selector(selector)
@@ -119,9 +126,9 @@ def evaluate_decoder(mwg: ModelWithGradiend, data: PairDataset, classes: tuple[s
         grid_key = {**grid_key, "search": "fast", "refine": None, "tolerance": tolerance, "derivatives": derivatives}
     fp = fingerprint(mwg, data, neutral, {**grid_key, "bias_prompts": list(bias_prompts or [])})
     cached = cache_dir / f"decoder_{fp}.json" if cache_dir is not None else None
-    if cached is not None and cached.is_file():
-        logger.info("decoder results loaded from cache %s", cached)
-        return DecoderResults.load(cached)
+    hit = load_cached(cached)
+    if hit is not None:
+        return hit
     probe = make_probe(mwg, data, classes, neutral, batch_size, max_rows_per_class, cache_dir, bias_prompts)
     base = probe.base_point()
     extra: dict[str, Any] = {"search": "grid"}
@@ -142,9 +149,20 @@ def evaluate_decoder(mwg: ModelWithGradiend, data: PairDataset, classes: tuple[s
             else {"measure": None, "factor": None, "upper": None, "label": f"selector {sel_name} (no stated bound)"},
             **extra}
     results = DecoderResults(selections, grid, base, fp, info)
-    if cached is not None:
+    if cached is not None and dist.is_main():
         results.save(cached)
     return results
+
+
+def load_cached(path: Path | None) -> DecoderResults | None:
+    """The results cached at ``path`` (read on rank 0, the same on every rank), or ``None``."""
+    if path is None:
+        return None
+    found = dist.main_decides(lambda: DecoderResults.load(path).to_dict() if path.is_file() else None)
+    if found is None:
+        return None
+    logger.info("decoder results loaded from cache %s", path)
+    return DecoderResults.from_dict(found)
 
 
 def resolve_search(search: str | None, select: Selector) -> str:

@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
+from ... import dist
 from ..._files import write_json_atomic, write_text_atomic
 from ...data.columns import MASK, fill_masked
 from ...data.schema import PairDataset, expected_labels
@@ -173,9 +175,13 @@ def evaluate_encoder(mwg: ModelWithGradiend, data: PairDataset, classes: tuple[s
         ``EncoderResults``; ``rows`` has one row per encoded example (N rows over all groups).
         With ``source="diff"`` every label-0 row with factual == alternative has a zero gradient and
         encodes to exactly ``tanh(b_e)`` — correct GRADIEND semantics.
+
+    Under ``torchrun`` / ``accelerate launch`` each rank encodes a contiguous block of every group's
+    rows and the values are gathered in row order: every rank returns the same results.
     """
     import pandas as pd
 
+    dist.init()
     classes = tuple(str(c) for c in classes)  # type: ignore[assignment]
     if max_size is not None and max_size < 1:
         raise ValueError(f"max_size must be >= 1 or None, got {max_size}")
@@ -191,7 +197,7 @@ def evaluate_encoder(mwg: ModelWithGradiend, data: PairDataset, classes: tuple[s
         texts, f, a, labels = PairDataset.from_frame(frame.drop(columns="data_type")).model_inputs(mwg.lm)
         rows = Rows(list(texts), f, a, labels.float())
         logger.info("encoding %d %s row(s) (source %s) ...", len(rows.texts), name, source)
-        values = encode_rows(mwg.engine, fm, rows, source, batch_size=batch_size)[:, 0]
+        values = _encode_by_rank(mwg, rows, source, batch_size)
         logger.info("encoded %d %s row(s): mean %+.3f", len(values), name, float(values.mean()))
         parts.append(pd.DataFrame({"text": frame["text"], "factual": frame["factual"],
                                    "alternative": frame["alternative"], "label": frame["label"].astype(int),
@@ -203,6 +209,17 @@ def evaluate_encoder(mwg: ModelWithGradiend, data: PairDataset, classes: tuple[s
     logger.info("encoder on %r: r=%+.3f (with neutral %+.3f), accuracy %.3f (binary %.3f)", split,
                 res.correlation, res.correlation_with_neutral, res.accuracy, res.accuracy_binary)
     return res
+
+
+def _encode_by_rank(mwg: ModelWithGradiend, rows: Rows, source: Source, batch_size: int) -> np.ndarray:
+    """Encoded values [N] (latent neuron 0); under a launcher each rank encodes its block of rows."""
+    fm = mwg.feature_model
+    if not dist.is_distributed():
+        return encode_rows(mwg.engine, fm, rows, source, batch_size=batch_size)[:, 0]
+    mine = list(dist.shard_range(len(rows)))
+    part = (encode_rows(mwg.engine, fm, rows.subset(mine), source, batch_size=batch_size) if mine
+            else np.zeros((0, fm.latent_dim), dtype=np.float64))
+    return dist.all_gather_rows(torch.from_numpy(np.ascontiguousarray(part))).numpy()[:, 0]
 
 
 def _ternary(h: np.ndarray) -> np.ndarray:

@@ -15,6 +15,9 @@ Two ways to get the second derivative (``method``):
 
 Forward-mode AD keeps no tape, so all batches run inside one function call; memory is one batch.
 Texts are sorted by token length and batched by a token budget (no padding waste).
+
+Under ``torchrun`` / ``accelerate launch`` each rank runs its block of the neutral items and of the
+prompts (the others' entries are zero) and :func:`line_taylor` adds the coefficients over ranks.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import torch
 from torch.func import jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ... import metrics
+from ... import dist, metrics
 from ...models import LanguageModel
 from ..model import ModelWithGradiend
 
@@ -126,7 +129,10 @@ def token_batches(lengths: Sequence[int], max_tokens: int, max_batch: int) -> li
 
 
 class LineFunction:
-    """lr ↦ [summed neutral NLL, probs of every prompt and class (flattened)] along θ + lr·v."""
+    """lr ↦ [summed neutral NLL, probs of every prompt and class (flattened)] along θ + lr·v.
+
+    Under a launcher this rank's share only: the NLL of its block of neutral items, the probabilities
+    of its block of prompts (zeros elsewhere); the sum over ranks is the whole function."""
 
     def __init__(self, mwg: ModelWithGradiend, prompts: Sequence[str], neutral: Sequence[str],
                  class_ids: Sequence[Sequence[int]], batch_size: int = 16) -> None:
@@ -136,14 +142,17 @@ class LineFunction:
         max_tokens = max(1, metrics.LOGIT_BUDGET_BYTES // (4 * STREAMS * lm.vocab_size))
         self.items = neutral_items(lm, neutral)
         self.tokens = _count(lm, self.items)
-        self.neutral_groups = token_batches([len(ids) for ids, _, _ in self.items], max_tokens, batch_size)
-        plen = [len(lm.tokenizer(p)["input_ids"]) for p in self.prompts]
-        self.prompt_groups = token_batches(plen, max_tokens, batch_size)
+        mine = list(dist.shard_range(len(self.items)))
+        self.neutral_groups = [[mine[j] for j in g] for g in
+                               token_batches([len(self.items[i][0]) for i in mine], max_tokens, batch_size)]
+        mine = list(dist.shard_range(len(self.prompts)))
+        plen = [len(lm.tokenizer(self.prompts[i])["input_ids"]) for i in mine]
+        self.prompt_groups = [[mine[j] for j in g] for g in token_batches(plen, max_tokens, batch_size)]
 
     def __call__(self, v: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
         params = line_params(self.mwg, v, lr)
         nll = sum((self._nll(g, params) for g in self.neutral_groups), torch.zeros((), device=self.lm.device))
-        probs = [torch.zeros(0, len(self.class_ids), device=self.lm.device)] * len(self.prompts)
+        probs = [torch.zeros(1, len(self.class_ids), device=self.lm.device)] * len(self.prompts)  # other ranks' rows
         for g in self.prompt_groups:
             p = self._probs(g, params)
             for j, i in enumerate(g):
@@ -252,6 +261,6 @@ def line_taylor(fn: LineFunction, feature_factor: float, method: str = "jvp2", h
     v = fn.mwg.feature_model.decode(float(feature_factor)).detach()
     with twice_differentiable(fn.lm.model) if method == "jvp2" else contextlib.nullcontext():
         coef, passes = derivatives(lambda lr: fn(v, lr), method, h)
-    coef = coef.cpu()
+    coef = dist.all_reduce_sum(coef.cpu())  # every rank ran its rows: the sum is the whole line
     probs = coef[:, 1:].reshape(3, len(fn.prompts), len(fn.class_ids)).numpy()
     return LineTaylor(float(feature_factor), coef[:, 0].numpy().copy(), fn.tokens, probs, method, passes)

@@ -9,12 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ... import metrics
+from ... import dist, metrics
 from ..._files import write_json_atomic
 from ...data.schema import PairDataset
 from ...models import LanguageModel
 from ..model import ModelWithGradiend
 from .selectors import DEBIAS_KEY, result_key
+from .sharded import lm_scores_by_rank, rows_by_rank
 
 logger = logging.getLogger(__name__)
 
@@ -25,12 +26,13 @@ def bias_scores(lm: LanguageModel, prompts: Sequence[str], ids_a: Sequence[int],
 
     ``mean_abs_log_ratio`` = mean |log P(A) − log P(B)| (0 = balanced on every prompt),
     ``mean_log_ratio`` = mean log P(A) − log P(B) (the signed lean: > 0 towards A), ``p_a``/``p_b`` the
-    mean probabilities, ``n`` the prompt count.
+    mean probabilities, ``n`` the prompt count. Under a launcher each rank scores its block of prompts.
     """
     if not prompts:
         raise ValueError("bias_scores needs at least one prompt")
     ids = [*ids_a, *ids_b]
-    p = metrics.next_token_logprobs(lm, list(prompts), ids, batch_size=batch_size).double().exp()
+    p = rows_by_rank(lambda part: metrics.next_token_logprobs(lm, part, ids, batch_size=batch_size), list(prompts),
+                     len(ids)).double().exp()
     pa, pb = p[:, :len(ids_a)].sum(-1), p[:, len(ids_a):].sum(-1)
     ratio = pa.log() - pb.log()
     return {"mean_abs_log_ratio": float(ratio.abs().mean()), "mean_log_ratio": float(ratio.mean()),
@@ -39,7 +41,12 @@ def bias_scores(lm: LanguageModel, prompts: Sequence[str], ids_a: Sequence[int],
 
 class DecoderProbe:
     """Everything a grid point is scored with: prompts, class tokens, neutral text and (optionally)
-    neutral prompts for the bias measure (grid metric ``"debias"``, see :func:`bias_scores`)."""
+    neutral prompts for the bias measure (grid metric ``"debias"``, see :func:`bias_scores`).
+
+    Under ``torchrun`` / ``accelerate launch`` every scoring pass is split by rows: each rank scores
+    its block of the prompts, neutral texts and bias prompts, and every rank gets the combined point
+    (per-prompt probabilities gathered in order, LMS sums added). Rank 0 alone reads and writes the
+    point cache; every rank holds the same points."""
 
     def __init__(self, mwg: ModelWithGradiend, data: PairDataset, classes: tuple[str, str],
                  neutral: Sequence[str], batch_size: int = 16, max_rows_per_class: int | None = None,
@@ -74,8 +81,9 @@ class DecoderProbe:
         """Probabilities and LMS of the model as it is now."""
         lm = self.mwg.lm
         self.passes += 1
-        probs = metrics.next_token_logprobs(lm, self.prompts, self.all_ids, batch_size=self.batch_size).exp()
-        lm_sc = metrics.lm_scores(lm, self.neutral)
+        probs = rows_by_rank(lambda part: metrics.next_token_logprobs(lm, part, self.all_ids, batch_size=self.batch_size),
+                             self.prompts, len(self.all_ids)).exp()
+        lm_sc = lm_scores_by_rank(lm, self.neutral)
         out: dict[str, Any] = {"lms": lm_sc["lms"], "perplexity": lm_sc["perplexity"], "metrics": {}, "probs": {}}
         for c in self.classes:
             p_c = probs[:, [self.col[t] for t in self.token_ids[c]]].sum(-1).numpy()
@@ -115,10 +123,13 @@ class DecoderProbe:
         """Reuse scored points from ``path`` (same model, feature model, rows and neutral text) and add
         new ones to it: strengthening and weakening sweeps share every grid point."""
         self.points_file = path
-        if path is not None and path.is_file():
-            self.points = json.loads(path.read_text())
+        if path is None:
+            return
+        found = dist.main_decides(lambda: json.loads(path.read_text()) if path.is_file() else None)
+        if found is not None:
+            self.points = found
             logger.info("reusing %d scored decoder points from %s", len(self.points), path)
 
     def _save_points(self) -> None:
-        if self.points_file is not None:
+        if self.points_file is not None and dist.is_main():
             write_json_atomic(self.points_file, self.points)
