@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch.func import jvp
@@ -27,6 +27,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ..models import LanguageModel, select_parameters
 from ..models.param_map import ParamMap
 
+if TYPE_CHECKING:
+    from .mlm_head import MLMHead
+
 logger = logging.getLogger(__name__)
 
 Source = Literal["factual", "alternative", "diff"]
@@ -34,12 +37,26 @@ SOURCES: tuple[str, ...] = ("factual", "alternative", "diff")
 
 
 def row_losses(lm: LanguageModel, texts: Sequence[str], factual_ids: torch.Tensor, alternative_ids: torch.Tensor,
-               source: Source, parameters: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """Per-row loss [B] whose gradient is the requested ``source`` (see module docstring)."""
+               source: Source, parameters: Mapping[str, torch.Tensor] | None = None,
+               head: MLMHead | None = None) -> torch.Tensor:
+    """Per-row loss [B] whose gradient is the requested ``source`` (see module docstring).
+
+    With an MLM ``head`` the logits are the head's ``[B, n]`` over its target tokens (``texts`` are then
+    full texts with the head's placeholder, see ``MLMHead.texts``) instead of the LM's ``[B, V]``.
+    """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
-    logits = lm.prediction_logits(list(texts), parameters)  # [B, V]
-    return _losses_from_logits(logits, factual_ids, alternative_ids, [source])[source]
+    return _losses(lm, texts, factual_ids, alternative_ids, [source], parameters, head)[source]
+
+
+def _losses(lm: LanguageModel, texts: Sequence[str], factual_ids: torch.Tensor, alternative_ids: torch.Tensor,
+            sources: Sequence[str], parameters: Mapping[str, torch.Tensor] | None,
+            head: MLMHead | None) -> dict[str, torch.Tensor]:
+    if head is None:
+        logits = lm.prediction_logits(list(texts), parameters)  # [B, V]
+        return _losses_from_logits(logits, factual_ids, alternative_ids, sources)
+    logits = head.logits(lm, list(texts), parameters)  # [B, n]: the head's target tokens
+    return _losses_from_logits(logits, head.index(factual_ids), head.index(alternative_ids), sources)
 
 
 @contextlib.contextmanager
@@ -64,11 +81,17 @@ class GradientEngine:
         params: glob patterns (see ``select_parameters``) or a ready ``{name: parameter}`` dict;
             ``None`` selects every transformer-block weight matrix.
         include_embeddings: with ``params=None``, also select the embedding matrices.
+        head: an MLM head of a causal LM (:class:`~gradedit.gradiend.mlm_head.MLMHead`): losses are taken
+            on its logits, so texts are full texts with its placeholder. It is frozen; only the selected
+            base-model parameters get gradients.
     """
 
     def __init__(self, lm: LanguageModel, params: Sequence[str] | Mapping[str, torch.nn.Parameter] | None = None,
-                 *, include_embeddings: bool = False) -> None:
+                 *, include_embeddings: bool = False, head: MLMHead | None = None) -> None:
         self.lm = lm
+        self.head = head
+        if head is not None:
+            head.requires_grad_(False)
         if isinstance(params, Mapping):
             named = dict(lm.model.named_parameters())
             unknown = [n for n in params if n not in named]
@@ -93,8 +116,7 @@ class GradientEngine:
         """Several batch-mean gradients from ONE forward pass (one backward per distinct source)."""
         wanted = list(dict.fromkeys(sources))
         with only_these_require_grad(self.lm.model, self.params), torch.enable_grad():
-            logits = self.lm.prediction_logits(list(texts))
-            losses = _losses_from_logits(logits, factual_ids, alternative_ids, wanted)
+            losses = _losses(self.lm, texts, factual_ids, alternative_ids, wanted, None, self.head)
             out: dict[str, dict[str, torch.Tensor]] = {}
             tensors = list(self.params.values())
             for i, src in enumerate(wanted):
@@ -123,8 +145,7 @@ class GradientEngine:
                  zip(param_map.names, param_map.offsets, param_map.sizes, param_map.indices)}
         out: dict[str, torch.Tensor] = {}
         with only_these_require_grad(self.lm.model, named), torch.enable_grad():
-            logits = self.lm.prediction_logits(list(texts))
-            losses = _losses_from_logits(logits, factual_ids, alternative_ids, wanted)
+            losses = _losses(self.lm, texts, factual_ids, alternative_ids, wanted, None, self.head)
             for i, src in enumerate(wanted):
                 vec = torch.zeros(param_map.size, dtype=torch.float32)
 
@@ -157,7 +178,7 @@ class GradientEngine:
         if any(p.grad is not None for p in named.values()):
             raise RuntimeError("selected parameters already hold .grad; zero them (set_to_none) first")
         with only_these_require_grad(self.lm.model, named), torch.enable_grad():
-            loss = row_losses(self.lm, texts, factual_ids, alternative_ids, source).mean()
+            loss = row_losses(self.lm, texts, factual_ids, alternative_ids, source, head=self.head).mean()
 
             def take(p: torch.Tensor, name: str) -> None:
                 if p.grad is None:
@@ -195,7 +216,8 @@ class GradientEngine:
         tangents = tuple(direction[n].to(self.params[n].dtype).to(self.params[n].device) for n in names)
 
         def losses(*values: torch.Tensor) -> torch.Tensor:
-            return row_losses(self.lm, texts, factual_ids, alternative_ids, source, dict(zip(names, values)))
+            return row_losses(self.lm, texts, factual_ids, alternative_ids, source, dict(zip(names, values)),
+                              self.head)
 
         # the fused CPU attention kernels have no forward-mode derivative; the math kernel does
         with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]):

@@ -22,10 +22,14 @@ from ..models.param_map import ParamMap
 from .encode import encode_rows
 from .feature_model import FeatureModel
 from .gradients import GradientEngine, Source
+from .mlm_head import MLMHead
 from .rewrite_io import save_rewrite
 from .rows import Rows, rows_of
 
 logger = logging.getLogger(__name__)
+
+#: the folder of a run's MLM head, beside its ``model/`` (``TrainConfig.mlm_head=True``)
+HEAD_FOLDER = "mlm_head"
 
 
 def check_finite(**values: Any) -> None:
@@ -43,9 +47,13 @@ class ModelWithGradiend:
         feature_model: a trained ``FeatureModel`` with a ``param_map``.
         source: which gradient the encoder reads (``factual`` | ``alternative`` | ``diff``);
             defaults to the one recorded in the feature model's metadata.
+        mlm_head: the MLM head the feature model was trained through (causal LMs with
+            ``TrainConfig.mlm_head``): encodings then read gradients of the head's logits. Rewrites and
+            the decoder evaluation act on the base model as always.
     """
 
-    def __init__(self, lm: LanguageModel, feature_model: FeatureModel, source: Source | None = None) -> None:
+    def __init__(self, lm: LanguageModel, feature_model: FeatureModel, source: Source | None = None,
+                 mlm_head: MLMHead | None = None) -> None:
         if feature_model.param_map is None:
             raise ValueError("the feature model has no param_map; it cannot be tied to a base model")
         named = dict(lm.model.named_parameters())
@@ -59,7 +67,11 @@ class ModelWithGradiend:
         self.lm = lm
         self.feature_model = feature_model
         self.source: Source = source or feature_model.metadata.get("source", "factual")
-        self.engine = GradientEngine(lm, {n: named[n] for n in feature_model.param_map.names})
+        if mlm_head is None and feature_model.metadata.get("mlm_head"):
+            raise ValueError("the feature model was trained through an MLM head; pass mlm_head=MLMHead.from_pretrained("
+                             "<run>/mlm_head, lm)")
+        self.mlm_head = mlm_head
+        self.engine = GradientEngine(lm, {n: named[n] for n in feature_model.param_map.names}, head=mlm_head)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, lm: LanguageModel | None = None) -> ModelWithGradiend:
@@ -76,7 +88,10 @@ class ModelWithGradiend:
             if not base:
                 raise ValueError(f"{path} records no base_model; pass lm=load_model(...)")
             lm = load_model(base)
-        return cls(lm, fm)
+        head = None
+        if fm.metadata.get("mlm_head"):  # the run's head sits beside model/
+            head = MLMHead.from_pretrained(path.parent / HEAD_FOLDER, lm).to(lm.device)
+        return cls(lm, fm, mlm_head=head)
 
     @property
     def param_map(self) -> ParamMap:
@@ -93,9 +108,16 @@ class ModelWithGradiend:
     def encode(self, data: PairDataset, *, batch_size: int = 8, method: str = "jvp") -> np.ndarray:
         """One encoded value per row of ``data`` (latent_dim 1) -> [N]; [N, k] for k > 1."""
 
-        values = encode_rows(self.engine, self.feature_model, rows_of(data, self.lm), self.source,
+        values = encode_rows(self.engine, self.feature_model, self.rows(data), self.source,
                              batch_size=batch_size, method=method)
         return values[:, 0] if self.feature_model.latent_dim == 1 else values
+
+    def rows(self, data: PairDataset) -> Rows:
+        """The model inputs of ``data`` for this model's gradients (the MLM head's full texts with one)."""
+        rows = rows_of(data, self.lm)
+        if self.mlm_head is None:
+            return rows
+        return Rows(self.mlm_head.texts(data), rows.factual, rows.alternative, rows.labels, rows.classes)
 
     def encode_rows(self, rows: Rows, *, batch_size: int = 8, method: str = "jvp") -> np.ndarray:
         """Encoded values ``[N, k]`` of prepared model inputs (texts, token ids) with this model's source."""

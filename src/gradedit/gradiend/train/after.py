@@ -11,17 +11,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from transformers import PreTrainedModel
 
-from ..._files import safe_join
+from ..._files import safe_join, write_json_atomic
 from ...data.schema import PairDataset
-from ...errors import ArtifactError, ConfigError
+from ...errors import ArtifactError, ConfigError, DataError
 from ..evaluate.debias import evaluate_debias
 from ..evaluate.decoder import evaluate_decoder
 from ..evaluate.encoder import EncoderResults
 from ..evaluate.encoder import evaluate_encoder as _evaluate_encoder
 from ..evaluate.results import DecoderResults, Selection, Selector, result_key
 from ..evaluate.selectors import DEBIAS_KEY
+from .loop import class_stats, pearson
 
 if TYPE_CHECKING:
     from ...models import LanguageModel
@@ -73,6 +75,10 @@ class AfterTraining:
         ``experiment_dir/encoder_results_<split>[_<source>].json`` (+ rows CSV); ``plot`` writes
         ``encoder_<split>[_<source>].png`` too (the suffix only for a source other than the trained one).
         """
+        if self.config.mlm_head is not False:
+            raise ConfigError("evaluate_encoder does not read gradients through the MLM head yet (it builds causal-LM "
+                              "prompts that end before [MASK]); use trainer.encoder_summary(split) for r, accuracy "
+                              "and class means through the head")
         res = _evaluate_encoder(self.get_model(), data if data is not None else self.data, self.classes,
                                 neutral=self.neutral, split=split, max_size=max_size, seed=self.config.seed,
                                 source=source)
@@ -81,6 +87,23 @@ class AfterTraining:
         if plot:
             res.plot(self.experiment_dir / f"encoder_{split}{suffix}.png")
         return res
+
+    def encoder_summary(self, split: str = "test", batch_size: int = 8) -> dict[str, Any]:
+        """Encoder quality on the ``split`` rows of the two classes (labels ±1), through the MLM head when
+        the run has one: ``correlation`` (Pearson r of encoding and label), ``accuracy`` (sign of the
+        encoding == label), ``class_means`` and ``n``. Saved as ``encoder_summary_<split>.json``."""
+        part = self.data.split(split)
+        part = part.where(part.to_frame()["label"].to_numpy() != 0)
+        if len(part) == 0:
+            raise DataError(f"the {split!r} split has no rows of classes {list(self.classes)}")
+        values = np.asarray(self.get_model().encode(part, batch_size=batch_size), dtype=np.float64).reshape(len(part), -1)
+        h = values[:, 0]
+        labels = part.to_frame()["label"].to_numpy().astype(np.float64)
+        out = {"split": split, "n": len(part), "correlation": pearson(h, labels),
+               "accuracy": float((np.sign(h) == labels).mean()), "class_means": class_stats(h, labels, self.classes),
+               "mlm_head": self.config.mlm_head is not False}
+        write_json_atomic(self.experiment_dir / f"encoder_summary_{split}.json", out)
+        return out
 
     def evaluate_decoder(self, target_class: str | Sequence[str] | None = None,
                          increase_target_probabilities: bool = True, feature_factors: Sequence[float] | None = None,

@@ -64,6 +64,13 @@ class TrainConfig(ConfigFields):
             data, base model and input space) and trains every epoch and seed from it. ``"fp32"`` trains
             bit-identically to ``"off"``; ``"bf16"`` halves the disk use and rounds the stored gradients.
             Disk use is rows x input entries x 4 (fp32) or 2 (bf16) bytes, per distinct source/target.
+        mlm_head: causal LMs only: take the gradients through an MLM head that reads context on both
+            sides of ``[MASK]`` (:mod:`gradedit.gradiend.mlm_head`) instead of the LM's next-token logits.
+            ``False`` (default): off; ``True``: train one on the run's data (train rows fit it, val rows
+            pick the pooling length) into ``experiment_dir/mlm_head``, reused while data and base model
+            match; a path: a head saved by ``MLMHead.save_pretrained``.
+        mlm_head_pooling: pooling lengths tried when the head is trained (hidden states pooled from the
+            placeholder on; the lowest validation loss wins).
     """
 
     experiment_dir: str = "runs/gradiend"
@@ -93,6 +100,8 @@ class TrainConfig(ConfigFields):
     use_identity_rows: bool = False
     resume: bool = True
     gradient_store: str = "off"
+    mlm_head: bool | str = False
+    mlm_head_pooling: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
     extra: dict[str, Any] = field(default_factory=dict)
 
     KEYS_NAME: ClassVar[str] = "TrainConfig key(s)"
@@ -124,6 +133,13 @@ class TrainConfig(ConfigFields):
             raise bad(f"weight_decay must be >= 0, got {self.weight_decay}")
         for name in ("pre_prune_topk", "post_prune_topk"):
             _check_topk(name, getattr(self, name))
+        if isinstance(self.mlm_head_pooling, tuple):
+            self.mlm_head_pooling = list(self.mlm_head_pooling)
+        if not self.mlm_head_pooling or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
+                                            for n in self.mlm_head_pooling):
+            raise bad(f"mlm_head_pooling must be a non-empty list of positive ints, got {self.mlm_head_pooling!r}")
+        if isinstance(self.mlm_head, str) and not self.mlm_head.strip():
+            raise bad("mlm_head must be True/False or the path of a saved MLM head, got an empty string")
         if self.gradient_store not in GRADIENT_STORE_CHOICES:
             raise bad(f"gradient_store must be one of {GRADIENT_STORE_CHOICES}, got {self.gradient_store!r}")
 
@@ -143,6 +159,9 @@ class TrainConfig(ConfigFields):
         d = self.to_dict()
         if d["gradient_store"] != "bf16":  # "fp32" trains bit-identically to "off"; older runs stay resumable
             d.pop("gradient_store")
+        if d["mlm_head"] is False:  # without a head the pooling lengths change nothing; older runs stay resumable
+            d.pop("mlm_head")
+            d.pop("mlm_head_pooling")
         for k in ("experiment_dir", "resume", "max_seeds", "min_convergent_seeds", "max_steps", "eval_steps",
                   "post_prune_topk", "post_prune_part", "early_stopping_patience", "early_stopping_min_delta"):
             d.pop(k)

@@ -28,10 +28,11 @@ from ...models.param_map import ParamMap
 from ..feature_model import FeatureModel
 from ..gradients import GradientEngine
 from ..model import ModelWithGradiend
-from ..rows import Rows, balanced_cap, rows_of
+from ..rows import Rows, balanced_cap
 from ..store import STORE_DIR, GradientStore, extract_store, store_key
 from .after import AfterTraining
 from .config import TrainConfig
+from .head import check_head_config, head_rows, run_head
 from .loop import SeedResult, SeedTrainer
 from .pruning import pre_prune
 
@@ -109,6 +110,7 @@ class Trainer(AfterTraining):
         self.data.validate_tokens(lm)
         self.neutral = _checked_neutral(neutral)
         self.experiment_dir = Path(config.experiment_dir)
+        check_head_config(lm, config)
         self.engine = GradientEngine(lm, config.params, include_embeddings=config.include_embeddings)
         #: the input space given to the constructor (``None``: pre-pruned, or every selected entry)
         self.input_space = self._checked_input_space(input_space)
@@ -138,11 +140,13 @@ class Trainer(AfterTraining):
         if len(part) == 0:
             raise DataError(f"the {split!r} split has no rows of classes {list(self.classes)}; add rows of both classes "
                             f"to it (or re-split the data)")
-        rows = rows_of(part, self.lm)
+        rows = head_rows(part, self.lm, self.engine.head)
         return balanced_cap(rows, cap, seed) if cap else rows
 
     def metadata(self) -> dict[str, Any]:
-        return {"base_model": self.lm.name, "source": self.config.source, "target": self.config.target,
+        head = self.engine.head
+        extra = {} if head is None else {"mlm_head": {"pooling_length": head.pooling_length, "tokens": head.tokens}}
+        return {**extra, "base_model": self.lm.name, "source": self.config.source, "target": self.config.target,
                 "classes": list(self.classes), "data_fingerprint": self.data.fingerprint(),
                 "gradedit_version": __version__}
 
@@ -223,6 +227,7 @@ class Trainer(AfterTraining):
     def _train(self) -> FeatureModel:
         cfg = self.config
         t0 = time.time()
+        self.engine.head = run_head(self.lm, self.data, cfg, self.experiment_dir, train=True)
         train = self._rows("train")
         val = self._rows("val", cap=cfg.eval_max_size, seed=cfg.seed)
         pmap = self._input_space(train)
@@ -322,7 +327,9 @@ class Trainer(AfterTraining):
 
     def get_model(self) -> ModelWithGradiend:
         """The trained ``ModelWithGradiend`` (base model + feature model)."""
-        return ModelWithGradiend(self.lm, self.feature_model, source=self.config.source)
+        if self.config.mlm_head is not False and self.engine.head is None:
+            self.engine.head = run_head(self.lm, self.data, self.config, self.experiment_dir, train=False)
+        return ModelWithGradiend(self.lm, self.feature_model, source=self.config.source, mlm_head=self.engine.head)
 
     def training_history(self) -> list[dict[str, Any]]:
         """Evaluation history of every trained seed (read back from disk when needed)."""
