@@ -63,7 +63,7 @@ def sum_with_grad(t: Tensor) -> Tensor:
     return all_reduce(t, op=tdist.ReduceOp.SUM)
 
 
-def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
+def average_gradients(params: Iterable[Tensor]) -> None:
     """Replace each ``.grad`` by its mean over ranks (one flat all-reduce; no-op in a single process).
 
     Every rank must hold gradients for the same parameters (``None`` grads are skipped).

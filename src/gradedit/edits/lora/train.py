@@ -14,6 +14,12 @@ adapters (``ΔW = scale · B A``, transposed for ``Conv1D``)::
 
     res = train_lora(lm, german_texts, LoraConfig(rank=1, steps=100), other_texts=english)
     with res.edit.applied(lm.model): ...
+
+Under ``torchrun`` / ``accelerate launch`` training is data parallel: every rank draws the same
+global batch (same seed), runs the forward and backward pass on its contiguous slice of it, the
+means are taken over every rank's positions (differentiable all-reduce of the sums) and the adapter
+gradients are averaged (``dist.average_gradients``), so every rank takes the single-process step
+and ends with the same adapters (up to float addition order).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from typing import Any
 
 import torch
 
+from ... import dist
 from ..._files import write_folder, write_json_atomic
 from ..._progress import progress as progress_bar
 from ...models import LanguageModel
@@ -285,7 +292,10 @@ def train_lora(lm: LanguageModel, data: TargetData | Sequence[str], config: Lora
     need_kl = config.kl_weight > 0
     gen = torch.Generator().manual_seed(config.seed)
     adapters = _init_adapters(modules, config.rank, gen, lm.device)
-    opt = torch.optim.Adam([t for pair in adapters.values() for t in pair], lr=config.lr)
+    params = [t for pair in adapters.values() for t in pair]
+    opt = torch.optim.Adam(params, lr=config.lr)
+    distributed = dist.init()
+    no_rows = torch.zeros((), device=lm.device)
     cyc_t, cyc_o = BatchCycler(targets, config.batch_size, gen), BatchCycler(others, config.batch_size, gen)
     pad, history = int(lm.tokenizer.pad_token_id), []
     flags = {p: p.requires_grad for p in model.parameters()}
@@ -301,39 +311,66 @@ def train_lora(lm: LanguageModel, data: TargetData | Sequence[str], config: Lora
         with attach_lora(model, adapters, config.scale) as switch:
             bar = progress_bar(range(config.steps), desc="LoRA", disable=not progress)
             for step in bar:
-                batch = collate(cyc_t.next() + cyc_o.next(), pad, lm.device)
-                base_logits = None
-                if need_kl and config.kl_topk is None:
-                    switch.on = False
-                    try:
-                        with torch.no_grad():
-                            base_logits = lm.forward_logits(batch.input_ids, batch.attention_mask)
-                    finally:
-                        switch.on = True
-                logits = lm.forward_logits(batch.input_ids, batch.attention_mask).float()
-                t_loss, t_ce = target_terms(logits[batch.target], batch.next_ids[batch.target], remove)
-                target_loss = t_loss.mean() if t_loss.numel() else logits.new_zeros(())
+                batch_seqs = cyc_t.next() + cyc_o.next()
+                mine = dist.shard(batch_seqs) if distributed else batch_seqs
+                # a zero in the graph of every adapter: a rank without rows still sends gradients
+                anchor = torch.stack([t.sum() for t in params]).sum() * 0.0 if distributed else no_rows
+                t_loss = t_ce = kls = torch.zeros(0, device=lm.device)
+                if mine:
+                    batch = collate(mine, pad, lm.device)
+                    base_logits = None
+                    if need_kl and config.kl_topk is None:
+                        switch.on = False
+                        try:
+                            with torch.no_grad():
+                                base_logits = lm.forward_logits(batch.input_ids, batch.attention_mask)
+                        finally:
+                            switch.on = True
+                    logits = lm.forward_logits(batch.input_ids, batch.attention_mask).float()
+                    t_loss, t_ce = target_terms(logits[batch.target], batch.next_ids[batch.target], remove)
+                    if need_kl:
+                        kls = batch_kl(logits, batch, base_logits)
+                target_loss, n_target = _mean_over_ranks(t_loss, anchor)
                 loss = target_loss
                 kl = torch.full((), float("nan"))
+                n_kl = _count_over_ranks(int(sum(int(q.kl.sum()) for q in mine)))
                 if need_kl:
-                    kls = batch_kl(logits, batch, base_logits)
-                    kl = kls.mean() if kls.numel() else logits.new_zeros(())
+                    kl, _ = _mean_over_ranks(kls, anchor)
                     loss = loss + config.kl_weight * kl
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 leaked = [n for n, p in model.named_parameters() if p.grad is not None and id(p) not in had_grad]
                 if leaked:  # base weights are frozen: only A and B may get gradients
                     raise RuntimeError(f"base parameters received gradients: {leaked[:3]}")
+                dist.average_gradients(params)
                 opt.step()
+                ce, _ = _mean_over_ranks(t_ce.detach(), anchor.detach())
                 history.append({"step": step, "loss": loss.item(), "target_loss": target_loss.item(),
-                                "target_ce": t_ce.detach().mean().item() if t_ce.numel() else float("nan"),
-                                "kl": kl.item(), "n_target": int(t_ce.numel()), "n_kl": int(batch.kl.sum())})
+                                "target_ce": ce.item() if n_target else float("nan"),
+                                "kl": kl.item(), "n_target": n_target, "n_kl": n_kl})
                 bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
     finally:
         for p, flag in flags.items():
             p.requires_grad_(flag)
         model.train(was_training)
     return _result(lm, modules, adapters, history, config, used, remove, ledger.counts())
+
+
+def _mean_over_ranks(x: torch.Tensor, anchor: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(mean of ``x`` [n] over every rank's entries — differentiable —, their number); a zero when
+    there are none. In a single process ``x.mean()`` itself."""
+    if not dist.is_distributed():
+        return (x.mean() if x.numel() else anchor.new_zeros(())), int(x.numel())
+    n = _count_over_ranks(int(x.numel()))
+    total = dist.sum_with_grad(x.sum() + anchor if x.numel() else anchor)
+    return (total / n if n else total), n
+
+
+def _count_over_ranks(n: int) -> int:
+    """``n`` summed over ranks (itself in a single process)."""
+    if not dist.is_distributed():
+        return n
+    return int(dist.all_reduce_sum(torch.tensor([n], dtype=torch.float64)).item())
 
 
 def _result(lm: LanguageModel, modules: Mapping[str, torch.nn.Module],
