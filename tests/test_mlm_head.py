@@ -60,6 +60,11 @@ def test_training_a_head_needs_a_causal_lm(tiny_bert) -> None:
         Trainer(tiny_bert, after_mask_data(), ["masc", "fem"], config=TrainConfig(mlm_head=True))
 
 
+def test_head_runs_refuse_the_gradient_store(tiny_llama) -> None:
+    with pytest.raises(ConfigError, match="gradient_store='off'"):
+        Trainer(tiny_llama, after_mask_data(), ["masc", "fem"], config=TrainConfig(mlm_head=True, gradient_store="fp32"))
+
+
 def _texts_ids(head: MLMHead, lm, n: int = 4):
     ds = after_mask_data().head(n)
     f = torch.tensor(lm.token_ids(ds.to_frame()["factual"].tolist()))

@@ -294,6 +294,10 @@ def train_mlm_head(lm: LanguageModel, data: PairDataset, *, pooling_lengths: Seq
         logger.info("MLM head pooling_length=%d: train loss %.4f, val loss %.4f (no-context %.4f)", n,
                     fits[n][1], val, baseline)
     best = min(lengths, key=lambda n: (fits[n][0] if math.isfinite(fits[n][0]) else math.inf, n))
+    if not fits[best][0] < baseline:
+        logger.warning("the MLM head does not beat the no-context baseline on validation (%.4f >= %.4f at pooling "
+                       "length %d): its gradients carry little of the context; use more rows or other lengths",
+                       fits[best][0], baseline, best)
     fit = HeadFit({n: fits[n][0] for n in lengths}, best, baseline, len(yt), len(yv),
                   {n: fits[n][1] for n in lengths})
     head = MLMHead(hidden, tokens, ids, best, probe.placeholder,

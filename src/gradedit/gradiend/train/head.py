@@ -20,10 +20,14 @@ HEAD_DIR = HEAD_FOLDER
 
 
 def check_head_config(lm: LanguageModel, config: TrainConfig) -> None:
-    """ConfigError when an MLM head is asked for on a masked LM (it reads both sides already)."""
+    """ConfigError when an MLM head is asked for on a masked LM (it reads both sides already) or with
+    the gradient store (whose key does not include the head)."""
     if config.mlm_head is not False and lm.kind != "clm":
         raise ConfigError(f"TrainConfig.mlm_head is for causal LMs; {lm.name} is a masked LM, which reads both sides "
                           "of [MASK] itself: set mlm_head=False")
+    if config.mlm_head is not False and config.gradient_store != "off":
+        raise ConfigError("the gradient store is keyed without the MLM head, so it could hold gradients of another "
+                          "head: set gradient_store='off' with mlm_head")
 
 
 def run_head(lm: LanguageModel, data: PairDataset, config: TrainConfig, experiment_dir: Path,
