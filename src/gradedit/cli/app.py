@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from ..errors import GradeditError
 from . import blast, compare, components, data, decompose, demo, edit, env, evaluate, models, rewrite, train
 from .checks import NoEditFound
+from .launch import device_scope
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        return int(args.func(args) or EXIT_OK)
+        with device_scope(getattr(args, "device", None)):  # --device of the commands that run a model
+            return int(args.func(args) or EXIT_OK)
     except NoEditFound as err:
         print(f"gradedit: {_one_line(err)}", file=sys.stderr)
         return EXIT_NO_EDIT

@@ -3,6 +3,9 @@ edit (``gradedit edit``, ``WeightEdit.save``) on held-out Bible text.
 
 A rewrite is measured as the edit it is: its weights minus the base model's (named in
 ``rewrite_info.json``). Wired into :mod:`gradedit.cli.app` with ``register(sub)``; ``run(args)`` does the work.
+
+Under ``torchrun`` / ``accelerate launch`` each rank scores its block of every language's texts
+(:func:`gradedit.blast.blast_radius`) and rank 0 alone prints and writes the report.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .checks import check_langs, edit_source
+from .launch import add_device
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--no-control", action="store_true", help="skip the random control edit")
     p.add_argument("--save-tokens", action="store_true",
                    help="keep per-token values (top-k lists) in report.json; several MB for 5 x 64 texts")
+    add_device(p)
     p.set_defaults(func=run)
     return p
 
@@ -89,21 +94,26 @@ def run(args: argparse.Namespace) -> int:
                        args.model, edit_dir, recorded, args.model)
     import html
 
+    from .. import dist
     from ..blast import blast_radius
     from ..edits import WeightEdit
     from ..gradiend.rewrite_io import rewrite_edit
     from ..models import load_model
     from ..viz.html import token_heatmap_html, write_html_report
 
+    dist.init()  # under a launcher: every rank scores its share, rank 0 reports
     lm = load_model(model)
     edit = rewrite_edit(edit_dir, lm) if kind == "rewrite" else WeightEdit.load(edit_dir)
     corpora = build_corpora(langs, args.n_texts)
     report = blast_radius(lm, edit, corpora, target=args.target, control=not args.no_control, seed=args.seed)
+    if not dist.is_main():
+        return 0
     out = Path(args.out) if args.out else edit_dir / "blast"
     out.mkdir(parents=True, exist_ok=True)
     frame = report.to_frame()
     what = "rewritten model" if kind == "rewrite" else "edit"
-    print(f"{what} {edit_dir} vs {lm.name}: {edit!r}")
+    print(f"{what} {edit_dir} vs {lm.name}: {edit!r}"
+          + (f" ({dist.world_size()} processes)" if dist.is_distributed() else ""))
     print(report.summary())
     print(frame.to_string(float_format=lambda v: f"{v:.4g}"))
     print(LEGEND)

@@ -8,6 +8,7 @@ import contextlib
 from pathlib import Path
 
 from .interrupt import run_interruptible
+from .launch import add_device
 
 
 def _cmd_decompose(args: argparse.Namespace) -> int:
@@ -50,4 +51,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="any DecomposeConfig field, e.g. --set importance_coeff=1e-3 lr=0.003")
     p.add_argument("--no-resume", action="store_true", help="start over even if --out has a checkpoint")
+    add_device(p)
     p.set_defaults(func=_cmd_decompose)

@@ -8,6 +8,9 @@ sentences (held out). Wired into :mod:`gradedit.cli.app` by ``register(sub)``.
 the same first N target tokens it fits on (``--selection-tokens M`` states a separate selection
 budget, ``all`` = every token of the ``--n-texts`` sentences). The command prints, and the edit's
 metadata keeps, ``target_tokens_used``: the target tokens read per purpose and in total.
+
+Under ``torchrun`` / ``accelerate launch`` ``edit lora`` trains data parallel (each rank a slice of
+every batch); ``edit scalar`` runs the same fit on every rank. Rank 0 alone saves and prints.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import logging
 from pathlib import Path
 
 from .checks import NoEditFound, check_langs, finite_float
+from .launch import add_device
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
             e.add_argument("--rank", type=int, default=1)
             e.add_argument("--steps", type=int, default=24)
             e.add_argument("--lr", type=finite_float, default=2e-3)
+        add_device(e)
         e.set_defaults(func=run)
     return p
 
@@ -66,10 +71,12 @@ def run(args: argparse.Namespace) -> int:
     check_langs([args.target], "--target")
     check_langs(others, "--others")
     selection_tokens = _selection_budget(args.selection_tokens, args.tokens) if args.edit_kind == "scalar" else None
+    from .. import dist
     from ..data.corpora import sentences
     from ..edits import LoraConfig, train_lora, tune_scalar
     from ..models import load_model
 
+    dist.init()  # under a launcher: every rank takes part, rank 0 saves
     lm = load_model(args.model)
     target = sentences(args.target)[: args.n_texts]
     other = {lang: sentences(lang)[: max(4, args.n_texts // 4)] for lang in others}
@@ -86,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         conf = LoraConfig(rank=args.rank, steps=args.steps, lr=args.lr, kl_weight=args.kl_weight,
                           max_target_tokens=args.tokens, batch_size=2, kl_topk=256)
         edit = train_lora(lm, target, conf, remove=remove, other_texts=[s for v in other.values() for s in v]).edit
+    if not dist.is_main():
+        return 0
     edit.metadata.update({"base_model": lm.name, "target_language": args.target, "remove": remove})
     out = edit.save(Path(args.out))
     print(f"saved {edit!r} to {out}")

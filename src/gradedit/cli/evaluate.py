@@ -1,10 +1,20 @@
-"""``gradedit evaluate encoder|decoder RUN``: evaluate a trained run."""
+"""``gradedit evaluate encoder|decoder RUN``: evaluate a trained run.
+
+Under ``torchrun`` / ``accelerate launch`` every rank evaluates its share of the rows (see
+:mod:`gradedit.gradiend.evaluate`); rank 0 alone locks RUN, writes into it and prints. The other
+ranks point their trainer at a scratch folder (removed afterwards), so none of their copies of the
+library's writes reaches RUN.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import tempfile
+from pathlib import Path
 
 from .checks import check_run_class, neutral_texts, run_dir, run_neutral
+from .launch import add_device
 
 DECODER_LEGEND = ("value: strengthen C = mean P(C's token) on the other class's prompts; weaken C (C_weaken) = "
                   "1 - mean P(C's token) on C's own prompts. lr, ff: learning rate and feature factor of the chosen "
@@ -18,6 +28,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     run = run_dir(args.run_dir)
     check_run_class(run, args.target_class)
     override = run_neutral(run, args.neutral) if args.what == "decoder" or args.neutral else None
+    from .. import dist
     from .._files import lock_folder
     from ..gradiend.evaluate.selectors import resolve_selector
     from ..gradiend.train import Trainer
@@ -25,17 +36,27 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.selector is not None:
         resolve_selector(args.selector)  # a typo fails before the model loads
 
+    dist.init()  # under a launcher: every rank evaluates its rows, rank 0 owns RUN
+    main = dist.is_main()
     # the run folder is written (decoder results, plots): not while gradedit train holds it
-    with lock_folder(run):
+    with lock_folder(run) if main else contextlib.nullcontext(), \
+            contextlib.nullcontext(None) if main else tempfile.TemporaryDirectory(prefix="gradedit-rank") as scratch:
         trainer = Trainer.load(run)
+        if scratch is not None:
+            trainer.experiment_dir = Path(scratch)
         if override is not None:
             trainer.neutral = neutral_texts(override[1])
-            print(f"neutral text: {len(trainer.neutral)} texts from {override[0]} (instead of the run's neutral.json)")
+            if main:
+                print(f"neutral text: {len(trainer.neutral)} texts from {override[0]} (instead of the run's "
+                      "neutral.json)")
         if args.what == "decoder":
             dec = trainer.evaluate_decoder(target_class=args.target_class, increase_target_probabilities=not args.weaken,
-                                           plot=args.plot, split=args.split or "val", selector=args.selector)
+                                           plot=args.plot and main, split=args.split or "val", selector=args.selector)
+            if not main:
+                return 0
             constraint = (dec.info.get("constraint") or {}).get("label") or dec.info.get("selector")
-            print(f"selected on the {dec.info.get('split')!r} split under {constraint}")
+            print(f"selected on the {dec.info.get('split')!r} split under {constraint}"
+                  + (f" ({dist.world_size()} processes)" if dist.is_distributed() else ""))
             for key, sel in dec.items():
                 if not sel.admissible:
                     print(f"{key:<14} {sel.reason}")
@@ -45,9 +66,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             print(DECODER_LEGEND)
             print(f"next: gradedit rewrite {run} --target-class {trainer.classes[1]} --out NEW_DIR")
         else:
-            enc = trainer.evaluate_encoder(split=args.split or "test", plot=args.plot)
+            enc = trainer.evaluate_encoder(split=args.split or "test", plot=args.plot and main)
+            if not main:
+                return 0
             print(f"r = {enc.correlation:+.3f} (with neutral {enc.correlation_with_neutral:+.3f}), "
-                  f"accuracy {enc.accuracy:.3f} (binary {enc.accuracy_binary:.3f})")
+                  f"accuracy {enc.accuracy:.3f} (binary {enc.accuracy_binary:.3f})"
+                  + (f" ({dist.world_size()} processes)" if dist.is_distributed() else ""))
             print(enc.to_frame().to_string())
             print(ENCODER_LEGEND)
     return 0
@@ -68,4 +92,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--plot", action="store_true", help="also write the figure into the run directory")
     ev.add_argument("--neutral", metavar="FILE|LANG",
                     help="neutral text instead of the run's neutral.json (a file with one text per line, or a language)")
+    add_device(ev)
     ev.set_defaults(func=_cmd_evaluate)

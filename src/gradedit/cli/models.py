@@ -77,6 +77,9 @@ SCORE_EXPLAINED = {
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
+    from .launch import single_process_only
+
+    single_process_only("score", "a few texts are scored in one pass")
     texts = _read_texts(args)  # before the model loads: a missing text costs nothing
     from .. import metrics
     from ..models import load_model
@@ -107,4 +110,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     score.add_argument("--model", required=True, help="zoo name, local HF folder or hub id")
     score.add_argument("--text", action="append", help="a text (repeatable)")
     score.add_argument("--file", help="a file with one text per line")
+    from .launch import add_device
+
+    add_device(score)
     score.set_defaults(func=_cmd_score)

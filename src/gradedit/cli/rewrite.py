@@ -6,11 +6,14 @@ import argparse
 import logging
 
 from .checks import check_run_class, neutral_texts, new_folder, run_dir, run_neutral
+from .launch import add_device, single_process_only
 
 logger = logging.getLogger(__name__)
 
 
 def _cmd_rewrite(args: argparse.Namespace) -> int:
+    single_process_only("rewrite", "it writes one model folder; run `gradedit evaluate decoder` under the launcher "
+                        "first if the sweep is the heavy part")
     run = run_dir(args.run_dir)
     check_run_class(run, args.target_class)
     out = new_folder(args.out)
@@ -53,4 +56,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     rw.add_argument("--out", required=True, help="new folder for the HF model + tokenizer + rewrite_info.json")
     rw.add_argument("--neutral", metavar="FILE|LANG",
                     help="neutral text for the decoder evaluation a rewrite may need, instead of the run's neutral.json")
+    add_device(rw)
     rw.set_defaults(func=_cmd_rewrite)

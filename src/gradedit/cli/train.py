@@ -17,6 +17,7 @@ from ..errors import ConfigError
 from .checks import NEUTRAL_TEXTS, check_classes, data_spec, finite_float, neutral_choice, neutral_texts
 from .data import load_data
 from .interrupt import run_interruptible
+from .launch import add_device, single_process_only
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ def _topk_or_none(value: str) -> float | int | str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    single_process_only("train", "GRADIEND training is not data parallel yet")
     # every check that needs no model first: a typo costs milliseconds, not a model load
     spec = data_spec(args.data)
     check_classes(spec, list(args.classes))
@@ -123,4 +125,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--post-prune", type=_topk_or_none, metavar="K|none",
                        help="after training keep the top decoder entries: a count or a fraction (default 0.05); none: keep all")
     train.add_argument("--seeds", type=int, help="max seeds to try")
+    add_device(train)
     train.set_defaults(func=_cmd_train)

@@ -2,23 +2,78 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import ArtifactError
+from ..errors import ArtifactError, ConfigError
 from . import zoo
 from .language_model import LanguageModel, ModelKind
 
-__all__ = ["check_tokenizer", "load_model"]
+__all__ = ["DEVICES", "DEVICE_ENV", "check_tokenizer", "default_device", "load_model", "resolve_device"]
+
+#: what ``--device`` accepts (``cuda:N`` too)
+DEVICES = ("auto", "cpu", "cuda")
+#: the device :func:`load_model` uses when none is given (default ``cpu``); the CLI's ``--device`` sets it
+DEVICE_ENV = "GRADEDIT_DEVICE"
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when available, else the CPU) as a device.
+
+    ``"cuda"`` and ``"auto"`` mean this process's GPU under a launcher (``LOCAL_RANK``), else GPU 0.
+    ``None`` is the device named by ``GRADEDIT_DEVICE`` (:func:`default_device`), else the CPU.
+
+    Raises:
+        ConfigError: an unknown name, or CUDA asked for on a machine without it.
+    """
+    if device is None:
+        device = os.environ.get(DEVICE_ENV, "").strip() or "cpu"
+    if isinstance(device, torch.device):
+        return device
+    name = str(device).strip().lower()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} but this machine (or this torch build) has no CUDA; use "
+                              "--device cpu or --device auto")
+        if name == "cuda":
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0") or 0))
+        try:
+            return torch.device(name)
+        except RuntimeError:
+            pass
+    raise ConfigError(f"unknown device {device!r}; use one of {', '.join(DEVICES)} or cuda:N")
+
+
+@contextlib.contextmanager
+def default_device(device: str | torch.device) -> Iterator[torch.device]:
+    """Within the block, :func:`load_model` without ``device=`` puts models on ``device`` (checked now,
+    resolved at each load by :func:`resolve_device`), through ``GRADEDIT_DEVICE`` (restored on exit)."""
+    resolved = resolve_device(device)
+    old = os.environ.get(DEVICE_ENV)
+    os.environ[DEVICE_ENV] = str(device)
+    try:
+        yield resolved
+    finally:
+        if old is None:
+            os.environ.pop(DEVICE_ENV, None)
+        else:
+            os.environ[DEVICE_ENV] = old
 
 
 def load_model(
     name_or_path: str | Path,
     *,
     dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     kind: ModelKind | None = None,
 ) -> LanguageModel:
     """Load a zoo model (``gradedit models list``), a local HF folder, or a hub id.
@@ -26,13 +81,16 @@ def load_model(
     Zoo models that need preparing (``smollm2-135m``, ``gemma3-270m``, ``minilm-mlm``) are prepared
     on first use. ``kind`` overrides the MLM/CLM detection for a folder or hub id. Code shipped with
     a model (``auto_map`` in its config) is never run: ``trust_remote_code`` is always False.
+    ``device``: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (:func:`resolve_device`); ``None``
+    = ``GRADEDIT_DEVICE`` (set by :func:`default_device` and the CLI's ``--device``), else the CPU.
     """
+    target = resolve_device(device)  # a bad device fails before the model loads
     name = str(name_or_path)
     if zoo.is_zoo_name(name):
         lm = zoo.load(name, dtype=dtype)
     else:
         lm = _load_hf(name, dtype=dtype, kind=kind)
-    lm.model.to(device)  # type: ignore[arg-type]  # transformers types PreTrainedModel.to (a decorated method) as taking the model itself
+    lm.model.to(target)  # type: ignore[arg-type]  # transformers types PreTrainedModel.to (a decorated method) as taking the model itself
     lm.model.eval()
     return lm
 

@@ -1,0 +1,146 @@
+"""The command line under ``torchrun --nproc_per_node 2 -m gradedit``: ``evaluate decoder``,
+``evaluate encoder`` and ``blast`` give the 1-process results (rank 0 alone writes and prints);
+``train``, ``rewrite`` and ``score`` refuse a launcher in one line; ``--device`` is checked and
+reaches ``load_model`` (auto = the CPU here)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import gradedit as ge
+import gradedit.models.loading as loading
+from gradedit.cli import main
+from gradedit.cli.launch import DEVICE_ENV
+from gradedit.data.schema import PairDataset
+from gradedit.edits import WeightEdit
+from gradedit.errors import ConfigError
+from gradedit.models.loading import default_device, resolve_device
+from pronoun_rows import pronoun_records
+
+NEUTRAL = ["The city is quiet and the house is old.", "The quick brown fox jumps over the lazy dog.",
+           "Numbers like 1, 2, 3 and symbols appear too.", "The teacher knows the city is quiet.",
+           "Le chat noir dort sur la chaise."]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "gradedit"]
+
+
+def _close(a: Any, b: Any, path: str = "") -> None:
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), path
+        for k in a:
+            if k not in ("seconds", "elapsed_s", "fingerprint"):
+                _close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) and isinstance(b, (int, float)):
+        assert math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6) or (math.isnan(a) and math.isnan(b)), (path, a, b)
+    else:
+        assert a == b, (path, a, b)
+
+
+def _torchrun(args: list[str]) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADEDIT_NO_PROGRESS": "1"}
+    return subprocess.run([*TORCHRUN, *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny trained run (1 process, in-process CLI)."""
+    root = tmp_path_factory.mktemp("dist_cli")
+    data = PairDataset.from_records(pronoun_records(), target_classes=["masc", "fem"]).save(root / "data.csv")
+    (root / "neutral.txt").write_text("\n".join(NEUTRAL), encoding="utf-8")
+    code = main(["train", "--model", "tiny-llama", "--data", str(data), "--classes", "masc", "fem", "--out",
+                 str(root / "run"), "--neutral", str(root / "neutral.txt"), "--max-steps", "4", "--eval-steps", "2",
+                 "--seeds", "1", "--device", "cpu"])
+    assert code == 0
+    return root / "run"
+
+
+def test_evaluate_under_torchrun_equals_one_process(run: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    shutil.copytree(run, one)
+    shutil.copytree(run, two)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["evaluate", "decoder", str(one), "--target-class", "fem"]) == 0
+        assert main(["evaluate", "encoder", str(one)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    capsys.readouterr()
+    for what in (["decoder", "--target-class", "fem"], ["encoder"]):
+        res = _torchrun(["evaluate", what[0], str(two), *what[1:]])
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert res.stdout.count("(2 processes)") == 1  # rank 0 alone prints
+    ref, got = (json.loads((d / "decoder_results.json").read_text()) for d in (one, two))
+    assert got["selections"]["fem"]["learning_rate"] == ref["selections"]["fem"]["learning_rate"]
+    _close(ref, got)
+    ref, got = (json.loads((d / "encoder_results_test.json").read_text()) for d in (one, two))
+    _close(ref, got)
+    assert sorted(p.name for p in one.iterdir()) == sorted(p.name for p in two.iterdir())  # nothing else written
+
+
+def test_blast_under_torchrun_equals_one_process(tmp_path: Path, tiny_llama: ge.LanguageModel,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    name, p = [(n, p) for n, p in ge.select_parameters(tiny_llama.model).items() if p.ndim == 2][2]
+    edit = WeightEdit.dense({name: torch.randn(p.shape, generator=torch.Generator().manual_seed(3)) * 0.3},
+                            metadata={"base_model": "tiny-llama"})
+    edit.save(tmp_path / "edit")
+    args = ["blast", str(tmp_path / "edit"), "--langs", "en,de", "--n-texts", "3", "--target", "de"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    capsys.readouterr()
+    res = _torchrun([*args, "--out", str(tmp_path / "two")])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("(2 processes)") == 1 and res.stdout.count("report:") == 1
+    ref, got = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("one", "two"))
+    _close(ref, got)
+    assert abs(ref["ce_delta"]["de"]) > 1e-4  # the edit changes something the comparison could miss
+
+
+@pytest.mark.parametrize("argv", [["train", "--model", "tiny-llama", "--data", "x.csv", "--classes", "a", "b",
+                                   "--out", "r"],
+                                  ["rewrite", "RUN", "--target-class", "fem", "--out", "o"],
+                                  ["score", "--model", "tiny-llama", "--text", "Hello there."]])
+def test_single_process_commands_refuse_a_launcher(argv: list[str], monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"gradedit {argv[0]} runs in one process" in err and "without torchrun" in err and err.count("\n") == 1
+
+
+def test_device_option(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["score", "--model", "tiny-llama", "--text", "Hello there.", "--device", "gpu"]) == 2
+    assert "'gpu' is not a device" in capsys.readouterr().err
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == auto and resolve_device(None) == torch.device("cpu")
+    with default_device("cpu"):
+        assert ge.load_model("tiny-llama").device == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA; use --device cpu or --device auto"):
+            resolve_device("cuda")
+        assert main(["score", "--model", "tiny-llama", "--text", "Hello there.", "--device", "cuda"]) == 2
+        assert "no CUDA" in capsys.readouterr().err
+    seen: list[Any] = []
+    real = loading.resolve_device
+    monkeypatch.setattr(loading, "resolve_device",
+                        lambda d: seen.append((d, os.environ.get(loading.DEVICE_ENV))) or real(d))
+    monkeypatch.delenv(loading.DEVICE_ENV, raising=False)
+    assert main(["score", "--model", "tiny-llama", "--text", "Hello there."]) == 0
+    # load_model (no device given) saw the CLI's --device default, auto; the variable is gone afterwards
+    assert seen == [(None, "auto")] and json.loads(capsys.readouterr().out)["tokens"] > 0
+    assert loading.DEVICE_ENV not in os.environ and loading.DEVICE_ENV == DEVICE_ENV
+    with pytest.raises(ConfigError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
