@@ -87,7 +87,7 @@ def test_debias_sweep_lowers_bias_within_its_bound_and_the_rewrite_reproduces_it
     he, she = [lm.token_id(" he")], [lm.token_id(" she")]
     original = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
     unbiased = bias_scores(lm, prompts, he, she)
-    with trained.get_model().applied(0.08, -1.0):
+    with trained.get_model().applied(0.15, -1.0):
         base_bias = bias_scores(lm, prompts, he, she)
         assert base_bias["mean_log_ratio"] > unbiased["mean_log_ratio"] + 0.2, "the injected lean is too small"
         biased = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
