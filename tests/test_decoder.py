@@ -302,3 +302,19 @@ def test_decoder_selects_on_validation_rows_and_records_the_split(trained, monke
         trained.rewrite_base_model(dec, target_class="fem", output_dir=tmp_path / "fem")
         info = json.loads((tmp_path / "fem" / "rewrite_info.json").read_text())
         assert info["selection_split"] == "val" and info["selected_value"] == sel.value
+
+
+def test_a_non_main_rank_writes_nothing_into_the_run(trained, monkeypatch):
+    """Under torchrun every rank runs Trainer.evaluate_*; only rank 0 may write (they raced on the
+    read-merge-write of decoder_results.json)."""
+    from gradedit import dist
+
+    def files() -> dict[str, int]:
+        return {str(p): p.stat().st_mtime_ns for p in trained.experiment_dir.rglob("*") if p.is_file()}
+
+    before = files()
+    monkeypatch.setattr(dist, "is_main", lambda: False)
+    dec = trained.evaluate_decoder(learning_rates=[1e-3, 3e-2], refine_steps=0, use_cache=False, plot=True)
+    enc = trained.evaluate_encoder(max_size=4, plot=True)
+    assert set(dec) == {"masc", "fem"} and enc.correlation == enc.correlation
+    assert files() == before

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from transformers import PreTrainedModel
 
+from ... import dist
 from ..._files import safe_join, write_json_atomic
 from ...data.schema import PairDataset
 from ...errors import ArtifactError, ConfigError, DataError
@@ -83,9 +84,10 @@ class AfterTraining:
                                 neutral=self.neutral, split=split, max_size=max_size, seed=self.config.seed,
                                 source=source)
         suffix = f"_{source}" if source is not None and source != self.config.source else ""
-        res.save(self.experiment_dir / f"encoder_results_{split}{suffix}.json")
-        if plot:
-            res.plot(self.experiment_dir / f"encoder_{split}{suffix}.png")
+        if dist.is_main():  # under torchrun every rank holds the result; rank 0 writes it
+            res.save(self.experiment_dir / f"encoder_results_{split}{suffix}.json")
+            if plot:
+                res.plot(self.experiment_dir / f"encoder_{split}{suffix}.png")
         return res
 
     def encoder_summary(self, split: str = "test", batch_size: int = 8) -> dict[str, Any]:
@@ -102,7 +104,8 @@ class AfterTraining:
         out = {"split": split, "n": len(part), "correlation": pearson(h, labels),
                "accuracy": float((np.sign(h) == labels).mean()), "class_means": class_stats(h, labels, self.classes),
                "mlm_head": self.config.mlm_head is not False}
-        write_json_atomic(self.experiment_dir / f"encoder_summary_{split}.json", out)
+        if dist.is_main():
+            write_json_atomic(self.experiment_dir / f"encoder_summary_{split}.json", out)
         return out
 
     def evaluate_decoder(self, target_class: str | Sequence[str] | None = None,
@@ -126,11 +129,12 @@ class AfterTraining:
             feature_factors=feature_factors, learning_rates=learning_rates, selector=selector,
             refine_steps=refine_steps, max_rows_per_class=max_rows_per_class,
             cache_dir=self.experiment_dir / "decoder" if use_cache else None, split=split, bias_prompts=bias_prompts)
-        path = self.experiment_dir / DECODER_FILE
-        merged = DecoderResults.load(path).merged(res) if path.is_file() else res
-        merged.save(path)
-        if plot:
-            res.plot(self.experiment_dir / f"decoder_{'strengthen' if increase_target_probabilities else 'weaken'}.png")
+        if dist.is_main():  # ranks would race on the read-merge-write of decoder_results.json
+            path = self.experiment_dir / DECODER_FILE
+            merged = DecoderResults.load(path).merged(res) if path.is_file() else res
+            merged.save(path)
+            if plot:
+                res.plot(self.experiment_dir / f"decoder_{'strengthen' if increase_target_probabilities else 'weaken'}.png")
         return res
 
     def evaluate_debias(self, prompts: Sequence[str] | None = None, selector: str | Selector | None = None,
@@ -153,10 +157,11 @@ class AfterTraining:
             feature_factors=feature_factors, learning_rates=learning_rates, selector=selector,
             refine_steps=refine_steps, max_rows_per_class=max_rows_per_class,
             cache_dir=self.experiment_dir / "decoder" if use_cache else None, split=split)
-        path = self.experiment_dir / DECODER_FILE
-        (DecoderResults.load(path).merged(res) if path.is_file() else res).save(path)
-        if plot:
-            res.plot(self.experiment_dir / "decoder_debias.png")
+        if dist.is_main():
+            path = self.experiment_dir / DECODER_FILE
+            (DecoderResults.load(path).merged(res) if path.is_file() else res).save(path)
+            if plot:
+                res.plot(self.experiment_dir / "decoder_debias.png")
         return res
 
     def rewrite_base_model(self, decoder_results: DecoderResults | None = None,
