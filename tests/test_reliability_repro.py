@@ -15,10 +15,11 @@ What must be equal:
 
 - datasets, CSV tables, tokenizer files, configs, the convergence PNG, the lock files: bytes;
 - ``*.safetensors`` (feature models, pre-pruning, checkpoints, trainer state, the rewritten model, the
-  decomposition): the same tensor names, dtypes, shapes and bytes (bit-identical), and the same header
-  metadata. Not the file bytes: safetensors writes the header metadata in the order of a Rust
-  HashMap, which is seeded per process (``{"format", "gradedit_format_version"}`` come out in either
-  order), so two identical models can differ in their first bytes;
+  decomposition): the same tensor names, dtypes, shapes and bytes (bit-identical), the same header
+  metadata, and — unless a dropped field is in the metadata — the same file bytes. (safetensors
+  writes the header metadata in a Rust HashMap's random order, so ``{"format",
+  "gradedit_format_version"}`` came out either way round; ``_files.save_safetensors_atomic`` now
+  sorts it, :func:`test_safetensors_files_are_byte_deterministic`);
 - ``*.json`` (selections, encoder results, run records, blast report, decomposition record): equal as
   parsed JSON, numbers exactly, after dropping the fields in :data:`DROPPED`;
 - ``*.html`` (blast report): equal text.
@@ -47,6 +48,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from gradedit._files import save_safetensors_atomic
 from test_cli_workflow import MODEL, SMALL, readme_workflow
 
 TIMEOUT = 300
@@ -167,6 +169,8 @@ def compare_file(rel: str, a: Path, b: Path, dropped: set[tuple[str, str]]) -> l
             x, y = ta[name], tb[name]
             if x.dtype != y.dtype or x.shape != y.shape or not torch.equal(_bits(x), _bits(y)):
                 problems.append(f"tensor {name} differs ({x.dtype}{list(x.shape)} vs {y.dtype}{list(y.shape)})")
+        if not problems and not da and fa.read_bytes() != fb.read_bytes():
+            problems.append("equal tensors and metadata but the file bytes differ (header order?)")
     elif fa.suffix == ".html":
         if fa.read_text(encoding="utf-8").replace(str(a), "<ROOT>") != fb.read_text(encoding="utf-8").replace(
                 str(b), "<ROOT>"):
@@ -307,3 +311,21 @@ def test_comparison_sees_any_other_change(twin: tuple[Path, Path], damage: str) 
         (b / "new.txt").write_text("")
     diffs, _ = compare_trees(a, b)
     assert [rel for rel, d in diffs.items() if d], f"{damage} went unnoticed"
+
+
+def test_safetensors_files_are_byte_deterministic(tmp_path: Path) -> None:
+    """The same tensors and metadata give the same bytes, whatever order safetensors' HashMap picks."""
+    tensors = {"w": torch.arange(6.0), "b": torch.zeros(2, dtype=torch.int64)}
+    meta = {k: f"value {i}" for i, k in enumerate("fedcba")}
+    raw, ours = set(), set()
+    for i in range(8):
+        save_file(tensors, str(tmp_path / "raw.safetensors"), metadata=meta)
+        raw.add((tmp_path / "raw.safetensors").read_bytes())
+        save_safetensors_atomic(tensors, tmp_path / "ours.safetensors", metadata=dict(reversed(meta.items()))
+                                if i % 2 else meta)
+        ours.add((tmp_path / "ours.safetensors").read_bytes())
+    assert len(raw) > 1, "safetensors now writes its metadata in a fixed order: the sorting can go"
+    assert len(ours) == 1
+    with safe_open(str(tmp_path / "ours.safetensors"), "pt") as f:
+        assert f.metadata() == meta and torch.equal(f.get_tensor("w"), tensors["w"])
+        assert f.get_tensor("b").dtype == torch.int64

@@ -282,6 +282,21 @@ def save_safetensors_atomic(tensors: dict[str, torch.Tensor], file: Path,
 
     with atomic_path(file) as tmp:
         save_file(tensors, str(tmp), metadata=metadata or {"format": "pt"})
+        _sort_header_metadata(tmp)
+
+
+def _sort_header_metadata(file: Path) -> None:
+    """Rewrite a safetensors header's ``__metadata__`` in key order, in place (same length): safetensors writes it
+    in a Rust HashMap's per-process order, so equal tensors and metadata gave different bytes in two runs."""
+    with open(file, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        meta = header.get("__metadata__") or {}
+        header["__metadata__"] = dict(sorted(meta.items()))
+        raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(meta) > 1 and len(raw) <= size:  # the same entries re-ordered: never longer; padding stays spaces
+            f.seek(8)
+            f.write(raw.ljust(size, b" "))
 
 
 def read_json_object(file: Path, fix: str) -> dict[str, Any]:
