@@ -14,3 +14,16 @@ def pronoun_records(subjects=SUBJECTS, verbs=VERBS, rest="would be late."):
             recs.append({"text": f"{s} {v} [MASK] {rest}", "factual": f, "alternative": a,
                          "factual_class": fc, "alternative_class": ac})
     return recs
+
+
+THREE_CLASS_TOKENS = {"masc": " he", "fem": " she", "plur": " they"}
+
+
+def three_class_records(subjects=SUBJECTS, verbs=VERBS):
+    """Every ordered pair of he / she / they per subject x verb (6 rows each)."""
+    recs = []
+    for s, v in itertools.product(subjects, verbs):
+        for fc, ac in itertools.permutations(THREE_CLASS_TOKENS, 2):
+            recs.append({"text": f"{s} {v} [MASK] would be late.", "factual": THREE_CLASS_TOKENS[fc],
+                         "alternative": THREE_CLASS_TOKENS[ac], "factual_class": fc, "alternative_class": ac})
+    return recs

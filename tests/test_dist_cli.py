@@ -6,7 +6,6 @@ reaches ``load_model`` (auto = the CPU here)."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -25,6 +24,7 @@ from gradedit.data.schema import PairDataset
 from gradedit.edits import WeightEdit
 from gradedit.errors import ConfigError
 from gradedit.models.loading import default_device, resolve_device
+from json_close import assert_json_close
 from pronoun_rows import pronoun_records
 
 NEUTRAL = ["The city is quiet and the house is old.", "The quick brown fox jumps over the lazy dog.",
@@ -33,20 +33,7 @@ NEUTRAL = ["The city is quiet and the house is old.", "The quick brown fox jumps
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "gradedit"]
 
 
-def _close(a: Any, b: Any, path: str = "") -> None:
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), path
-        for k in a:
-            if k not in ("seconds", "elapsed_s", "fingerprint"):
-                _close(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, list):
-        assert isinstance(b, list) and len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _close(x, y, f"{path}[{i}]")
-    elif isinstance(a, float) and isinstance(b, (int, float)):
-        assert math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6) or (math.isnan(a) and math.isnan(b)), (path, a, b)
-    else:
-        assert a == b, (path, a, b)
+IGNORED = ("seconds", "elapsed_s", "fingerprint")  # timings; the cache fingerprint holds paths
 
 
 def _torchrun(args: list[str]) -> subprocess.CompletedProcess[str]:
@@ -86,9 +73,9 @@ def test_evaluate_under_torchrun_equals_one_process(run: Path, tmp_path: Path,
         assert res.stdout.count("(2 processes)") == 1  # rank 0 alone prints
     ref, got = (json.loads((d / "decoder_results.json").read_text()) for d in (one, two))
     assert got["selections"]["fem"]["learning_rate"] == ref["selections"]["fem"]["learning_rate"]
-    _close(ref, got)
+    assert_json_close(ref, got, ignore=IGNORED)
     ref, got = (json.loads((d / "encoder_results_test.json").read_text()) for d in (one, two))
-    _close(ref, got)
+    assert_json_close(ref, got, ignore=IGNORED)
     assert sorted(p.name for p in one.iterdir()) == sorted(p.name for p in two.iterdir())  # nothing else written
 
 
@@ -105,7 +92,7 @@ def test_blast_under_torchrun_equals_one_process(tmp_path: Path, tiny_llama: ge.
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("(2 processes)") == 1 and res.stdout.count("report:") == 1
     ref, got = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("one", "two"))
-    _close(ref, got)
+    assert_json_close(ref, got, ignore=IGNORED)
     assert abs(ref["ce_delta"]["de"]) > 1e-4  # the edit changes something the comparison could miss
 
 

@@ -6,7 +6,6 @@ encoder's values come back in row order."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from gradedit.gradiend.feature_model import FeatureModel
 from gradedit.gradiend.model import ModelWithGradiend
 from gradedit.models import select_parameters
 from gradedit.models.param_map import ParamMap
+from json_close import assert_json_close
 from pronoun_rows import pronoun_records
 
 # 5 neutral texts and 7 bias prompts: odd counts, so the ranks' blocks differ in size
@@ -70,21 +70,6 @@ def _worker(out: str) -> None:
     Path(out, f"rank{dist.rank()}.json").write_text(json.dumps(res))
 
 
-def _close(a: object, b: object, path: str = "") -> None:
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), path
-        for k in a:
-            _close(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, list):
-        assert isinstance(b, list) and len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _close(x, y, f"{path}[{i}]")
-    elif isinstance(a, float) and isinstance(b, (int, float)):
-        assert math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6) or (math.isnan(a) and math.isnan(b)), (path, a, b)
-    else:
-        assert a == b, (path, a, b)
-
-
 def test_two_process_decoder_and_encoder_evaluation_equal_one_process(tmp_path: Path) -> None:
     dist.launch_local(_worker, 2, str(tmp_path))
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
@@ -102,13 +87,13 @@ def test_two_process_decoder_and_encoder_evaluation_equal_one_process(tmp_path: 
             assert got["admissible"] == sel["admissible"] and got["feature_factor"] == sel["feature_factor"], key
             # grid and bisection: the same lr; fast: lrs computed from the Taylor coefficients (float tolerance)
             assert got["learning_rate"] == pytest.approx(sel["learning_rate"], rel=1e-12 if which == "grid" else 1e-5)
-        _close({k: v for k, v in ref[which].items() if k != "fingerprint"},
+        assert_json_close({k: v for k, v in ref[which].items() if k != "fingerprint"},
                {k: v for k, v in r0[which].items() if k != "fingerprint"}, which)
     assert any(s["admissible"] for s in ref["grid"]["selections"].values())  # a selection that can differ
     assert ref["fast"]["info"]["jvp_passes"] >= 1 and "bias" in r0["grid"]["base"]
     # the cache was written once (rank 0) and read for both ranks: the second sweep scored nothing
     assert r0["again"] and len(list((tmp_path / "cache").glob("decoder_*.json"))) == 1
-    _close(ref["encoder"], r0["encoder"], "encoder")
+    assert_json_close(ref["encoder"], r0["encoder"], "encoder")
     assert len(set(r0["encoder"]["encoded"])) > 10  # real, varied values in row order
     with pytest.raises(AssertionError):  # the comparison sees a change of 1e-3
-        _close(ref["encoder"]["encoded"], [v * 1.001 + 1e-3 for v in ref["encoder"]["encoded"]])
+        assert_json_close(ref["encoder"]["encoded"], [v * 1.001 + 1e-3 for v in ref["encoder"]["encoded"]])

@@ -17,18 +17,14 @@ from gradedit.gradiend.feature_model import FeatureModel
 from gradedit.gradiend.latents import class_codes, latent_metrics, orientation, row_codes
 from gradedit.gradiend.train.latent import LatentTrainer
 from gradedit.gradiend.train.trainer import Trainer
-from pronoun_rows import SUBJECTS, VERBS
+from pronoun_rows import SUBJECTS, THREE_CLASS_TOKENS, VERBS, three_class_records
 
-TOKENS = {"masc": " he", "fem": " she", "plur": " they"}
+TOKENS = THREE_CLASS_TOKENS
 
 
 def three_class_data() -> PairDataset:
-    recs = []
-    for s, v in itertools.product(SUBJECTS, VERBS):
-        for fc, ac in itertools.permutations(TOKENS, 2):
-            recs.append({"text": f"{s} {v} [MASK] would be late.", "factual": TOKENS[fc], "alternative": TOKENS[ac],
-                         "factual_class": fc, "alternative_class": ac})
-    return PairDataset.from_records(recs, target_classes=["masc", "fem"])
+    # labels of the pairs other than masc/fem are 0
+    return PairDataset.from_records(three_class_records(SUBJECTS, VERBS), target_classes=["masc", "fem"])
 
 
 def test_simplex_codes_are_a_unit_regular_simplex_and_pm1_for_two_classes() -> None:

@@ -3,7 +3,6 @@ resuming per pair, and the comparison at the end."""
 
 from __future__ import annotations
 
-import itertools
 import json
 from pathlib import Path
 
@@ -16,18 +15,14 @@ from gradedit.gradiend import suite as suite_mod
 from gradedit.gradiend.compare import KeySpace
 from gradedit.gradiend.feature_model import FeatureModel
 from gradedit.gradiend.suite import Suite, one_vs_rest, suite_pairs
-from pronoun_rows import SUBJECTS, VERBS
+from pronoun_rows import SUBJECTS, THREE_CLASS_TOKENS, VERBS, three_class_records
 
-TOKENS = {"masc": " he", "fem": " she", "plur": " they"}
+TOKENS = THREE_CLASS_TOKENS
 
 
 def three_class_data() -> PairDataset:
-    recs = []
-    for s, v in itertools.product(SUBJECTS, VERBS):
-        for fc, ac in itertools.permutations(TOKENS, 2):
-            recs.append({"text": f"{s} {v} [MASK] would be late.", "factual": TOKENS[fc], "alternative": TOKENS[ac],
-                         "factual_class": fc, "alternative_class": ac})
-    return PairDataset.from_records(recs, target_classes=["masc", "fem"])  # labels of the other pairs are 0
+    # labels of the pairs other than masc/fem are 0
+    return PairDataset.from_records(three_class_records(SUBJECTS, VERBS), target_classes=["masc", "fem"])
 
 
 CONFIG = {"max_steps": 12, "eval_steps": 6, "pre_prune_topk": 1500, "pre_prune_samples": 12, "eval_max_size": 16,
