@@ -6,7 +6,8 @@ BIN    := $(VENV)/bin
 # while an unpinned torch would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.gradedit-installed
-PYTEST_ARGS ?= -n 2
+# loadgroup: tests marked xdist_group(name) share one worker (their module fixtures run once)
+PYTEST_ARGS ?= -n 2 --dist loadgroup
 
 .PHONY: demo test install lint clean-venv chromium
 

@@ -94,6 +94,11 @@ def _check(proc: subprocess.CompletedProcess[str], what: str) -> None:
     assert proc.returncode == 0, f"{what} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
 
 
+# the two runs are one module-scoped fixture: keep this module on one xdist worker (make test uses
+# --dist loadgroup), or every worker that gets one of its tests pays for both runs again
+pytestmark = pytest.mark.xdist_group("reliability_repro")
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Run A (a process per command) and run B (one process for all), each in a fresh folder."""
