@@ -14,10 +14,8 @@ exactly ``tanh(b_e)``: that is the GRADIEND semantics (no counterfactual, no fea
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ import torch
 from ... import dist
 from ..._files import write_json_atomic, write_text_atomic
 from ...data.columns import MASK, fill_masked
+from ...data.neutral_pairs import mask_neutral_word
 from ...data.schema import PairDataset, expected_labels
 from ...models import LanguageModel
 from ..encode import encode_rows
@@ -50,32 +49,16 @@ NEUTRAL_CLASS = "neutral"
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 MIN_LEFT_WORDS = 3
 DEFAULT_NEUTRAL_CAP = 64
-_WORD = re.compile(r"[^\W\d_]+")
 
 
 def mask_other_word(text: str, lm: LanguageModel, exclude: set[str], seed: int = 0) -> tuple[str, str] | None:
     """Mask one word of ``text`` (no ``[MASK]`` in it) that has ≥3 words before it and is ONE token of
     ``lm`` with its leading space; ``exclude`` holds lowercased words that may not be chosen.
 
-    Returns ``(masked_text, " word")`` or None when no word qualifies. The choice among candidates is
-    deterministic: ``sha256(seed, text)``.
+    Returns ``(masked_text, " word")`` or None when no word qualifies; the choice is
+    :func:`~gradedit.data.neutral_pairs.mask_neutral_word`'s (deterministic: ``sha256(seed, text)``).
     """
-    candidates: list[tuple[int, int, str]] = []
-    for m in _WORD.finditer(text):
-        s, e = m.span()
-        if s == 0 or text[s - 1] != " " or (e < len(text) and text[e] in "'’-"):
-            continue
-        if len(text[:s].split()) < MIN_LEFT_WORDS or m.group().lower() in exclude:
-            continue
-        word = " " + m.group()
-        if not lm.is_single_token(word):
-            continue
-        candidates.append((s, e, word))
-    if not candidates:
-        return None
-    pick = int(hashlib.sha256(f"{seed}\x00{text}".encode()).hexdigest(), 16) % len(candidates)
-    s, e, word = candidates[pick]
-    return text[:s] + MASK + text[e:], word
+    return mask_neutral_word(text, exclude, lm.is_single_token, seed=seed, min_left_words=MIN_LEFT_WORDS)
 
 
 def _balanced(labels: Sequence[Any], cap: int | None, seed: int) -> np.ndarray:
