@@ -64,6 +64,18 @@ def test_one_vs_rest_relabels() -> None:
     assert len(same) == len(SUBJECTS) * len(VERBS) * 2 and (same["label"] == 0).all()
 
 
+def test_a_pair_gets_only_the_rows_between_its_two_classes(tiny_gpt2, tmp_path: Path) -> None:
+    data = three_class_data()
+    suite = Suite(tiny_gpt2, data, "all", config=CONFIG, experiment_dir=tmp_path / "s")
+    frame = data.to_frame()
+    for pair in suite.pairs:
+        got = suite.pair_data(pair).with_targets(list(pair)).to_frame()
+        inside = frame["factual_class"].isin(pair) & frame["alternative_class"].isin(pair)
+        assert len(got) == int(inside.sum()) < len(frame)
+        assert set(got["factual_class"]) | set(got["alternative_class"]) == set(pair)
+        assert (got["label"] != 0).all()  # no row of another pair rides along as a label-0 row
+
+
 def test_every_pair_trains_on_the_one_shared_input_space(trained: Suite) -> None:
     shared = trained.shared_map
     assert shared is not None and shared.size == 1500

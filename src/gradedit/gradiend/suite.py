@@ -157,8 +157,14 @@ class Suite:
         return safe_join(self.experiment_dir / "pairs", self.pair_name(pair), "class pair")
 
     def pair_data(self, pair: tuple[str, str]) -> PairDataset:
-        """The rows a pair's Trainer gets (the whole data, or its one-vs-rest relabelling)."""
-        return one_vs_rest(self.data, pair[0]) if self.one_vs_rest else self.data
+        """The rows a pair's Trainer gets: its one-vs-rest relabelling, or the rows whose factual and
+        alternative classes are both in the pair (rows of other pairs would only be label-0 rows that
+        training skips and encoder evaluation pays for)."""
+        if self.one_vs_rest:
+            return one_vs_rest(self.data, pair[0])
+        frame = self.data.to_frame()
+        inside = (frame["factual_class"].isin(pair) & frame["alternative_class"].isin(pair)).to_numpy()
+        return self.data if inside.all() else self.data.where(inside)
 
     def pair_config(self, pair: tuple[str, str]) -> TrainConfig:
         return self.config.replace(experiment_dir=str(self.pair_dir(pair)))
