@@ -8,7 +8,8 @@ Scored tokens:
 
 Batches are padded (either side) with explicit ``position_ids`` from the attention mask, so batched
 numbers equal one-by-one numbers. Log-softmax runs in fp32 and is chunked over positions; batches are
-sized by a token budget so a 262k vocabulary fits in memory.
+sized by a token budget so a 262k vocabulary fits in memory. Forwards run in ``lm.inference()``: no
+gradients, and the model's bf16/fp16 autocast when one is set (logits come back fp32).
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ def _iter_clm(lm: LanguageModel, texts: list[str], batch_size: int | None, paddi
     groups = _length_sorted_batches(lengths, lm.vocab_size, batch_size)
     for group in progress(groups, desc=desc, disable=desc is None or len(groups) < 2, leave=False):
         enc = lm.tokenize([texts[i] for i in group], padding_side=padding_side)
-        with torch.no_grad():
+        with lm.inference():  # no gradients; the model's autocast if set (fp32 logits back)
             logits = lm.forward_logits(enc["input_ids"], enc["attention_mask"])
         for b, ti in enumerate(group):
             idx = enc["attention_mask"][b].nonzero().squeeze(-1)
@@ -170,7 +171,7 @@ def _iter_mlm(lm: LanguageModel, texts: list[str], batch_size: int | None, paddi
         targets = torch.tensor([items[i][1][items[i][2]] for i in group])
         where = torch.tensor([off + items[i][2] for off, i in zip(offsets, group)])
         ids[torch.arange(len(group)), where] = mask_id
-        with torch.no_grad():
+        with lm.inference():  # no gradients; the model's autocast if set (fp32 logits back)
             logits = lm.forward_logits(ids.to(lm.device), att.to(lm.device))
         picked = logits[torch.arange(len(group)), where.to(lm.device)]  # [G, V]
         for b, i in enumerate(group):
@@ -340,7 +341,7 @@ def next_token_logprobs(lm: LanguageModel, prompts: Sequence[str] | str, token_i
     cand = torch.tensor(list(token_ids), dtype=torch.long)
     out = torch.zeros(len(prompts), len(cand))
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
-    with torch.no_grad():
+    with lm.inference():
         for s in range(0, len(prompts), batch_size):
             idx = order[s : s + batch_size]
             picked = lm.prediction_logits([prompts[i] for i in idx]).float().log_softmax(-1)

@@ -22,6 +22,7 @@ from ..errors import GradeditError
 from . import blast, compare, components, data, decompose, demo, edit, env, evaluate, models, rewrite, train
 from .checks import NoEditFound
 from .launch import device_scope
+from .precision import precision_scope
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        with device_scope(getattr(args, "device", None)):  # --device of the commands that run a model
+        # --device of the commands that run a model; --autocast/--device-map of the forward-only ones
+        with device_scope(getattr(args, "device", None)), precision_scope(args):
             return int(args.func(args) or EXIT_OK)
     except NoEditFound as err:
         print(f"gradedit: {_one_line(err)}", file=sys.stderr)

@@ -17,6 +17,7 @@ from typing import Any
 
 from .checks import check_langs, edit_source
 from .launch import add_device
+from .precision import add_precision
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--save-tokens", action="store_true",
                    help="keep per-token values (top-k lists) in report.json; several MB for 5 x 64 texts")
     add_device(p)
+    add_precision(p)
     p.set_defaults(func=run)
     return p
 

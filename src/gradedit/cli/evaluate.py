@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .checks import check_run_class, neutral_texts, run_dir, run_neutral
 from .launch import add_device
+from .precision import add_precision
 
 DECODER_LEGEND = ("value: strengthen C = mean P(C's token) on the other class's prompts; weaken C (C_weaken) = "
                   "1 - mean P(C's token) on C's own prompts. lr, ff: learning rate and feature factor of the chosen "
@@ -93,4 +94,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--neutral", metavar="FILE|LANG",
                     help="neutral text instead of the run's neutral.json (a file with one text per line, or a language)")
     add_device(ev)
+    add_precision(ev)
     ev.set_defaults(func=_cmd_evaluate)

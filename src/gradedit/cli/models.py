@@ -111,6 +111,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     score.add_argument("--text", action="append", help="a text (repeatable)")
     score.add_argument("--file", help="a file with one text per line")
     from .launch import add_device
+    from .precision import add_precision
 
     add_device(score)
+    add_precision(score)
     score.set_defaults(func=_cmd_score)

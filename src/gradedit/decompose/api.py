@@ -17,6 +17,7 @@ from .. import dist
 from .._files import lock_folder
 from ..errors import DecompositionError
 from ..models import LanguageModel
+from ..models.dispatch import refuse_dispatched
 from .artifact import META_FILE, Decomposition
 from .config import DecomposeConfig, Objective
 from .data import build_pool
@@ -90,6 +91,7 @@ def decompose(model: nn.Module | LanguageModel, modules: str | Sequence[str], n_
     net = lm.model if lm is not None else model
     if not isinstance(net, nn.Module):
         raise DecompositionError(f"model must be a torch.nn.Module or a gradedit LanguageModel, got {type(model).__name__}")
+    refuse_dispatched(net, "decompose (training a decomposition of the layers' weights)")
     mods = find_linear_modules(net, modules)
     cs = resolve_components(list(mods), n_components)
     infos = {n: LayerInfo.of(n, m, cs[n]) for n, m in mods.items()}

@@ -18,6 +18,7 @@ from ..data.schema import PairDataset
 from ..edits import WeightEdit
 from ..errors import EditError
 from ..models import LanguageModel, load_model
+from ..models.dispatch import refuse_dispatched
 from ..models.param_map import ParamMap
 from .encode import encode_rows
 from .feature_model import FeatureModel
@@ -168,6 +169,7 @@ class ModelWithGradiend:
         With ``output_dir`` the model, its tokenizer and ``rewrite_info.json`` are saved there.
         """
         check_finite(learning_rate=learning_rate, feature_factor=feature_factor)  # before the copy
+        refuse_dispatched(self.lm.model, "rewrite_base_model (a copy of the whole rewritten model)")
         model = self.lm.model if inplace else copy.deepcopy(self.lm.model)
         self.apply_update_(model, learning_rate, feature_factor)
         if output_dir is not None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -12,6 +13,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..errors import TokenError
+from .dispatch import autocast_dtype, canonical_autocast, input_device, refuse_dispatched
 
 logger = logging.getLogger(__name__)
 
@@ -27,25 +29,52 @@ class LanguageModel:
         tokenizer: its tokenizer; a pad token is always set.
         kind: ``"clm"`` (next-token prediction) or ``"mlm"`` (masked-token prediction).
         name: zoo name, local path or hub id it was loaded from.
+        autocast: ``"bf16"``, ``"fp16"`` or ``None`` (default): the lower precision that forward-only
+            scoring runs in, inside :meth:`inference` only (metrics enter it; gradient, JVP and
+            training forwards never do). Logits come back as fp32 either way.
     """
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     kind: ModelKind
     name: str
+    autocast: str | None = None
     _token_cache: dict[str, int] = field(default_factory=dict, repr=False)
     _token_cache_flags: dict[str, bool] = field(default_factory=dict, repr=False)
+    _autocasting: int = field(default=0, repr=False)  # depth of inference() blocks running under autocast
 
     def __post_init__(self) -> None:
         if self.kind not in ("mlm", "clm"):
             raise ValueError(f"kind must be 'mlm' or 'clm', got {self.kind!r}")
+        self.autocast = canonical_autocast(self.autocast)
         ensure_pad_token(self.tokenizer, self.model)
         if self.kind == "mlm" and self.tokenizer.mask_token_id is None:
             raise ValueError(f"{self.name}: a masked LM needs a tokenizer with a mask token")
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the model's device (the input embedding's execution device under a device map)."""
+        return input_device(self.model)
+
+    @contextlib.contextmanager
+    def inference(self) -> Iterator[None]:
+        """Forward-only scoring: no gradients, and the model's :attr:`autocast` (bf16/fp16) if set.
+
+        Enter it around a forward pass only (never around a ``yield`` of a generator). Forwards in
+        the block return fp32 logits; under fp16, non-finite logits are logged once (fp16 overflows
+        where bf16 and fp32 do not: use bf16).
+        """
+        dtype = autocast_dtype(self.autocast)
+        with torch.no_grad():
+            if dtype is None:
+                yield
+                return
+            with torch.autocast(device_type=self.device.type, dtype=dtype):
+                self._autocasting += 1
+                try:
+                    yield
+                finally:
+                    self._autocasting -= 1
 
     @property
     def vocab_size(self) -> int:
@@ -110,8 +139,15 @@ class LanguageModel:
 
         ``parameters`` substitutes tensors for the named parameters in this call only
         (``torch.func.functional_call``), e.g. dual tensors for forward-mode AD. Gradients flow when
-        called outside ``torch.no_grad``.
+        called outside ``torch.no_grad``. Inside :meth:`inference` with an :attr:`autocast` set, the
+        forward runs in that precision and the logits are cast to fp32.
+
+        Raises:
+            ConfigError: gradients or ``parameters`` on a model dispatched by a device map.
         """
+        if parameters or torch.is_grad_enabled():
+            refuse_dispatched(self.model, "a forward with gradients or substituted parameters (training, GRADIEND "
+                                          "gradients, JVP encodings, fitting an edit)")
         kwargs: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}
         if self._accepts_position_ids():
             kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
@@ -120,7 +156,16 @@ class LanguageModel:
 
             out = functional_call(self.model, dict(parameters), args=(), kwargs=kwargs, strict=False, tie_weights=True)
             return out.logits
-        return self.model(**kwargs).logits
+        logits = self.model(**kwargs).logits
+        if self._autocasting and logits.dtype in (torch.bfloat16, torch.float16):
+            fp16 = autocast_dtype(self.autocast) == torch.float16
+            if fp16 and not self._token_cache_flags.get("fp16_warned"):
+                if not bool(torch.isfinite(logits).all()):
+                    self._token_cache_flags["fp16_warned"] = True
+                    logger.warning("%s: fp16 autocast gave non-finite logits (fp16 overflows at 65504); use "
+                                   "autocast='bf16' (fp32's range) or none", self.name)
+            logits = logits.float()
+        return logits
 
     def _accepts_position_ids(self) -> bool:
         if "position_ids" not in self._token_cache_flags:

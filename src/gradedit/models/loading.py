@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +12,19 @@ import torch
 
 from ..errors import ArtifactError, ConfigError
 from . import zoo
+from .dispatch import (
+    DEVICE_MAP_ENV,
+    OFFLOAD_ENV,
+    DeviceMap,
+    check_device_map,
+    dispatch,
+    parse_device_map,
+    resolve_autocast,
+)
 from .language_model import LanguageModel, ModelKind
 
-__all__ = ["DEVICES", "DEVICE_ENV", "check_tokenizer", "default_device", "load_model", "resolve_device"]
+__all__ = ["DEVICES", "DEVICE_ENV", "check_tokenizer", "default_device", "load_model", "resolve_device",
+           "resolve_device_map"]
 
 #: what ``--device`` accepts (``cuda:N`` too)
 DEVICES = ("auto", "cpu", "cuda")
@@ -69,12 +79,38 @@ def default_device(device: str | torch.device) -> Iterator[torch.device]:
             os.environ[DEVICE_ENV] = old
 
 
+def resolve_device_map(device_map: DeviceMap | None, device: str | torch.device | None = None,
+                       offload_folder: str | Path | None = None) -> tuple[DeviceMap | None, Path | None]:
+    """The checked ``(device_map, offload_folder)`` :func:`load_model` uses; ``None`` values read
+    ``GRADEDIT_DEVICE_MAP`` / ``GRADEDIT_OFFLOAD_FOLDER`` (set by the CLI's ``--device-map`` /
+    ``--offload-folder``) unless ``device`` is given. ``(None, None)``: load the whole model onto ``device``.
+
+    Raises:
+        ConfigError: both ``device`` and ``device_map`` given, or a bad map (:func:`.dispatch.check_device_map`).
+    """
+    if device_map is not None and device is not None:
+        raise ConfigError("give device= or device_map=, not both (a device map names the device of every module)")
+    if device_map is None and device is None:  # an explicit device= beats the environment's device map
+        spec = os.environ.get(DEVICE_MAP_ENV, "").strip()
+        device_map = parse_device_map(spec) if spec else None
+    if device_map is None:
+        return None, None
+    if offload_folder is None:
+        offload_folder = os.environ.get(OFFLOAD_ENV, "").strip() or None
+    folder = None if offload_folder is None else Path(offload_folder)
+    return check_device_map(device_map, folder), folder
+
+
 def load_model(
     name_or_path: str | Path,
     *,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device | None = None,
     kind: ModelKind | None = None,
+    autocast: str | None = None,
+    device_map: DeviceMap | None = None,
+    offload_folder: str | Path | None = None,
+    max_memory: Mapping[int | str, int | str] | None = None,
 ) -> LanguageModel:
     """Load a zoo model (``gradedit models list``), a local HF folder, or a hub id.
 
@@ -83,19 +119,50 @@ def load_model(
     a model (``auto_map`` in its config) is never run: ``trust_remote_code`` is always False.
     ``device``: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (:func:`resolve_device`); ``None``
     = ``GRADEDIT_DEVICE`` (set by :func:`default_device` and the CLI's ``--device``), else the CPU.
+
+    ``autocast``: ``"bf16"`` / ``"fp16"`` runs forward-only scoring in that precision
+    (:attr:`LanguageModel.autocast`); ``None`` = ``GRADEDIT_AUTOCAST``, else off.
+    ``device_map``: ``"auto"`` (or ``"balanced"``, ``"sequential"``) or ``{module: "cpu" | "disk" |
+    "cuda:N" | N}`` splits or offloads the model with accelerate (inference only; see docs/devices.md);
+    ``offload_folder`` holds the weights of ``"disk"`` modules, ``max_memory`` caps a strategy per
+    device (``{0: "10GiB", "cpu": "30GiB"}``). ``None`` = ``GRADEDIT_DEVICE_MAP``, else one device.
     """
-    target = resolve_device(device)  # a bad device fails before the model loads
+    ac = resolve_autocast(autocast)  # bad options fail before the model loads
+    dmap, folder = resolve_device_map(device_map, device, offload_folder)
     name = str(name_or_path)
-    if zoo.is_zoo_name(name):
-        lm = zoo.load(name, dtype=dtype)
+    if dmap is not None:
+        lm = _load_dispatched(name, dtype=dtype, kind=kind, device_map=dmap, folder=folder, max_memory=max_memory)
     else:
-        lm = _load_hf(name, dtype=dtype, kind=kind)
-    lm.model.to(target)  # type: ignore[arg-type]  # transformers types PreTrainedModel.to (a decorated method) as taking the model itself
+        target = resolve_device(device)
+        if zoo.is_zoo_name(name):
+            lm = zoo.load(name, dtype=dtype)
+        else:
+            lm = _load_hf(name, dtype=dtype, kind=kind)
+        lm.model.to(target)  # type: ignore[arg-type]  # transformers types PreTrainedModel.to (a decorated method) as taking the model itself
     lm.model.eval()
+    lm.autocast = ac
     return lm
 
 
-def _load_hf(name: str, *, dtype: torch.dtype, kind: ModelKind | None) -> LanguageModel:
+def _load_dispatched(name: str, *, dtype: torch.dtype, kind: ModelKind | None, device_map: DeviceMap,
+                     folder: Path | None, max_memory: Mapping[int | str, int | str] | None) -> LanguageModel:
+    """Folders, hub ids and prepared zoo models load straight into their devices (``from_pretrained``);
+    tiny zoo models are built in memory, then dispatched."""
+    placement: dict[str, Any] = {"device_map": device_map, "offload_folder": None if folder is None else str(folder),
+                                 "max_memory": None if max_memory is None else dict(max_memory)}
+    if not zoo.is_zoo_name(name):
+        return _load_hf(name, dtype=dtype, kind=kind, placement=placement)
+    if zoo.entry(name).needs_prepare:
+        lm = _load_hf(str(zoo.prepare(name)), dtype=dtype, kind=zoo.entry(name).kind, placement=placement)
+        lm.name = name
+        return lm
+    lm = zoo.load(name, dtype=dtype)
+    dispatch(lm.model, device_map, offload_folder=folder, max_memory=max_memory)
+    return lm
+
+
+def _load_hf(name: str, *, dtype: torch.dtype, kind: ModelKind | None,
+             placement: dict[str, Any] | None = None) -> LanguageModel:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
     path = Path(name)
@@ -122,7 +189,7 @@ def _load_hf(name: str, *, dtype: torch.dtype, kind: ModelKind | None) -> Langua
     if path.is_dir():
         _check_folder(path, fix)
     try:
-        model = auto.from_pretrained(name, dtype=dtype, trust_remote_code=False)
+        model = auto.from_pretrained(name, dtype=dtype, trust_remote_code=False, **(placement or {}))
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
     except OSError as err:
         if not path.is_dir():

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from ..errors import EditError
+
 INDEX_KEY = "param_map.indices.{}"
 
 
@@ -260,6 +262,9 @@ class ParamMap:
         t = tensors[name]
         if t is None:
             raise ValueError(f"tensor for {name!r} is None (was its gradient computed?)")
+        if t.device.type == "meta":
+            raise EditError(f"{name} is offloaded by a device_map (its weights are not in memory), so it cannot be "
+                            f"read or edited; map its layer to 'cpu' or a GPU, not 'disk' (or load without device_map)")
         if t.numel() != math.prod(self.shapes[i]):
             raise ValueError(f"{name}: expected shape {self.shapes[i]}, got {tuple(t.shape)}")
         return t
