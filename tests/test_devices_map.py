@@ -198,3 +198,19 @@ def test_cli_score_with_device_map(llama_folder: Path, tmp_path: Path, capsys: p
     assert main([*base, "--device-map", json.dumps(LLAMA_MAP)]) == 2  # disk without a folder: usage error
     assert "offload folder" in capsys.readouterr().err
     assert main([*base, "--device-map", "{not json"]) == 2
+
+
+def test_rewritten_folder_against_an_offloaded_base_is_refused(tiny_llama: ge.LanguageModel,
+                                                              dispatched: ge.LanguageModel, tmp_path: Path) -> None:
+    import copy
+
+    from gradedit.gradiend.rewrite_io import rewrite_edit, save_rewrite
+
+    model = copy.deepcopy(tiny_llama.model)
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight.add_(0.1)
+    save_rewrite(model, tiny_llama, tmp_path / "rw", {"base_model": "tiny-llama"})
+    assert rewrite_edit(tmp_path / "rw", tiny_llama).metadata["changed_entries"]  # the plain model: fine
+    with pytest.raises(EditError, match="offloaded by a device_map") as err:
+        rewrite_edit(tmp_path / "rw", dispatched)  # was: an internal error (item() on a meta tensor)
+    _one_line(err)

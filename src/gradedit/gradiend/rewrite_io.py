@@ -13,7 +13,7 @@ from transformers import PreTrainedModel
 from .._files import atomic_dir, read_json_object, write_json_atomic
 from .._version import __version__
 from ..edits import WeightEdit
-from ..errors import ArtifactError
+from ..errors import ArtifactError, EditError
 from ..models import LanguageModel
 from ..models.param_map import ParamMap
 
@@ -92,6 +92,9 @@ def rewrite_edit(folder: str | Path, lm: LanguageModel) -> WeightEdit:
                     continue
                 seen.add(name)
                 old = named[name].detach()
+                if old.device.type == "meta":
+                    raise EditError(f"{name} of {lm.name} is offloaded by a device_map, so {folder} cannot be compared "
+                                    f"with it; load the base model without 'disk' (or CPU offload) in its device map")
                 new = fh.get_tensor(key).to(device=old.device, dtype=old.dtype)
                 if new.shape != old.shape:
                     raise ArtifactError(f"{key}: shape {tuple(new.shape)} in {file}, {tuple(old.shape)} in {lm.name}; "
