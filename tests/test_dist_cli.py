@@ -1,7 +1,7 @@
 """The command line under ``torchrun --nproc_per_node 2 -m gradedit``: ``evaluate decoder``,
 ``evaluate encoder`` and ``blast`` give the 1-process results (rank 0 alone writes and prints);
-``train``, ``rewrite`` and ``score`` refuse a launcher in one line; ``--device`` is checked and
-reaches ``load_model`` (auto = the CPU here)."""
+``rewrite`` and ``score`` refuse a launcher in one line (``train`` runs under it: test_dist_train.py);
+``--device`` is checked and reaches ``load_model`` (auto = the CPU here)."""
 
 from __future__ import annotations
 
@@ -96,9 +96,7 @@ def test_blast_under_torchrun_equals_one_process(tmp_path: Path, tiny_llama: ge.
     assert abs(ref["ce_delta"]["de"]) > 1e-4  # the edit changes something the comparison could miss
 
 
-@pytest.mark.parametrize("argv", [["train", "--model", "tiny-llama", "--data", "x.csv", "--classes", "a", "b",
-                                   "--out", "r"],
-                                  ["rewrite", "RUN", "--target-class", "fem", "--out", "o"],
+@pytest.mark.parametrize("argv", [["rewrite", "RUN", "--target-class", "fem", "--out", "o"],
                                   ["score", "--model", "tiny-llama", "--text", "Hello there."]])
 def test_single_process_commands_refuse_a_launcher(argv: list[str], monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,8 +1,8 @@
 """``--device`` for the commands that run a model, and which commands run under a launcher.
 
 Under ``torchrun`` / ``accelerate launch`` (``WORLD_SIZE > 1``) every rank runs the command:
-``decompose``, ``evaluate``, ``blast`` and ``edit`` share the work and rank 0 alone locks, writes
-and prints; ``train``, ``rewrite`` and ``score`` run in one process only and say so. Nothing here
+``train``, ``decompose``, ``evaluate``, ``blast`` and ``edit`` share the work and rank 0 alone locks,
+writes and prints; ``rewrite`` and ``score`` run in one process only and say so. Nothing here
 imports torch at import time (``gradedit --help`` stays fast).
 """
 
@@ -78,5 +78,5 @@ def single_process_only(command: str, why: str) -> None:
     world = launcher_world()
     if world > 1:
         raise ConfigError(f"gradedit {command} runs in one process ({why}) but was started as {world} processes; "
-                          f"run it without torchrun / accelerate launch (decompose, evaluate, blast and edit run "
-                          f"under them)")
+                          f"run it without torchrun / accelerate launch (train, decompose, evaluate, blast and edit "
+                          f"run under them)")

@@ -2,11 +2,15 @@
 
 The run records neutral text (``neutral.json``) for the decoder's LMS/perplexity constraint: the
 data's language by default (``features.neutral(lang)``), ``--neutral FILE|LANG`` to choose.
+
+Under ``torchrun`` / ``accelerate launch`` every rank trains its share of each batch (data parallel,
+the same model as one process); rank 0 alone locks the run folder, writes and prints.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -17,7 +21,7 @@ from ..errors import ConfigError
 from .checks import NEUTRAL_TEXTS, check_classes, data_spec, finite_float, neutral_choice, neutral_texts
 from .data import load_data
 from .interrupt import run_interruptible
-from .launch import add_device, single_process_only
+from .launch import add_device
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +36,6 @@ def _topk_or_none(value: str) -> float | int | str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    single_process_only("train", "GRADIEND training is not data parallel yet")
     # every check that needs no model first: a typo costs milliseconds, not a model load
     spec = data_spec(args.data)
     check_classes(spec, list(args.classes))
@@ -54,8 +57,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     for flag in ("max_steps", "eval_steps", "seeds", "batch_size"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    from .._files import lock_folder
+    from .. import dist
     from ..gradiend.train import TrainConfig
+    from ..gradiend.train.parallel import lock_on_main
 
     flags = {"max_steps": args.max_steps, "eval_steps": args.eval_steps, "source": args.source,
              "target": args.target, "learning_rate": args.lr, "pre_prune_topk": args.pre_prune,
@@ -69,15 +73,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     def work() -> int:
         # the run folder is ours before the model loads: a second process fails in milliseconds; the
-        # Trainer's own lock inside passes through (share_nested)
-        with lock_folder(out, share_nested=True):
+        # Trainer's own lock inside passes through (share_nested). Under a launcher rank 0 holds it.
+        dist.init()
+        with contextlib.ExitStack() as stack:
+            lock_on_main(stack, out, share_nested=True)
             return _train(args, config, out, neutral_source, neutral)
 
     return run_interruptible(args, out, "training", work)
 
 
 def _train(args: argparse.Namespace, config: Any, out: Path, neutral_source: str, neutral: str | list[str]) -> int:
-    """Load the model and data, train, record the neutral text and print the summary (``out`` is locked)."""
+    """Load the model and data, train, record the neutral text and print the summary (``out`` is locked;
+    under a launcher every rank trains, rank 0 writes and prints)."""
+    from .. import dist
     from .._files import write_json_atomic
     from ..gradiend.train import Trainer
     from ..models import load_model
@@ -88,6 +96,8 @@ def _train(args: argparse.Namespace, config: Any, out: Path, neutral_source: str
     logger.info("neutral text: %d texts from %s", len(texts), neutral_source)
     trainer = Trainer(lm, data, args.classes, neutral=texts, config=config)
     fm = trainer.train()
+    if not dist.is_main():
+        return 0
     # where the neutral text came from, beside the texts (Trainer.load reads only "texts")
     write_json_atomic(out / "neutral.json", {"texts": list(texts), "source": neutral_source})
     res = max(trainer.seed_results, key=lambda r: abs(r.correlation))
@@ -95,7 +105,8 @@ def _train(args: argparse.Namespace, config: Any, out: Path, neutral_source: str
         trainer.plot_training_convergence()
     except ImportError as err:
         logger.warning("no convergence plot: %s", err)
-    print(f"feature model: {out / 'model'} (input dim {fm.input_dim:,})")
+    print(f"feature model: {out / 'model'} (input dim {fm.input_dim:,})"
+          + (f" ({dist.world_size()} processes)" if dist.is_distributed() else ""))
     print(f"neutral text: {len(texts)} texts from {neutral_source} (for the decoder's LMS/perplexity constraint)")
     print(f"validation r = {res.correlation:+.3f} (Pearson correlation of the encoding with the +1/-1 labels), "
           f"class means {res.class_means}, converged: {res.converged}")

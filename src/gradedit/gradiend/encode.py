@@ -1,13 +1,16 @@
 """Encode data rows with a FeatureModel: h = tanh(W_e·∇θL + b_e), via forward-mode AD (no gradient
-materialised) or, for checking, via explicit per-row gradients."""
+materialised) or, for checking, via explicit per-row gradients; :func:`encode_rows_by_rank` splits the
+batches over the ranks of a launcher."""
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from .. import dist
 from .._progress import progress
 from .feature_model import FeatureModel
 from .gradients import GradientEngine, Source
@@ -43,3 +46,19 @@ def encode_rows(engine: GradientEngine, fm: FeatureModel, rows: Rows, source: So
             pre = engine.jvp_dot(rows.texts[sl], rows.factual[sl], rows.alternative[sl], d, source)
             out[sl, j] = torch.tanh(pre.double() + float(b_e[j])).numpy()
     return out
+
+
+def encode_rows_by_rank(engine: GradientEngine, fm: FeatureModel, rows: Rows, source: Source, *,
+                        batch_size: int = 8) -> np.ndarray:
+    """:func:`encode_rows` (jvp) [N, k]; under ``torchrun`` / ``accelerate launch`` each rank encodes a
+    contiguous block of the batches of ``batch_size`` rows and the values are gathered in row order on
+    every rank. The batches are the single process's batches, so the values are the same bits (with
+    the same torch thread count). Every rank must call it with the same rows."""
+    if not dist.is_distributed():
+        return encode_rows(engine, fm, rows, source, batch_size=batch_size)
+    n = len(rows)
+    mine = dist.shard_range(math.ceil(n / batch_size))
+    idx = list(range(mine.start * batch_size, min(n, mine.stop * batch_size)))
+    part = (encode_rows(engine, fm, rows.subset(idx), source, batch_size=batch_size) if idx
+            else np.zeros((0, fm.latent_dim), dtype=np.float64))
+    return dist.all_gather_rows(torch.from_numpy(np.ascontiguousarray(part))).numpy()

@@ -4,6 +4,11 @@ The resume checkpoint is ``last/`` (feature model + ``trainer_state.safetensors`
 tensors, the rest as JSON; no pickle). A NaN/Inf loss or gradient stops training with a
 :class:`~gradedit.errors.TrainingError` before the step is applied; ``last/`` and ``best/`` keep
 the last good state.
+
+Under ``torchrun`` / ``accelerate launch`` every rank runs the same seed: each computes its share of
+every batch's gradient examples, the feature-model gradients are summed over ranks before the step
+(:mod:`.parallel`), validation batches are split and gathered, and rank 0 alone writes checkpoints
+(every rank resumes from the same ``last/``).
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,17 +24,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..._files import atomic_dir, load_tree, save_tree_atomic, write_json_atomic
+from ... import dist
+from ..._files import load_tree, save_tree_atomic, write_json_atomic
 from ..._progress import progress
 from ...errors import ArtifactError, TrainingError
 from ...models.param_map import ParamMap
-from ..encode import encode_rows
+from ..encode import encode_rows_by_rank
 from ..feature_model import FeatureModel
 from ..gradients import GradientEngine
 from ..rows import Rows
 from ..store import GradientStore
 from .config import TrainConfig
+from .folders import replace_dir, settle_dir
 from .optim import FeatureOptimizer
+from .parallel import batch_loss, batch_share, grad_reducer, main_only
 
 logger = logging.getLogger(__name__)
 
@@ -172,8 +179,16 @@ class SeedTrainer:
                                             [self.cfg.source, self.cfg.target], self.param_map)
         return vecs[self.cfg.source], vecs[self.cfg.target]
 
+    def _batch(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(source, target) ``[len(rows), n]`` of this rank's examples (``[0, n]`` on a rank without any)."""
+        if not rows:
+            empty = torch.zeros(0, self.param_map.size)
+            return empty, empty
+        pairs = [self._vectors(r) for r in rows]
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
     def evaluate(self, fm: FeatureModel) -> tuple[float, dict[str, float], np.ndarray]:
-        values = encode_rows(self.engine, fm, self.val_rows, self.cfg.source)[:, 0]
+        values = encode_rows_by_rank(self.engine, fm, self.val_rows, self.cfg.source)[:, 0]
         labels = self.val_rows.labels.numpy()
         target = labels != 0
         r = pearson(values[target], labels[target])
@@ -190,18 +205,17 @@ class SeedTrainer:
         bar = progress(total=cfg.max_steps, initial=step, desc=f"GRADIEND seed {self.seed}")
         last_log = time.time()
         while step < cfg.max_steps and not stop_reason(history, cfg):
-            rows = [self._example_rows(step * cfg.train_batch_size + j) for j in range(cfg.train_batch_size)]
-            pairs = [self._vectors(r) for r in rows]
-            src = torch.stack([p[0] for p in pairs])
-            tgt = torch.stack([p[1] for p in pairs])
+            # this rank's examples of the batch (all of them in one process)
+            rows = [self._example_rows(step * cfg.train_batch_size + j) for j in batch_share(cfg.train_batch_size)]
+            src, tgt = self._batch(rows)
             rec, _ = fm(src)
-            loss = torch.nn.functional.mse_loss(rec, tgt)
-            if not torch.isfinite(loss):
-                raise self._diverged(step, f"the loss is {loss.item()}", self._bad_rows(rows, src, tgt))
-            bad = opt.step(loss)
+            loss, total = batch_loss(rec, tgt, cfg.train_batch_size)  # total: the whole batch's loss, every rank
+            if not torch.isfinite(total):
+                raise self._diverged(step, f"the loss is {total.item()}", self._bad_rows(rows, src, tgt))
+            bad = opt.step(loss)  # gradients summed over ranks inside: every rank takes the same step
             if bad:
                 raise self._diverged(step, f"the gradient of {', '.join(bad)} is not finite (NaN/Inf)", "")
-            losses.append(float(loss.detach()))
+            losses.append(float(total))
             step += 1
             self.step_losses.append([step, losses[-1]])
             bar.update(1)
@@ -242,8 +256,8 @@ class SeedTrainer:
         res = SeedResult(self.seed, self.dir, best["step"], r, means, converged, history, time.time() - t0,
                          last_step=step, stopped_early=bool(stopped), stop_reason=stopped,
                          step_losses=list(self.step_losses))
-        write_json_atomic(self.dir / "result.json", {**res.to_dict(), "history": history,
-                                                     "step_losses": res.step_losses})
+        main_only(lambda: write_json_atomic(self.dir / "result.json", {**res.to_dict(), "history": history,
+                                                                       "step_losses": res.step_losses}))
         return res
 
     def _normalise(self, fm: FeatureModel, r: float, means: dict[str, Any]) -> tuple[float, dict[str, Any]]:
@@ -260,9 +274,11 @@ class SeedTrainer:
         return is_converged(r, means, best_step, self.cfg)
 
     def _bad_rows(self, rows: list[list[int]], src: torch.Tensor, tgt: torch.Tensor) -> str:
-        """Which training rows gave a NaN/Inf model gradient (``src``/``tgt`` are ``[batch, n]``)."""
+        """Which training rows gave a NaN/Inf model gradient (``src``/``tgt`` are ``[batch, n]``; under a
+        launcher this rank's examples; collective then, the rows of every rank are named)."""
         finite = torch.isfinite(src).all(dim=1) & torch.isfinite(tgt).all(dim=1)
-        bad = sorted({i for b, ok in enumerate(finite.tolist()) if not ok for i in rows[b]})
+        mine = sorted({i for b, ok in enumerate(finite.tolist()) if not ok for i in rows[b]})
+        bad = sorted({i for part in dist.all_gather_json(mine) for i in part})
         if not bad:
             return ""
         shown = "; ".join(repr(self.train_rows.texts[i]) for i in bad[:3])
@@ -282,14 +298,13 @@ class SeedTrainer:
                             metadata=dict(self.metadata))
 
     def _optimizer(self, fm: FeatureModel) -> FeatureOptimizer:
-        return FeatureOptimizer(fm, self.cfg)
+        return FeatureOptimizer(fm, self.cfg, reduce_grad=grad_reducer())
 
     def _start(self) -> tuple[FeatureModel, FeatureOptimizer, int, list[dict[str, Any]], dict[str, Any] | None]:
         last = self.dir / "last"
         if self.cfg.resume:  # a kill between writing a checkpoint and swapping it in leaves ``last.new``
-            settle_dir(last)
-            settle_dir(self.dir / "best")
-        state = self._read_state(last) if self.cfg.resume else None
+            main_only(self._settle)
+        state = self._read_state(last) if self.cfg.resume else None  # every rank reads the same checkpoint
         if state is not None:
             same = state.get("fingerprint") == self.cfg.training_fingerprint() and state.get("seed") == self.seed
             fm = FeatureModel.from_pretrained(last) if same else None
@@ -304,11 +319,19 @@ class SeedTrainer:
                 self.step_losses = [list(x) for x in state.get("step_losses", [])]
                 self._saved_step = int(state["step"])
                 return fm, opt, int(state["step"]), list(state["history"]), state.get("best")
+        main_only(self._fresh_dir)  # after every rank has read what was there
+        fm = self._new_model()
+        dist.broadcast_tensors(fm.parameters())  # the same seed gives the same init; rank 0's bits, to be sure
+        return fm, self._optimizer(fm), 0, [], None
+
+    def _settle(self) -> None:
+        settle_dir(self.dir / "last")
+        settle_dir(self.dir / "best")
+
+    def _fresh_dir(self) -> None:
         if self.dir.exists():
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True)
-        fm = self._new_model()
-        return fm, self._optimizer(fm), 0, [], None
 
     def _read_state(self, last: Path) -> dict[str, Any] | None:
         """The training state in ``last/`` (None when there is none); never unpickles anything."""
@@ -325,7 +348,7 @@ class SeedTrainer:
 
     def _save_model(self, fm: FeatureModel, target: Path, best: dict[str, Any]) -> None:
         fm.metadata.update({"best_step": best["step"]})
-        _replace_dir(target, lambda tmp: fm.save_pretrained(tmp))
+        main_only(lambda: replace_dir(target, lambda tmp: fm.save_pretrained(tmp)))
 
     def _checkpoint(self, fm: FeatureModel, opt: FeatureOptimizer, step: int,
                     history: list[dict[str, Any]], best: dict[str, Any] | None) -> None:
@@ -336,36 +359,8 @@ class SeedTrainer:
             fm.save_pretrained(tmp)
             save_tree_atomic(tmp / STATE_FILE, state)
 
-        _replace_dir(self.dir / "last", write)
+        main_only(lambda: replace_dir(self.dir / "last", write))
         self._saved_step = step
-
-
-def settle_dir(target: Path) -> None:
-    """Finish a swap of :func:`_replace_dir` that a kill interrupted, so ``target`` holds the newest
-    complete folder and no ``<name>.new`` / ``<name>.old`` is left to block the next swap.
-
-    ``<name>.new`` only ever exists complete (``atomic_dir`` renames it into place whole) and is newer
-    than ``target``, so it wins; ``<name>.old`` is a replaced folder, removed. Every step is safe to
-    interrupt again: the next call picks up where this one stopped.
-    """
-    new, old = target.with_name(target.name + ".new"), target.with_name(target.name + ".old")
-    if new.is_dir():
-        if old.exists():
-            shutil.rmtree(old)
-        if target.exists():
-            target.rename(old)
-        new.rename(target)
-    if old.exists():
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _replace_dir(target: Path, write: Callable[[Path], object]) -> None:
-    """Write a folder through ``write(tmp)`` and swap it in for ``target`` (never half-written; a swap
-    interrupted earlier is finished first)."""
-    settle_dir(target)
-    with atomic_dir(target.with_name(target.name + ".new")) as tmp:
-        write(tmp)
-    settle_dir(target)
 
 
 def steps_per_epoch(rows: Rows, cfg: TrainConfig) -> float:

@@ -1,4 +1,8 @@
-"""Pre-pruning: choose the input space BEFORE training, so only selected entries are ever extracted."""
+"""Pre-pruning: choose the input space BEFORE training, so only selected entries are ever extracted.
+
+Under ``torchrun`` / ``accelerate launch`` (a joined process group) each rank ranks its block of the
+rows and the |gradient| sums are added over ranks; every rank then picks the same entries.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import time
 
 import torch
 
+from ... import dist
 from ..._progress import progress
 from ...models.param_map import ParamMap
 from ..gradients import GradientEngine, Source
@@ -32,20 +37,29 @@ def pre_prune(engine: GradientEngine, texts: list[str], factual_ids: torch.Tenso
     The mean of absolute values (not the absolute mean) is used: the two classes' diff gradients point
     in roughly opposite directions, so a plain mean would cancel exactly the entries that matter.
     Memory: one float32 copy of the selected parameters (the running sums) and one parameter's gradient.
+
+    Under a launcher every rank must call it with the same rows: each sums its block of them, the sums
+    are added over ranks (float addition order differs from one process, so entries within rounding
+    of the cut may swap), and every rank returns the same map.
     """
     if not texts:
         raise ValueError("pre-pruning needs at least one row")
     acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in engine.params.items()}
-    rows = progress(range(len(texts)), desc="pre-pruning", leave=False)
-    logger.info("pre-pruning: ranking %d entries by mean |gradient| over %d rows ...",
-                sum(p.numel() for p in engine.params.values()), len(texts))
+    mine = dist.shard_range(len(texts))  # every row in one process
+    rows = progress(mine, desc="pre-pruning", leave=False)
+    logger.info("pre-pruning: ranking %d entries by mean |gradient| over %d rows%s ...",
+                sum(p.numel() for p in engine.params.values()), len(texts),
+                f" ({len(mine)} on this rank of {dist.world_size()})" if dist.is_distributed() else "")
     t0 = last = time.time()
-    for i in rows:
+    for done, i in enumerate(rows, 1):
         engine.each_gradient([texts[i]], factual_ids[i : i + 1], alternative_ids[i : i + 1], source,
                              lambda n, g: acc[n].add_(g.abs()))
         if time.time() - last >= LOG_EVERY_S:
-            logger.info("pre-pruning: %d/%d rows (%.1f s/row)", i + 1, len(texts), (time.time() - t0) / (i + 1))
+            logger.info("pre-pruning: %d/%d rows (%.1f s/row)", done, len(mine), (time.time() - t0) / done)
             last = time.time()
+    if dist.is_distributed():
+        for a in acc.values():  # one tensor at a time (one temporary copy), same order on every rank
+            a.copy_(dist.all_reduce_sum(a))
     full = ParamMap.from_params(engine.params)
     k = resolve_topk(topk, full.size)
     keep = top_entries(acc, k)

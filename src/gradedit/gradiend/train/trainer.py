@@ -2,10 +2,14 @@
 
 The method names follow the gradiend tutorial (``train``, ``get_model``,
 ``plot_training_convergence``) so its users can switch without relearning.
+
+``Trainer.train()`` under ``torchrun`` / ``accelerate launch`` joins the process group itself and
+trains data parallel (see :mod:`.parallel` and docs/scaling.md); every rank returns the same model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import platform
@@ -19,7 +23,8 @@ import safetensors
 import torch
 import transformers
 
-from ..._files import lock_folder, write_json_atomic
+from ... import dist
+from ..._files import write_json_atomic
 from ..._version import __version__
 from ...data.schema import PairDataset
 from ...errors import ArtifactError, ConfigError, DataError
@@ -27,6 +32,7 @@ from ...models import LanguageModel
 from ...models.param_map import ParamMap
 from ..feature_model import FeatureModel
 from ..gradients import GradientEngine
+from ..mlm_head import MLMHead
 from ..model import ModelWithGradiend
 from ..rows import Rows, balanced_cap
 from ..store import STORE_DIR, GradientStore, extract_store, store_key
@@ -34,6 +40,7 @@ from .after import AfterTraining
 from .config import TrainConfig
 from .head import check_head_config, head_rows, run_head
 from .loop import SeedResult, SeedTrainer
+from .parallel import lock_on_main, main_only
 from .pruning import pre_prune
 
 logger = logging.getLogger(__name__)
@@ -186,9 +193,13 @@ class Trainer(AfterTraining):
         sample = balanced_cap(train, cfg.pre_prune_samples, cfg.seed)
         pmap = pre_prune(self.engine, sample.texts, sample.factual, sample.alternative, cfg.pre_prune_topk)
         holder = FeatureModel(pmap.size, 1, param_map=pmap, seed=0, metadata={"purpose": "pre-pruning map"})
-        (path / "key.json").unlink(missing_ok=True)  # the key is written last: no key beside a half-written map
-        holder.save_pretrained(path)
-        write_json_atomic(path / "key.json", key)
+
+        def save() -> None:
+            (path / "key.json").unlink(missing_ok=True)  # the key is written last: no key beside a half-written map
+            holder.save_pretrained(path)
+            write_json_atomic(path / "key.json", key)
+
+        main_only(save)
         return pmap
 
     def _gradient_store(self, train: Rows, pmap: ParamMap) -> GradientStore | None:
@@ -211,6 +222,11 @@ class Trainer(AfterTraining):
 
         One process at a time per ``experiment_dir``: it is locked for the whole run.
 
+        Under ``torchrun`` / ``accelerate launch`` every rank calls it: each computes its share of every
+        batch's gradient examples (and of the gradient store, pre-pruning and validation), the gradients
+        are summed over ranks before each step, rank 0 alone locks and writes ``experiment_dir`` (a
+        folder every rank sees) and every rank returns the same model.
+
         With ``gradient_store`` on, the training rows' gradients are read from (and first extracted
         into) ``experiment_dir/gradient_store``.
 
@@ -221,13 +237,15 @@ class Trainer(AfterTraining):
             ArtifactError: ``experiment_dir/gradient_store`` holds a store of other data, another input
                 space, base model, source/target or dtype (delete it to extract again).
         """
-        with lock_folder(self.experiment_dir):
+        dist.init()
+        with contextlib.ExitStack() as stack:
+            lock_on_main(stack, self.experiment_dir)
             return self._train()
 
     def _train(self) -> FeatureModel:
         cfg = self.config
         t0 = time.time()
-        self.engine.head = run_head(self.lm, self.data, cfg, self.experiment_dir, train=True)
+        self.engine.head = self._head()
         train = self._rows("train")
         val = self._rows("val", cap=cfg.eval_max_size, seed=cfg.seed)
         pmap = self._input_space(train)
@@ -236,7 +254,7 @@ class Trainer(AfterTraining):
         self._store_info = None
         store = self._gradient_store(train, pmap)
         try:
-            self._save_inputs()  # after the store check: a refused run leaves the folder's inputs as they were
+            main_only(self._save_inputs)  # after the store check: a refused run leaves the folder's inputs as they were
             for k in range(cfg.max_seeds):
                 seed = cfg.seed + k
                 st = self._seed_trainer(seed, train, val, pmap, store)
@@ -254,10 +272,18 @@ class Trainer(AfterTraining):
         if cfg.post_prune_topk is not None:
             model = model.prune(topk=cfg.post_prune_topk, part=cfg.post_prune_part)
         model.metadata.update({"seed": chosen.seed, "converged": chosen.converged})
-        model.save_pretrained(self.experiment_dir / MODEL_DIR)
+        main_only(lambda: model.save_pretrained(self.experiment_dir / MODEL_DIR))
         self._model = model
-        self._write_reports(chosen, time.time() - t0, pmap.size)
+        main_only(lambda: self._write_reports(chosen, time.time() - t0, pmap.size))
         return model
+
+    def _head(self) -> MLMHead | None:
+        """The run's MLM head (``None`` without one); under a launcher rank 0 trains and saves it, then every
+        rank loads the saved head (the same weights everywhere)."""
+        if not dist.is_distributed() or self.config.mlm_head is False:
+            return run_head(self.lm, self.data, self.config, self.experiment_dir, train=True)
+        main_only(lambda: run_head(self.lm, self.data, self.config, self.experiment_dir, train=True))
+        return run_head(self.lm, self.data, self.config, self.experiment_dir, train=False)
 
     def _seed_trainer(self, seed: int, train: Rows, val: Rows, pmap: ParamMap,
                       store: GradientStore | None) -> SeedTrainer:
@@ -349,5 +375,6 @@ class Trainer(AfterTraining):
 
         fig = plot_convergence(self.training_runs(), self.config.min_correlation, ax=ax)
         target = Path(path) if path else self.experiment_dir / "training_convergence.png"
-        fig.savefig(target, dpi=120, bbox_inches="tight")
+        if dist.is_main():  # under a launcher every rank holds the figure, rank 0 saves it
+            fig.savefig(target, dpi=120, bbox_inches="tight")
         return fig
