@@ -17,7 +17,7 @@ from gradedit.cli.app import main
 from gradedit.data.schema import PairDataset
 from gradedit.edits import EditError, WeightEdit
 from gradedit.errors import ConfigError
-from gradedit.gradiend.evaluate.decoder import evaluate_decoder
+from gradedit.gradiend.evaluate.decoder import evaluate_decoder, fingerprint
 from gradedit.gradiend.model import ModelWithGradiend
 from gradedit.gradiend.train.config import TrainConfig
 from gradedit.gradiend.train.trainer import Trainer
@@ -118,8 +118,13 @@ def test_decoder_sweep_equals_the_plain_model(tiny_gpt2: ge.LanguageModel, tmp_p
     got = evaluate_decoder(ModelWithGradiend(lm, mwg.feature_model), ds, trainer.classes, NEUTRAL, **kw)
     assert got.to_dict()["grid"] == ref.to_dict()["grid"]  # same points, same floats
     assert {k: s.learning_rate for k, s in got.items()} == {k: s.learning_rate for k, s in ref.items()}
-    # refused on a dispatched model: a rewrite, gradients (training, JVP encodings), offloaded edits
+    # caches: a device map gives the same numbers (shared key); autocast gives other numbers (its own key)
     dmwg = ModelWithGradiend(lm, mwg.feature_model)
+    assert fingerprint(dmwg, ds, NEUTRAL, {}) == fingerprint(mwg, ds, NEUTRAL, {})
+    lm.autocast = "bf16"
+    assert fingerprint(dmwg, ds, NEUTRAL, {}) != fingerprint(mwg, ds, NEUTRAL, {})
+    lm.autocast = None
+    # refused on a dispatched model: a rewrite, gradients (training, JVP encodings), offloaded edits
     with pytest.raises(ConfigError, match="rewrite_base_model.*device_map") as err:
         dmwg.rewrite_base_model(1e-2, 1.0)
     _one_line(err)

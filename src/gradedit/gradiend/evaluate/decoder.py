@@ -67,9 +67,10 @@ def fingerprint(mwg: ModelWithGradiend, data: PairDataset, neutral: Sequence[str
     """Hash of everything that determines a sweep's numbers."""
     fm = mwg.feature_model
     h = hashlib.sha256()
+    precision = {"autocast": mwg.lm.autocast} if mwg.lm.autocast else {}  # bf16/fp16 scores are other numbers
     h.update(json.dumps({"grid": grid, "model": mwg.lm.name, "version": __version__, "data": data.fingerprint(),
-                         "fm": {k: v for k, v in fm.to_config().items() if k != "metadata"}}, sort_keys=True,
-                        default=str).encode())
+                         "fm": {k: v for k, v in fm.to_config().items() if k != "metadata"}, **precision},
+                        sort_keys=True, default=str).encode())
     for t in (fm.encoder_weight, fm.decoder_weight, fm.decoder_bias):
         if t is not None:
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
