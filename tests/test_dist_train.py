@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import gradedit as ge
 from gradedit import dist
@@ -36,9 +37,10 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 BASE: dict[str, Any] = dict(max_steps=8, eval_steps=2, train_batch_size=3, pre_prune_topk=0.2, pre_prune_samples=7,
                             eval_max_size=20)
 # name -> config changes; 3 examples per step (2 + 1 over the ranks), 7 pre-pruning rows (4 + 3);
-# "batch1": one example per step, rank 1 computes none
+# "batch1": one example per step, rank 1 computes none; "head": an MLM head, trained by rank 0, loaded by all
 RUNS: dict[str, dict[str, Any]] = {"live": {}, "store": {"gradient_store": "fp32", "rows_per_gradient": 2},
-                                   "batch1": {"train_batch_size": 1, "max_steps": 4}}
+                                   "batch1": {"train_batch_size": 1, "max_steps": 4},
+                                   "head": {"mlm_head": True, "mlm_head_pooling": [1, 3], "max_steps": 4}}
 IGNORED = ("seconds", "directory", "experiment_dir", "folder")
 
 
@@ -118,6 +120,9 @@ def _check_run(ref_dir: Path, got_dir: Path, ranks: list[dict[str, Any]]) -> Non
     assert ref_pre.param_map == got_pre.param_map
     for sub in ("seed_0/best", "seed_0/last", "model"):
         _assert_models_close(_load(ref_dir / sub), _load(got_dir / sub))
+    if (ref_dir / "mlm_head").exists():  # rank 0 fitted the same head as one process
+        ref_head, got_head = (load_file(str(d / "mlm_head" / "mlm_head.safetensors")) for d in (ref_dir, got_dir))
+        assert ref_head.keys() == got_head.keys() and all(torch.equal(ref_head[k], got_head[k]) for k in ref_head)
     # every rank returned the same model, bit for bit, and it is the one rank 0 saved
     saved = {k: v.tolist() for k, v in _load(got_dir / "model").items()}
     assert ranks[0]["model"] == ranks[1]["model"] == saved
