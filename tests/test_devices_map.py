@@ -131,6 +131,10 @@ def test_decoder_sweep_equals_the_plain_model(tiny_gpt2: ge.LanguageModel, tmp_p
     with pytest.raises(ConfigError, match="device_map") as err:
         dmwg.encode(ds)
     _one_line(err)
+    with pytest.raises(ConfigError, match="fast search.*device_map") as err:  # its line model substitutes parameters
+        evaluate_decoder(dmwg, ds, trainer.classes, NEUTRAL, search="fast", derivatives="fd", max_rows_per_class=8,
+                         selector="perplexity:0.05")
+    _one_line(err)
     with pytest.raises(ConfigError, match="device_map") as err:
         Trainer(lm, ds, ["masc", "fem"], neutral=NEUTRAL,
                 config=TrainConfig(experiment_dir=str(tmp_path / "run2"), max_steps=2)).train()

@@ -147,7 +147,7 @@ class LanguageModel:
         """
         if parameters or torch.is_grad_enabled():
             refuse_dispatched(self.model, "a forward with gradients or substituted parameters (training, GRADIEND "
-                                          "gradients, JVP encodings, fitting an edit)")
+                                          "gradients, JVP encodings, the decoder's fast search, fitting an edit)")
         kwargs: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}
         if self._accepts_position_ids():
             kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
