@@ -1,5 +1,5 @@
 """GRADIEND training data parallel (2 gloo processes) == 1 process: the same pre-pruned input space,
-the same trained feature model (every tensor within 1e-5), the same kept step, r and losses, for live
+the same trained feature model (every tensor within 1e-6), the same kept step, r and losses, for live
 gradients, the gradient store, a batch smaller than the world (a rank without examples), a run
 resumed under the launcher, and ``gradedit train`` under torchrun; rank 0 alone writes the run."""
 
@@ -109,7 +109,8 @@ def _assert_models_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
     assert a.keys() == b.keys()
     for k in a:
         assert a[k].shape == b[k].shape, k
-        torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-5, msg=k)
+        # measured: <= 2.5e-8 (weights up to 0.012; training moves them by > 1e-3)
+        torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=1e-5, msg=k)
 
 
 def _check_run(ref_dir: Path, got_dir: Path, ranks: list[dict[str, Any]]) -> None:
