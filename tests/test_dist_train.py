@@ -1,7 +1,8 @@
 """GRADIEND training data parallel (2 gloo processes) == 1 process: the same pre-pruned input space,
 the same trained feature model (every tensor within 1e-6), the same kept step, r and losses, for live
-gradients, the gradient store, a batch smaller than the world (a rank without examples), a run
-resumed under the launcher, and ``gradedit train`` under torchrun; rank 0 alone writes the run."""
+gradients, the gradient store, a batch smaller than the world (a rank without examples), an MLM head,
+the fused and the in-backward optimiser step, a run resumed under the launcher, and ``gradedit train``
+under torchrun; rank 0 alone writes the run."""
 
 from __future__ import annotations
 
@@ -37,10 +38,13 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 BASE: dict[str, Any] = dict(max_steps=8, eval_steps=2, train_batch_size=3, pre_prune_topk=0.2, pre_prune_samples=7,
                             eval_max_size=20)
 # name -> config changes; 3 examples per step (2 + 1 over the ranks), 7 pre-pruning rows (4 + 3);
-# "batch1": one example per step, rank 1 computes none; "head": an MLM head, trained by rank 0, loaded by all
+# "batch1": one example per step, rank 1 computes none; "head": an MLM head, trained by rank 0, loaded by all;
+# "fused" / "in_backward": the other two ways FeatureOptimizer steps (each sums its gradients over ranks)
 RUNS: dict[str, dict[str, Any]] = {"live": {}, "store": {"gradient_store": "fp32", "rows_per_gradient": 2},
                                    "batch1": {"train_batch_size": 1, "max_steps": 4},
-                                   "head": {"mlm_head": True, "mlm_head_pooling": [1, 3], "max_steps": 4}}
+                                   "head": {"mlm_head": True, "mlm_head_pooling": [1, 3], "max_steps": 4},
+                                   "fused": {"fused_step": True, "max_steps": 4},
+                                   "in_backward": {"optimizer_in_backward": True, "max_steps": 4}}
 IGNORED = ("seconds", "directory", "experiment_dir", "folder")
 
 

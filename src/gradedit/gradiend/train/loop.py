@@ -37,7 +37,7 @@ from ..store import GradientStore
 from .config import TrainConfig
 from .folders import replace_dir, settle_dir
 from .optim import FeatureOptimizer
-from .parallel import batch_loss, batch_share, grad_reducer, main_only
+from .parallel import batch_loss, batch_share, batch_total, grad_reducer, loss_denominator, main_only
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +187,24 @@ class SeedTrainer:
         pairs = [self._vectors(r) for r in rows]
         return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
+    def _train_step(self, fm: FeatureModel, opt: FeatureOptimizer, rows: list[list[int]], step: int) -> float:
+        """One optimiser step on this rank's examples ``rows`` (all of the batch in one process); returns
+        the whole batch's loss (equal on every rank). Nothing is applied on a NaN/Inf loss (TrainingError)."""
+        src, tgt = self._batch(rows)
+        if self.cfg.fused_step:  # loss, gradients and update chunk by chunk without autograd (train/fused.py)
+            local, bad = opt.fused_step(src, tgt, denominator=loss_denominator(self.cfg.train_batch_size, src.shape[-1]))
+            total = batch_total(local)
+        else:
+            rec, _ = fm(src)
+            loss, total = batch_loss(rec, tgt, self.cfg.train_batch_size)
+            # gradients summed over ranks inside step(): every rank takes the same step
+            bad = opt.step(loss) if torch.isfinite(total) else []
+        if not torch.isfinite(total):
+            raise self._diverged(step, f"the loss is {total.item()}", self._bad_rows(rows, src, tgt))
+        if bad:
+            raise self._diverged(step, f"the gradient of {', '.join(bad)} is not finite (NaN/Inf)", "")
+        return float(total)
+
     def evaluate(self, fm: FeatureModel) -> tuple[float, dict[str, float], np.ndarray]:
         values = encode_rows_by_rank(self.engine, fm, self.val_rows, self.cfg.source)[:, 0]
         labels = self.val_rows.labels.numpy()
@@ -207,15 +225,7 @@ class SeedTrainer:
         while step < cfg.max_steps and not stop_reason(history, cfg):
             # this rank's examples of the batch (all of them in one process)
             rows = [self._example_rows(step * cfg.train_batch_size + j) for j in batch_share(cfg.train_batch_size)]
-            src, tgt = self._batch(rows)
-            rec, _ = fm(src)
-            loss, total = batch_loss(rec, tgt, cfg.train_batch_size)  # total: the whole batch's loss, every rank
-            if not torch.isfinite(total):
-                raise self._diverged(step, f"the loss is {total.item()}", self._bad_rows(rows, src, tgt))
-            bad = opt.step(loss)  # gradients summed over ranks inside: every rank takes the same step
-            if bad:
-                raise self._diverged(step, f"the gradient of {', '.join(bad)} is not finite (NaN/Inf)", "")
-            losses.append(float(total))
+            losses.append(self._train_step(fm, opt, rows, step))
             step += 1
             self.step_losses.append([step, losses[-1]])
             bar.update(1)

@@ -23,7 +23,8 @@ from ... import dist
 from ..._files import lock_folder
 from .optim import GradReducer
 
-__all__ = ["batch_share", "batch_loss", "grad_reducer", "main_only", "lock_on_main"]
+__all__ = ["batch_share", "batch_loss", "loss_denominator", "batch_total", "grad_reducer", "main_only",
+           "lock_on_main"]
 
 
 def batch_share(batch: int) -> range:
@@ -44,7 +45,20 @@ def batch_loss(rec: torch.Tensor, tgt: torch.Tensor, batch: int) -> tuple[torch.
         loss = F.mse_loss(rec, tgt)
         return loss, loss.detach()
     local = F.mse_loss(rec, tgt, reduction="sum") / (batch * rec.shape[-1])
-    return local, dist.all_reduce_sum(local.detach().reshape(1))[0]
+    return local, batch_total(local)
+
+
+def loss_denominator(batch: int, n: int) -> int | None:
+    """The fused step's MSE denominator (``FeatureOptimizer.fused_step``): ``None`` (its own ``B · n``) in
+    one process; under a launcher the whole batch's ``batch · n`` on every rank, as :func:`batch_loss`."""
+    return batch * n if dist.is_distributed() else None
+
+
+def batch_total(local: torch.Tensor) -> torch.Tensor:
+    """The whole batch's loss from this rank's share (a detached scalar; the share itself in one process)."""
+    if not dist.is_distributed():
+        return local.detach()
+    return dist.all_reduce_sum(local.detach().reshape(1))[0]
 
 
 def grad_reducer() -> GradReducer | None:
