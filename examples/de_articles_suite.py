@@ -69,6 +69,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--pre-prune", type=float, default=0.01)
     ap.add_argument("--max-per-class", type=int, default=300)
+    ap.add_argument("--eval-max-size", type=int, default=32, help="validation rows per evaluation during training")
     ap.add_argument("--topk", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -77,7 +78,8 @@ def main() -> None:
     lm = ge.load_model(args.model)
     pairs = GENDER + CASE
     data = pair_rows(lm, pairs, args.max_per_class, args.seed)
-    config = {"max_steps": args.steps, "pre_prune_topk": args.pre_prune, "pre_prune_samples": 16, "seed": args.seed}
+    config = {"max_steps": args.steps, "pre_prune_topk": args.pre_prune, "pre_prune_samples": 16, "seed": args.seed,
+              "eval_max_size": args.eval_max_size}
     suite = Suite(lm, data, pairs, neutral=features.neutral("de", n=100, seed=args.seed), config=config,
                   experiment_dir=args.out)
     suite.train()
