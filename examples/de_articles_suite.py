@@ -42,7 +42,9 @@ def pair_rows(lm, pairs, max_per_class: int, seed: int) -> PairDataset:
     """One PairDataset holding every pair's own rows (each pair built, balanced and split on its own)."""
     frames = [features.build(f"de-articles:{a}-{b}", lm, seed=seed, max_size_per_class=max_per_class).to_frame()
               for a, b in pairs]
-    return PairDataset.from_frame(pd.concat(frames, ignore_index=True).drop(columns="label"))
+    both = pd.concat(frames, ignore_index=True)
+    both["label"] = 0  # no targets across all pairs: each pair relabels its rows (Trainer: with_targets)
+    return PairDataset.from_frame(both)
 
 
 def group_means(comp, names: list[str], group: dict[str, str]) -> dict:
