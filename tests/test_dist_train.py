@@ -176,7 +176,7 @@ def test_gradedit_train_under_torchrun_equals_one_process(tmp_path: Path, capsys
     capsys.readouterr()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADEDIT_NO_PROGRESS": "1"}
     res = subprocess.run([*TORCHRUN, *args, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True,
-                         timeout=300)
+                         timeout=900)  # niced on the busy machine: 117 s (27 s otherwise)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("(2 processes)") == 1 and res.stdout.count("validation r =") == 1  # rank 0 prints
     one, two = tmp_path / "one", tmp_path / "two"
