@@ -41,6 +41,7 @@ from .config import TrainConfig
 from .head import check_head_config, head_rows, run_head
 from .loop import SeedResult, SeedTrainer
 from .parallel import lock_on_main, main_only
+from .postprune import post_prune
 from .pruning import pre_prune
 
 logger = logging.getLogger(__name__)
@@ -269,8 +270,7 @@ class Trainer(AfterTraining):
                 store.close()
         chosen = self._choose()
         model = FeatureModel.from_pretrained(chosen.directory / "best")
-        if cfg.post_prune_topk is not None:
-            model = model.prune(topk=cfg.post_prune_topk, part=cfg.post_prune_part)
+        model = post_prune(model, self.engine, val, cfg)  # measures the pruned encoder on val again
         model.metadata.update({"seed": chosen.seed, "converged": chosen.converged})
         main_only(lambda: model.save_pretrained(self.experiment_dir / MODEL_DIR))
         self._model = model
