@@ -28,10 +28,12 @@ LANG = {"en-pronouns": "en", "de-articles": "de"}
 def run(lm, data, neutral, classes, out: Path, args, head: bool) -> dict:
     config = ge.TrainConfig(experiment_dir=str(out), source=args.source, max_steps=args.steps, eval_steps=args.eval_steps,
                             pre_prune_topk=args.pre_prune, pre_prune_samples=16, eval_max_size=64,
-                            mlm_head=head, mlm_head_pooling=args.pooling, seed=args.seed)
+                            mlm_head=head, mlm_head_pooling=args.pooling, seed=args.seed,
+                            post_prune_topk=args.post_prune)
     trainer = ge.Trainer(lm, data, classes, neutral=neutral, config=config)
     trainer.train()
-    res = {"encoder_test": trainer.encoder_summary("test"), "train": trainer.seed_results[0].to_dict()}
+    res = {"encoder_test": trainer.encoder_summary("test"), "train": trainer.seed_results[0].to_dict(),
+           "post_prune": trainer.feature_model.metadata.get("post_prune")}
     if head:
         info = trainer.get_model().mlm_head.info
         res["head"] = {k: info[k] for k in ("pooling_length", "val_loss", "baseline_loss", "train_rows", "val_rows")}
@@ -47,6 +49,10 @@ def main() -> None:
     ap.add_argument("--eval-steps", type=int, default=10)
     ap.add_argument("--source", default="diff", choices=["factual", "alternative", "diff"])
     ap.add_argument("--pre-prune", type=float, default=0.01, help="pre-pruning fraction of the input space")
+    ap.add_argument("--post-prune", type=lambda v: None if v == "none" else float(v), default=None,
+                    help="post-pruning fraction of the kept model ('none', the default here: the encoder is compared "
+                         "as trained; pruning by decoder weight can remove the encoder's evidence, see "
+                         "gradiend/train/postprune.py)")
     ap.add_argument("--pooling", type=int, nargs="+", default=[1, 2, 3, 4, 6], help="head pooling lengths to try")
     ap.add_argument("--max-per-class", type=int, default=None, help="cap on rows per class")
     ap.add_argument("--seed", type=int, default=0)
