@@ -82,8 +82,9 @@ class TrainConfig(ConfigFields):
             that backward keep their update in memory (never on disk: ``last/`` keeps the previous checkpoint).
         fused_step: ``True`` computes the MSE loss, the gradients and the AdamW update a chunk of the input
             space at a time without autograd (:mod:`gradedit.gradiend.train.fused`): no reconstruction,
-            gradient or MSE temporary of n entries exists (measured: 4n fewer numbers at the step's peak for
-            ``train_batch_size`` 1, growing with the batch). Equal to the default up to floating-point summation
+            gradient or MSE temporary of n entries exists: the step's peak drops by 4n numbers (the reconstruction,
+            its gradient, the decoder's two gradients; measured with one example per step, more with a larger
+            batch), 2n of which the loop's stacked batch copies take back today. Equal to the default up to floating-point summation
             order (measured on a tiny model: max |Δw| ~1e-6 after 20 steps).
         optimizer_state: precision of the AdamW moments (exp_avg, exp_avg_sq): ``"fp32"`` (default),
             ``"bf16"`` (half their memory: 6n fp32 numbers -> 6n bf16; the update is computed in fp32 and
