@@ -321,6 +321,34 @@ def read_json_object(file: Path, fix: str) -> dict[str, Any]:
 _TENSOR, _TUPLE, _ITEMS = "$tensor", "$tuple", "$items"
 
 
+def _tree_json(x: Any, tensors: dict[str, Any], storages: set[int]) -> Any:
+    """The JSON structure of ``x`` for :func:`save_tree_atomic`, its tensors put in ``tensors``. Module level: a
+    recursive closure is a reference cycle, which kept ``tensors`` alive after the save until a gc run."""
+    import torch
+
+    if isinstance(x, torch.Tensor):  # a contiguous CPU tensor over its whole storage is written as it is (no copy)
+        t = x.detach().to("cpu")
+        s = t.untyped_storage() if t.layout == torch.strided else None
+        if s is None or t.is_conj() or t.is_neg() or not t.is_contiguous() or t.data_ptr() != s.data_ptr() \
+                or s.nbytes() != t.nbytes or s.data_ptr() in storages:
+            t = t.clone().contiguous()  # views, and a storage met before: safetensors refuses shared memory
+        storages.add(t.untyped_storage().data_ptr())
+        tensors[name := f"t{len(tensors)}"] = t
+        return {_TENSOR: name}
+    if x is None or isinstance(x, (str, bool)):
+        return x
+    if isinstance(x, numbers.Real):
+        return int(x) if isinstance(x, numbers.Integral) else float(x)
+    if isinstance(x, (tuple, list)):
+        out = [_tree_json(v, tensors, storages) for v in x]
+        return {_TUPLE: out} if isinstance(x, tuple) else out
+    if isinstance(x, dict):
+        if all(isinstance(k, str) and not k.startswith("$") for k in x):
+            return {k: _tree_json(v, tensors, storages) for k, v in x.items()}
+        return {_ITEMS: [[_tree_json(k, tensors, storages), _tree_json(v, tensors, storages)] for k, v in x.items()]}
+    raise TypeError(f"cannot save a {type(x).__name__} in a state tree (tensors, containers and JSON values only)")
+
+
 def save_tree_atomic(file: Path, tree: Any) -> None:
     """Save ``tree`` — nested dicts, lists and tuples of tensors, str, int, float, bool and None —
     as one safetensors file written atomically: the tensors as tensors, the rest as JSON in the
@@ -329,32 +357,8 @@ def save_tree_atomic(file: Path, tree: Any) -> None:
     Raises:
         TypeError: ``tree`` holds another type.
     """
-    import torch
-
-    tensors: dict[str, torch.Tensor] = {}
-
-    def enc(x: Any) -> Any:
-        if isinstance(x, torch.Tensor):
-            name = f"t{len(tensors)}"
-            tensors[name] = x.detach().to("cpu").clone().contiguous()
-            return {_TENSOR: name}
-        if x is None or isinstance(x, (str, bool)):
-            return x
-        if isinstance(x, numbers.Integral):
-            return int(x)
-        if isinstance(x, numbers.Real):
-            return float(x)
-        if isinstance(x, tuple):
-            return {_TUPLE: [enc(v) for v in x]}
-        if isinstance(x, list):
-            return [enc(v) for v in x]
-        if isinstance(x, dict):
-            if all(isinstance(k, str) and not k.startswith("$") for k in x):
-                return {k: enc(v) for k, v in x.items()}
-            return {_ITEMS: [[enc(k), enc(v)] for k, v in x.items()]}
-        raise TypeError(f"cannot save a {type(x).__name__} in a state tree (tensors, containers and JSON values only)")
-
-    structure = json.dumps(enc(tree))
+    tensors: dict[str, Any] = {}
+    structure = json.dumps(_tree_json(tree, tensors, set()))
     save_safetensors_atomic(tensors, file, metadata={"format": "pt", "gradedit_tree": structure})
 
 
