@@ -184,8 +184,16 @@ class SeedTrainer:
         if not rows:
             empty = torch.zeros(0, self.param_map.size)
             return empty, empty
-        pairs = [self._vectors(r) for r in rows]
-        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+        s, t = self._vectors(rows[0])
+        if len(rows) == 1:  # views, no copy: the step reads them as they are
+            return s.unsqueeze(0), t.unsqueeze(0)
+        src, tgt = s.new_empty(len(rows), *s.shape), t.new_empty(len(rows), *t.shape)
+        for k in range(len(rows)):  # one pair beside the batch at a time, not a list of them plus stacked copies
+            if k:
+                s, t = self._vectors(rows[k])
+            src[k], tgt[k] = s, t
+            del s, t
+        return src, tgt
 
     def _train_step(self, fm: FeatureModel, opt: FeatureOptimizer, rows: list[list[int]], step: int) -> float:
         """One optimiser step on this rank's examples ``rows`` (all of the batch in one process); returns
@@ -256,6 +264,8 @@ class SeedTrainer:
         stopped = stop_reason(history, cfg) if step < cfg.max_steps else ""
         if stopped:
             logger.info("seed %d: early stop at step %d of %d: %s", self.seed, step, cfg.max_steps, stopped)
+        opt.close()  # the training model and optimiser go before best/ is read, not beside it
+        del fm, opt
         best_fm = FeatureModel.from_pretrained(self.dir / "best")
         # the kept model was evaluated when it was saved: no second validation pass is needed
         r, means = self._normalise(best_fm, float(best["correlation"]), dict(best["class_means"]))
