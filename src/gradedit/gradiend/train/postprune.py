@@ -19,6 +19,7 @@ from ..feature_model import FeatureModel
 from ..gradients import GradientEngine
 from ..rows import Rows
 from .config import TrainConfig
+from .loop import pearson
 
 logger = logging.getLogger(__name__)
 
@@ -29,11 +30,9 @@ MAX_R_DROP = 0.1
 
 
 def _r(values: np.ndarray, labels: np.ndarray) -> float:
+    """Pearson r over the class rows (label != 0), as training's validation measures it."""
     target = labels != 0
-    x, y = values[target], labels[target].astype(np.float64)
-    if x.size < 2 or float(np.std(x)) == 0.0 or float(np.std(y)) == 0.0:
-        return 0.0
-    return float(np.corrcoef(x, y)[0, 1])
+    return pearson(values[target], labels[target])
 
 
 def post_prune(model: FeatureModel, engine: GradientEngine, val: Rows, cfg: TrainConfig) -> FeatureModel:
