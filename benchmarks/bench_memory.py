@@ -193,6 +193,7 @@ def main() -> None:
     from gradedit.models import select_parameters
 
     folder = OUT / "data_memory"
+    folder.mkdir(parents=True, exist_ok=True)
     model_dir = None
     if tiny:
         from _memory_side import load_lm
