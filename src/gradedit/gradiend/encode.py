@@ -25,6 +25,10 @@ def encode_rows(engine: GradientEngine, fm: FeatureModel, rows: Rows, source: So
 
     ``method="jvp"``: one forward-mode pass per batch and latent dimension gives ⟨w_e, ∇θ L_i⟩ for
     every row of the batch. ``method="explicit"``: one backward per row, then the dense product.
+
+    The feature model may live on another device than the base model (``TrainConfig.feature_device``):
+    the jvp path moves each encoder row ``[n]`` to the base model once (never the model); the explicit
+    path moves each row's gathered gradient ``[n]`` to the feature model.
     """
     if fm.param_map is None:
         raise ValueError("the feature model has no param_map; it cannot be applied to a base model")
@@ -34,17 +38,20 @@ def encode_rows(engine: GradientEngine, fm: FeatureModel, rows: Rows, source: So
         for i in progress(range(n), desc="encoding", leave=False):
             g = engine.gradients([rows.texts[i]], rows.factual[i : i + 1], rows.alternative[i : i + 1], source)
             with torch.no_grad():
-                out[i] = fm.encode(fm.param_map.gather(g)).double().numpy()
+                out[i] = fm.encode(fm.param_map.gather(g).to(fm.device)).double().cpu().numpy()
         return out
     if method != "jvp":
         raise ValueError(f"method must be 'jvp' or 'explicit', got {method!r}")
-    w_e, b_e = fm.encoder_weight.detach(), fm.encoder_bias.detach()
-    directions = [fm.param_map.scatter(w_e[j]) for j in range(fm.latent_dim)]
+    base = engine.lm.device
+    w_e = fm.encoder_weight.detach()
+    b_e = fm.encoder_bias.detach().to("cpu", torch.float64)  # [k], as python floats below
+    # each encoder row [n] goes to the base model's device once; scatter then builds the directions there
+    directions = [fm.param_map.scatter(w_e[j].to(base)) for j in range(fm.latent_dim)]
     for s in progress(range(0, n, batch_size), desc="encoding", leave=False):
         sl = slice(s, min(n, s + batch_size))
         for j, d in enumerate(directions):
             pre = engine.jvp_dot(rows.texts[sl], rows.factual[sl], rows.alternative[sl], d, source)
-            out[sl, j] = torch.tanh(pre.double() + float(b_e[j])).numpy()
+            out[sl, j] = torch.tanh(pre.double() + float(b_e[j])).cpu().numpy()
     return out
 
 

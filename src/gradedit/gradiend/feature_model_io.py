@@ -83,7 +83,8 @@ def save_feature_model(self: FeatureModel, path: Path) -> Path:
 
 
 def load_feature_model(cls: type[FeatureModel], path: Path, *, device: str | torch.device = "cpu") -> FeatureModel:
-    """Load a folder written by :meth:`save_pretrained`.
+    """Load a folder written by :meth:`save_pretrained`, the weights on ``device`` (the saved tensors are
+    device-independent CPU tensors).
 
     Raises:
         FileNotFoundError: the folder or one of its files is missing (named in the message).
@@ -105,8 +106,8 @@ def load_feature_model(cls: type[FeatureModel], path: Path, *, device: str | tor
     weights = path / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} is missing; the folder holds no FeatureModel weights")
-    try:
-        tensors = load_file(weights, device=str(device))
+    try:  # read on the CPU (the param map's indices stay there), then the weights alone move to ``device``
+        tensors = load_file(weights, device="cpu")
     except Exception as err:  # safetensors raises its own error type for every kind of damage
         raise ArtifactError(f"{weights} is corrupt or truncated ({type(err).__name__}: {err}); "
                             "retrain the model or save it again") from err
@@ -132,5 +133,5 @@ def load_feature_model(cls: type[FeatureModel], path: Path, *, device: str | tor
         if param_map.size != n:
             raise ArtifactError(f"{path / PARAM_MAP_NAME} selects {param_map.size} entries, input_dim is {n}")
     logger.info("loading FeatureModel (n=%d, k=%d) from %s", n, k, path)
-    return cls._from_tensors({key: tensors[key] for key in expected}, param_map=param_map,
+    return cls._from_tensors({key: tensors[key].to(device) for key in expected}, param_map=param_map,
                              metadata=config.get("metadata") or {}, init_seed=config.get("init_seed"))

@@ -75,10 +75,12 @@ class ModelWithGradiend:
         self.engine = GradientEngine(lm, {n: named[n] for n in feature_model.param_map.names}, head=mlm_head)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, lm: LanguageModel | None = None) -> ModelWithGradiend:
+    def from_pretrained(cls, path: str | Path, lm: LanguageModel | None = None, *,
+                        feature_device: str | torch.device | None = None) -> ModelWithGradiend:
         """Reload a saved run: ``path`` is a feature-model folder or an experiment dir holding ``model/``.
 
-        The base model is loaded from the id recorded in the metadata unless ``lm`` is given.
+        The base model is loaded from the id recorded in the metadata unless ``lm`` is given; the feature
+        model goes to ``feature_device`` (``None``: the base model's device).
         """
         path = Path(path)
         if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
@@ -89,6 +91,7 @@ class ModelWithGradiend:
             if not base:
                 raise ValueError(f"{path} records no base_model; pass lm=load_model(...)")
             lm = load_model(base)
+        fm = fm.to(lm.device if feature_device is None else feature_device)
         head = None
         if fm.metadata.get("mlm_head"):  # the run's head sits beside model/
             head = MLMHead.from_pretrained(path.parent / HEAD_FOLDER, lm).to(lm.device)
@@ -129,9 +132,11 @@ class ModelWithGradiend:
     def apply_update_(self, model: torch.nn.Module, learning_rate: float, feature_factor: float) -> None:
         """In place: θ ← θ + learning_rate · decoder(feature_factor) on the mapped entries."""
         check_finite(learning_rate=learning_rate, feature_factor=feature_factor)
-        vec = self.feature_model.update_vector(feature_factor, learning_rate)
         named = dict(model.named_parameters())
-        self.param_map.scatter_add_({n: named[n].data for n in self.param_map.names}, vec)
+        params = {n: named[n].data for n in self.param_map.names}
+        # the update [n] is made where the feature model lives and moved to the base model once
+        vec = self.feature_model.update_vector(feature_factor, learning_rate).to(params[self.param_map.names[0]].device)
+        self.param_map.scatter_add_(params, vec)
 
     def as_edit(self, learning_rate: float, feature_factor: float) -> WeightEdit:
         """The rewrite ``learning_rate · decoder(feature_factor)`` as a ``WeightEdit`` (indexed on the param map).
@@ -139,7 +144,7 @@ class ModelWithGradiend:
         ``with mwg.as_edit(lr, ff).applied(lm.model):`` equals ``mwg.applied(lr, ff)``; ``edit * a`` rescales it.
         """
         check_finite(learning_rate=learning_rate, feature_factor=feature_factor)
-        vec = self.feature_model.update_vector(feature_factor, learning_rate).detach()
+        vec = self.feature_model.update_vector(feature_factor, learning_rate).detach().to(self.lm.device)
         return WeightEdit.indexed(self.param_map, vec, metadata={
             "method": "gradiend", "base_model": self.lm.name,
             "learning_rate": float(learning_rate), "feature_factor": float(feature_factor)})

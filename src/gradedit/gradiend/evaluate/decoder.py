@@ -58,9 +58,9 @@ def lr_scale(mwg: ModelWithGradiend) -> float:
     fm = mwg.feature_model
     named = dict(mwg.lm.model.named_parameters())
     with torch.no_grad():
-        w = mwg.param_map.gather({n: named[n] for n in mwg.param_map.names}).double().norm()
-        d = fm.decode(1.0).double().norm()
-    return float(w / d) if d > 0 else 1.0
+        w = float(mwg.param_map.gather({n: named[n] for n in mwg.param_map.names}).double().norm())
+        d = float(fm.decode(1.0).double().norm())  # python floats: the feature model may sit on another device
+    return w / d if d > 0 else 1.0
 
 
 def fingerprint(mwg: ModelWithGradiend, data: PairDataset, neutral: Sequence[str], grid: dict[str, Any]) -> str:

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
+
 from ..._config import ConfigFields
 from ...errors import ConfigError
 from ..feature_model import Part
@@ -17,6 +19,9 @@ from ..gradients import Source
 GRADIENT_STORE_CHOICES: tuple[str, ...] = ("off", "fp32", "bf16")
 #: ``TrainConfig.optimizer_state`` values (precision of the AdamW moments; the weights stay fp32)
 OPTIMIZER_STATE_CHOICES: tuple[str, ...] = ("fp32", "bf16", "bf16-sr")
+#: device types ``TrainConfig.feature_device`` accepts (``meta`` holds no numbers; ``mps`` lacks the fused
+#: step's float64 sums; others are untested)
+FEATURE_DEVICE_TYPES: tuple[str, ...] = ("cpu", "cuda")
 
 
 @dataclass
@@ -91,6 +96,13 @@ class TrainConfig(ConfigFields):
             the moments rounded to nearest) or ``"bf16-sr"`` (rounded stochastically, unbiased; the random
             bits follow from the model's init seed and the step, so resuming is exact). The weights stay
             fp32 either way; bf16 moments change the trained model slightly.
+        feature_device: where the feature model lives (its 3n weights, AdamW moments, the gradient vectors it
+            reads): ``None`` (default) = the base model's device; ``"cpu"``, ``"cuda"`` (the current GPU: the
+            rank's own under a launcher) or ``"cuda:N"``. E.g. the base model on ``cuda:0``
+            and the feature model with its optimiser state on ``"cuda:1"``, or on ``"cpu"`` when the GPU is too
+            small. Each example's gradient vectors move to it once, before the encoder; the decoder's update
+            moves to the base model for a rewrite; checkpoints are device-independent. Not part of the
+            training fingerprint (a run may resume on another device).
     """
 
     experiment_dir: str = "runs/gradiend"
@@ -125,6 +137,7 @@ class TrainConfig(ConfigFields):
     optimizer_in_backward: bool = False
     fused_step: bool = False
     optimizer_state: str = "fp32"
+    feature_device: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     KEYS_NAME: ClassVar[str] = "TrainConfig key(s)"
@@ -169,6 +182,8 @@ class TrainConfig(ConfigFields):
             raise bad(f"optimizer_state must be one of {OPTIMIZER_STATE_CHOICES}, got {self.optimizer_state!r}")
         if self.fused_step and self.optimizer_in_backward:
             raise bad("fused_step and optimizer_in_backward are two ways to make the update; set one of them")
+        if self.feature_device is not None:
+            _check_feature_device(self.feature_device)
 
     # from_dict / to_dict / replace: ConfigFields (unknown keys raise ConfigError with the known ones)
     @classmethod
@@ -191,6 +206,7 @@ class TrainConfig(ConfigFields):
             d.pop("optimizer_state")
         if not d["fused_step"]:
             d.pop("fused_step")
+        d.pop("feature_device")  # where the feature model lives does not change what it learns (float rounding aside)
         if d["mlm_head"] is False:  # without a head the pooling lengths change nothing; older runs stay resumable
             d.pop("mlm_head")
             d.pop("mlm_head_pooling")
@@ -205,3 +221,37 @@ def _check_topk(name: str, v: float | int | None) -> None:
         raise ConfigError(f"{name} as a fraction must be in (0, 1], got {v}; e.g. 0.05 keeps 5 %")
     if isinstance(v, int) and v < 1:
         raise ConfigError(f"{name} as a count must be >= 1, got {v}; give a count of entries or a fraction")
+
+
+def _check_feature_device(value: str) -> None:
+    fix = "give 'cpu', 'cuda', 'cuda:N' (or None: the base model's device)"
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"feature_device {value!r} is not a device; {fix}") from None
+    if dev.type not in FEATURE_DEVICE_TYPES:
+        raise ConfigError(f"feature_device {value!r} is a {dev.type!r} device, which cannot train a feature model; {fix}")
+
+
+def resolve_feature_device(value: str | None, base: torch.device) -> torch.device:
+    """The device of the feature model for ``TrainConfig.feature_device`` ``value`` next to a base model on
+    ``base`` (``None``: ``base``). ``"cuda"`` becomes the current GPU's index (what tensors report).
+
+    Raises:
+        ConfigError: a CUDA device on a machine without CUDA, or a GPU index the machine lacks.
+    """
+    if value is None:
+        return torch.device(base)
+    _check_feature_device(value)
+    dev = torch.device(value)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"feature_device={value!r} but this machine has no CUDA; set feature_device='cpu' or "
+                              "None (the base model's device)")
+        count = torch.cuda.device_count()
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        elif dev.index >= count:
+            raise ConfigError(f"feature_device={value!r} but this machine has {count} GPU(s) (cuda:0..cuda:{count - 1}); "
+                              "choose one of them")
+    return dev

@@ -60,6 +60,7 @@ def fused_mse_step(fm: FeatureModel, opt: FeatureAdamW, src: torch.Tensor, tgt: 
     Args:
         fm: the feature model (its weights are updated in place).
         opt: the AdamW over ``fm``'s weights.
+        src, tgt: on ``fm``'s device (``TrainConfig.feature_device``).
         denominator: the loss is ``Σ (rec - tgt)² / denominator`` (default ``B · n``, i.e. ``F.mse_loss``;
             data parallel: the whole batch's ``B_total · n`` on every rank, gradients summed by ``reduce_grad``).
         reduce_grad: applied in place to every gradient chunk before it is checked and used.
@@ -71,6 +72,9 @@ def fused_mse_step(fm: FeatureModel, opt: FeatureAdamW, src: torch.Tensor, tgt: 
     """
     if src.ndim != 2 or src.shape != tgt.shape or src.shape[1] != fm.input_dim:
         raise ValueError(f"src and tgt must both be [B, {fm.input_dim}], got {tuple(src.shape)} and {tuple(tgt.shape)}")
+    if src.device != fm.device or tgt.device != fm.device:
+        raise ValueError(f"src and tgt must be on the feature model's device {fm.device}, got {src.device} and "
+                         f"{tgt.device}; move them with .to(fm.device)")
     if fm.dtype != torch.float32:
         raise ValueError(f"the fused step trains fp32 feature models, got {fm.dtype}")
     n, k = fm.input_dim, fm.latent_dim
@@ -79,7 +83,7 @@ def fused_mse_step(fm: FeatureModel, opt: FeatureAdamW, src: torch.Tensor, tgt: 
     scale = 2.0 / float(denominator if denominator is not None else src.numel())
     h = torch.tanh(torch.nn.functional.linear(src, w_e, b_e))  # [B, k]
 
-    sq = torch.zeros((), dtype=torch.float64)
+    sq = torch.zeros((), dtype=torch.float64, device=h.device)  # on the feature model's device, as every temporary
     grad_h = torch.zeros_like(h)  # [B, k]
     for lo in range(0, n, chunk):
         hi = min(n, lo + chunk)
@@ -94,7 +98,7 @@ def fused_mse_step(fm: FeatureModel, opt: FeatureAdamW, src: torch.Tensor, tgt: 
     if reduce_grad is not None:
         reduce_grad(flags)
     if flags[0] > 0:
-        return (loss if not _finite(loss) else torch.tensor(float("nan"))), []
+        return (loss if not _finite(loss) else torch.full((), float("nan"), device=loss.device)), []
     if flags[1] > 0:
         return loss, ["encoder_weight", "encoder_bias"]
 

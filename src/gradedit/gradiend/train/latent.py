@@ -12,24 +12,32 @@ sign normalisation use the first latent only, its decoder evaluation rewrites wi
 factor, and a supervised mode needs label vectors its data never provides. Here every class has a
 ``k``-dim code, rows of all class pairs train one model, every latent is measured and oriented, and
 the decoder is swept per (latent, direction) through a one-latent view of the model.
+
+Under ``torchrun`` / ``accelerate launch`` it behaves like :class:`Trainer`: training is data parallel, the
+validation and ``evaluate_latents`` encodings are split over the ranks in whole batches and gathered in row
+order (:func:`~gradedit.gradiend.encode.encode_rows_by_rank`: the single process's bits), so every rank
+computes the same ``R``, kept step and orientation; the decoder sweeps split their scoring passes; rank 0
+alone writes files, and every rank returns the same result.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import torch
 
+from ... import dist
 from ..._files import write_json_atomic
 from ...data.schema import PairDataset
 from ...errors import ConfigError, DataError
 from ...models import LanguageModel
 from ...models.param_map import ParamMap
-from ..encode import encode_rows
+from ..encode import encode_rows_by_rank
 from ..evaluate.decoder import evaluate_decoder
 from ..evaluate.results import DecoderResults
 from ..feature_model import FeatureModel
@@ -39,6 +47,7 @@ from ..rows import Rows, balanced_cap
 from ..store import GradientStore
 from .config import TrainConfig
 from .loop import SeedTrainer
+from .parallel import main_only
 from .trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -58,7 +67,7 @@ class LatentSeedTrainer(SeedTrainer):
         self.val_codes, self.codes = val_codes, codes
 
     def _metrics(self, fm: FeatureModel) -> tuple[LatentMetrics, np.ndarray]:
-        values = encode_rows(self.engine, fm, self.val_rows, self.cfg.source)
+        values = encode_rows_by_rank(self.engine, fm, self.val_rows, self.cfg.source)  # equal on every rank
         return latent_metrics(values, self.val_codes, self.val_rows.classes or []), values
 
     def evaluate(self, fm: FeatureModel) -> tuple[float, dict[str, Any], np.ndarray]:
@@ -66,8 +75,9 @@ class LatentSeedTrainer(SeedTrainer):
         return m.multiple_r, m.class_means, values
 
     def _normalise(self, fm: FeatureModel, r: float, means: dict[str, Any]) -> tuple[float, dict[str, Any]]:
-        """Orient the kept model's latents to the codes (idempotent: an oriented model stays as it is)."""
-        values = encode_rows(self.engine, fm, self.val_rows, self.cfg.source)
+        """Orient the kept model's latents to the codes (idempotent: an oriented model stays as it is); the
+        encodings are gathered in row order, so every rank takes the same orientation."""
+        values = encode_rows_by_rank(self.engine, fm, self.val_rows, self.cfg.source)
         order, signs = orient_latents(fm, values, self.val_codes)
         m = latent_metrics(values[:, order] * np.asarray(signs), self.val_codes, self.val_rows.classes or [])
         fm.metadata["latent_metrics_val"] = m.to_dict()
@@ -160,12 +170,16 @@ class LatentTrainer(Trainer):
     # -- after training ------------------------------------------------------------------------------
     def evaluate_latents(self, split: str = "test", batch_size: int = 8) -> LatentMetrics:
         """Encoder metrics per latent on ``split`` (all rows between the classes); saved as
-        ``experiment_dir/latent_metrics_<split>.json``."""
+        ``experiment_dir/latent_metrics_<split>.json`` (by rank 0 under a launcher; the rows are encoded
+        split over the ranks and every rank returns the same metrics)."""
+        dist.init()
         rows, alternative = self._labelled(split)
-        values = self.get_model().encode_rows(rows, batch_size=batch_size)
+        mwg = self.get_model()
+        values = encode_rows_by_rank(mwg.engine, mwg.feature_model, rows, mwg.source, batch_size=batch_size)
         codes = row_codes(rows.classes or [], alternative, self.codes, self.config.source)
         m = latent_metrics(values, codes, rows.classes or [])
-        write_json_atomic(self.experiment_dir / f"latent_metrics_{split}.json", {"split": split, **m.to_dict()})
+        main_only(lambda: write_json_atomic(self.experiment_dir / f"latent_metrics_{split}.json",
+                                            {"split": split, **m.to_dict()}))
         return m
 
     def evaluate_encoder(self, *args: Any, **kwargs: Any) -> Any:
@@ -195,7 +209,9 @@ class LatentTrainer(Trainer):
         one-latent view, over the rows between its two poles (:meth:`latent_poles`), strengthening
         (``True``) or weakening (``False``) each pole. ``kwargs`` go to ``evaluate_decoder``
         (``feature_factors``, ``learning_rates``, ``selector``, ``refine_steps``, ...). Keys
-        ``"latent<j>_strengthen"`` / ``"latent<j>_weaken"``; each saved as ``decoder_<key>.json``."""
+        ``"latent<j>_strengthen"`` / ``"latent<j>_weaken"``; each saved as ``decoder_<key>.json`` (by rank 0
+        under a launcher, where every sweep splits its scoring passes over the ranks)."""
+        dist.init()
         out: dict[str, DecoderResults] = {}
         neutral = self._neutral_texts(max_neutral)
         for j in (range(self.config.latent_dim) if latents is None else latents):
@@ -210,7 +226,7 @@ class LatentTrainer(Trainer):
                                        cache_dir=self.experiment_dir / "decoder" if use_cache else None, split=split,
                                        **kwargs)
                 res.info["latent"], res.info["poles"] = j, [pos, neg]
-                res.save(self.experiment_dir / f"decoder_{key}.json")
+                main_only(partial(res.save, self.experiment_dir / f"decoder_{key}.json"))
                 out[key] = res
         return out
 

@@ -32,7 +32,7 @@ from ..feature_model import FeatureModel
 from ..gradients import GradientEngine
 from ..rows import Rows
 from ..store import GradientStore
-from .config import TrainConfig
+from .config import TrainConfig, resolve_feature_device
 from .folders import replace_dir, settle_dir
 from .optim import FeatureOptimizer
 from .parallel import batch_loss, batch_share, batch_total, grad_reducer, loss_denominator, main_only
@@ -76,6 +76,8 @@ class SeedTrainer:
         self._epoch: tuple[int, list[list[int]]] | None = None
         #: step of the checkpoint in ``last/`` (None: none written yet)
         self._saved_step: int | None = None
+        #: where the feature model, its optimiser state and the vectors it reads live (``TrainConfig.feature_device``)
+        self.device = resolve_feature_device(cfg.feature_device, engine.lm.device)
         #: ``[step, training loss]`` of every optimiser step (kept in the checkpoint across resumes)
         self.step_losses: list[list[float]] = []
 
@@ -93,19 +95,23 @@ class SeedTrainer:
         return list(self._epoch[1][pos])
 
     def _vectors(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(source [n], target [n]) of one gradient example: from the store, else computed now."""
+        """(source [n], target [n]) of one gradient example on the feature device: read from the store, else
+        computed now (on the CPU, where both land), then moved once (one move when source is target)."""
         if self.store is not None:
-            return self.store.example(rows)
-        r = self.train_rows
-        texts = [r.texts[i] for i in rows]
-        vecs = self.engine.gradient_vectors(texts, r.factual[rows], r.alternative[rows],
-                                            [self.cfg.source, self.cfg.target], self.param_map)
-        return vecs[self.cfg.source], vecs[self.cfg.target]
+            src, tgt = self.store.example(rows)
+        else:
+            r = self.train_rows
+            texts = [r.texts[i] for i in rows]
+            vecs = self.engine.gradient_vectors(texts, r.factual[rows], r.alternative[rows],
+                                                [self.cfg.source, self.cfg.target], self.param_map)
+            src, tgt = vecs[self.cfg.source], vecs[self.cfg.target]
+        moved = src.to(self.device)
+        return moved, (moved if tgt is src else tgt.to(self.device))
 
     def _batch(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """(source, target) ``[len(rows), n]`` of this rank's examples (``[0, n]`` on a rank without any)."""
         if not rows:
-            empty = torch.zeros(0, self.param_map.size)
+            empty = torch.zeros(0, self.param_map.size, device=self.device)
             return empty, empty
         s, t = self._vectors(rows[0])
         if len(rows) == 1:  # views, no copy: the step reads them as they are
@@ -189,7 +195,7 @@ class SeedTrainer:
             logger.info("seed %d: early stop at step %d of %d: %s", self.seed, step, cfg.max_steps, stopped)
         opt.close()  # the training model and optimiser go before best/ is read, not beside it
         del fm, opt
-        best_fm = FeatureModel.from_pretrained(self.dir / "best")
+        best_fm = FeatureModel.from_pretrained(self.dir / "best", device=self.device)
         # the kept model was evaluated when it was saved: no second validation pass is needed
         r, means = self._normalise(best_fm, float(best["correlation"]), dict(best["class_means"]))
         best_fm.metadata.update({"seed": self.seed, "best_step": best["step"], "correlation": r,
@@ -237,8 +243,9 @@ class SeedTrainer:
         return TrainingError(f"GRADIEND training of seed {self.seed} stopped at step {step + 1}: {what}; {kept}; {fix}")
 
     def _new_model(self) -> FeatureModel:
+        """A fresh model on the feature device (drawn on the CPU: the same init bits on every device)."""
         return FeatureModel(self.param_map.size, self.cfg.latent_dim, param_map=self.param_map, seed=self.seed,
-                            metadata=dict(self.metadata))
+                            metadata=dict(self.metadata)).to(self.device)
 
     def _optimizer(self, fm: FeatureModel) -> FeatureOptimizer:
         return FeatureOptimizer(fm, self.cfg, reduce_grad=grad_reducer())
@@ -250,7 +257,7 @@ class SeedTrainer:
         state = self._read_state(last) if self.cfg.resume else None  # every rank reads the same checkpoint
         if state is not None:
             same = state.get("fingerprint") == self.cfg.training_fingerprint() and state.get("seed") == self.seed
-            fm = FeatureModel.from_pretrained(last) if same else None
+            fm = FeatureModel.from_pretrained(last, device=self.device) if same else None
             if fm is None:
                 logger.warning("ignoring checkpoint in %s: it was made with a different configuration", last)
             elif fm.param_map != self.param_map:

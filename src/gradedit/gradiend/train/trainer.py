@@ -37,7 +37,7 @@ from ..model import ModelWithGradiend
 from ..rows import Rows, balanced_cap
 from ..store import STORE_DIR, GradientStore, extract_store, store_key
 from .after import AfterTraining
-from .config import TrainConfig
+from .config import TrainConfig, resolve_feature_device
 from .head import check_head_config, head_rows, run_head
 from .loop import SeedResult, SeedTrainer
 from .parallel import lock_on_main, main_only
@@ -239,6 +239,7 @@ class Trainer(AfterTraining):
                 space, base model, source/target or dtype (delete it to extract again).
         """
         dist.init()
+        logger.info("feature model on %s (base model on %s)", self.feature_device, self.lm.device)  # checked before any work
         with contextlib.ExitStack() as stack:
             lock_on_main(stack, self.experiment_dir)
             return self._train()
@@ -269,7 +270,7 @@ class Trainer(AfterTraining):
             if store is not None:
                 store.close()
         chosen = self._choose()
-        model = FeatureModel.from_pretrained(chosen.directory / "best")
+        model = FeatureModel.from_pretrained(chosen.directory / "best", device=self.feature_device)
         model = post_prune(model, self.engine, val, cfg)  # measures the pruned encoder on val again
         model.metadata.update({"seed": chosen.seed, "converged": chosen.converged})
         main_only(lambda: model.save_pretrained(self.experiment_dir / MODEL_DIR))
@@ -316,7 +317,7 @@ class Trainer(AfterTraining):
         data = PairDataset.load(d / DATA_FILE, target_classes=classes)
         neutral = json.loads((d / NEUTRAL_FILE).read_text())["texts"] if (d / NEUTRAL_FILE).is_file() else None
         trainer = cls(lm, data, classes, neutral=neutral, config=config)
-        trainer._model = fm
+        trainer._model = fm.to(trainer.feature_device)
         return trainer
 
     def _choose(self) -> SeedResult:
@@ -343,12 +344,17 @@ class Trainer(AfterTraining):
 
     # -- results --------------------------------------------------------------------------------------
     @property
+    def feature_device(self) -> torch.device:
+        """Where the feature model lives: ``config.feature_device``, or the base model's device."""
+        return resolve_feature_device(self.config.feature_device, self.lm.device)
+
+    @property
     def feature_model(self) -> FeatureModel:
         if self._model is None:
             path = self.experiment_dir / MODEL_DIR
             if not (path / "config.json").is_file():
                 raise FileNotFoundError(f"no trained model in {path}; call trainer.train() first")
-            self._model = FeatureModel.from_pretrained(path)
+            self._model = FeatureModel.from_pretrained(path, device=self.feature_device)
         return self._model
 
     def get_model(self) -> ModelWithGradiend:
