@@ -49,6 +49,7 @@ def main() -> None:
     p.add_argument("--eval-max", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config-json", default="{}", help="extra TrainConfig fields as JSON (memory modes)")
     args = p.parse_args()
 
     setup_threads(args.threads)
@@ -89,6 +90,7 @@ def main() -> None:
         pre_prune_topk=args.pre_prune,
         pre_prune_samples=args.pre_prune_samples,
         resume=False,
+        **json.loads(args.config_json),
     )
     trainer = Trainer(lm, data, ["masc", "fem"], config=cfg)
     clock = StepClock(max_steps)
@@ -104,6 +106,7 @@ def main() -> None:
         "source": args.source,
         "target": args.target,
         "weight_decay": args.weight_decay,
+        "config": json.loads(args.config_json),
         "input_params": len(params),
         **clock.summary(args.warmup, t_train),
         "model_load_s": round(t_load, 2),

@@ -161,7 +161,8 @@ def run_side(side: str, prune: float | None, rep: int, args: argparse.Namespace,
     if prune is not None:
         common += ["--pre-prune", str(prune)]
     if side == "gradedit":
-        cmd = [str(OURS_PY), str(HERE / "_gradedit_side.py"), "--pairs-csv", str(paths["pairs"]), *common]
+        cmd = [str(OURS_PY), str(HERE / "_gradedit_side.py"), "--pairs-csv", str(paths["pairs"]), *common,
+               "--config-json", args.ours_config]
     else:
         cmd = [str(GRADIEND_PY), str(HERE / "_gradiend_side.py"), "--train-csv", str(paths["gradiend"]),
                "--neutral-csv", str(paths["neutral"]), *common]
@@ -255,8 +256,12 @@ def main() -> None:
     p.add_argument("--max-per-class", type=int, default=200)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads in each run (1: on a shared 2-core machine 2 OpenMP threads wait on each other)")
+    p.add_argument("--ours-config", default="{}",
+                   help='extra TrainConfig fields for our side as JSON, e.g. \'{"fused_step": true, '
+                        '"optimizer_state": "bf16"}\' (the memory modes)')
     p.add_argument("--tag", default="", help="suffix of the JSON summary file")
     args = p.parse_args()
+    json.loads(args.ours_config)  # fail here, not in the side process
 
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
     if "gradiend" in sides and not GRADIEND_PY.exists():
@@ -274,7 +279,7 @@ def main() -> None:
           f"{n_entries:,} of {n_all:,} weights; source {args.source} -> target {args.target}", flush=True)
 
     code = source_fingerprint()
-    print(f"gradedit source fingerprint {code}", flush=True)
+    print(f"gradedit source fingerprint {code}; our TrainConfig extras {args.ours_config}", flush=True)
     results = []
     for prune in configs:
         for rep in range(args.repeats):
