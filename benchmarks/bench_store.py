@@ -14,6 +14,14 @@ examples. Times are wall clock between torch optimiser-step hooks, so the traine
 Pre-pruning is computed once beforehand and copied into every run, so no run pays for it;
 validation runs only after the last step (outside every epoch). The fp32 run must give the live
 run's model bit for bit; the script checks that and prints the bf16 difference.
+
+``--gradiend-steps N`` adds the reference package to the same run: gradiend 0.2.3 (its own venv, as in
+bench_train.py) trains on the same rows, source/target and pre-pruning fraction, one row per step, for
+2 + N steps; its time to the model ours reaches (epochs x training rows steps) is its measured time to
+the first step (load, pre-pruning) + steps x its median step — extrapolated, since gradiend recomputes
+every row's gradients at every step, so its step cost does not change from epoch to epoch. Ours is
+measured: pre-pruning + the whole store run (extraction included). Use ``--batch 1 --source alternative``
+to match gradiend's setting (bench_train.py's).
 Results: a markdown table on stdout and JSON in ``benchmarks/out/bench_store_<tag>.json``.
 """
 
@@ -90,6 +98,29 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(rows)
 
 
+def gradiend_time_to_model(args: argparse.Namespace, n_steps_model: int) -> dict:
+    """gradiend's measured step time on the same rows, extrapolated to ``n_steps_model`` steps."""
+    import sys
+
+    import gradedit as ge
+
+    sys.path.insert(0, str(HERE))
+    import bench_train as bt
+
+    model_dir = Path(ge.zoo.prepare(args.model))
+    ds, neutral, _ = bt.build_data(args.max_per_class, 200)
+    paths = bt.export_data(ds, neutral, OUT / "data_store")
+    params_json, _, _ = bt.input_space(model_dir, OUT / "data_store")
+    ns = argparse.Namespace(tag=f"store_{args.tag}", steps=args.gradiend_steps, gradiend_unpruned_steps=None,
+                            source=args.source, target=args.target, warmup=2, pre_prune_samples=args.pre_prune_samples,
+                            lr=1e-5, weight_decay=0.01, eval_max=args.eval_max, threads=args.threads, ours_config="{}")
+    r = bt.run_side("gradiend", args.prune or None, 0, ns, model_dir, paths, params_json)
+    if r.get("failed"):
+        return r
+    return {**r, "steps_to_model": n_steps_model,
+            "time_to_model_s": r["to_first_step_s"] + n_steps_model * r["step_median_s"], "extrapolated": True}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -103,6 +134,8 @@ def main() -> None:
     p.add_argument("--pre-prune-samples", type=int, default=16)
     p.add_argument("--eval-max", type=int, default=8, help="validation rows (one evaluation, after the last step)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--gradiend-steps", type=int, default=0,
+                   help="also time gradiend 0.2.3 for 2 + N steps and extrapolate its time to the same model (0: off)")
     p.add_argument("--keep", action="store_true", help="keep the run folders (stores can be large)")
     p.add_argument("--tag", default="")
     args = p.parse_args()
@@ -130,11 +163,13 @@ def main() -> None:
                 pre_prune_samples=args.pre_prune_samples, early_stopping_patience=None, post_prune_topk=None)
     print(f"{args.model}: {n_train} training rows, batch {args.batch}, {args.epochs} epochs = {max_steps} steps, "
           f"pre-prune {args.prune or 'none'}, {args.threads} thread(s), load {os.getloadavg()[0]:.1f}", flush=True)
+    prep_s = 0.0
     if args.prune:  # pre-prune once (one step of training), then hand the cached map to every run
         prep = TrainConfig(experiment_dir=str(root / "prep"), **{**base, "max_steps": 1, "eval_steps": 1})
         t = time.perf_counter()
         Trainer(lm, data, CLASSES, config=prep).train()
-        print(f"pre-pruning (once, not timed below): {time.perf_counter() - t:.1f} s", flush=True)
+        prep_s = time.perf_counter() - t
+        print(f"pre-pruning (once, not timed below): {prep_s:.1f} s", flush=True)
     results: dict[str, dict] = {}
     for mode in MODES:
         folder = root / mode
@@ -153,7 +188,25 @@ def main() -> None:
     print(f"\nfp32 store model == live model bit for bit: {bitwise}")
     print("bf16 vs live, relative L2: " + ", ".join(f"{k} {v['rel_l2']:.2e}" for k, v in checks["bf16"].items()))
     summary = {"model": args.model, "args": vars(args), "n_train": n_train, "results": results, "checks": checks,
-               "fp32_bit_identical": bitwise, "torch": torch.__version__}
+               "fp32_bit_identical": bitwise, "torch": torch.__version__, "pre_prune_s": prep_s}
+    if args.gradiend_steps:
+        try:  # our numbers are kept whatever happens on the other side
+            g = gradiend_time_to_model(args, max_steps)
+        except Exception as err:  # noqa: BLE001 - reported in the JSON
+            g = {"failed": True, "error": repr(err)}
+            print(f"gradiend side failed: {err!r}", flush=True)
+        summary["gradiend"] = g
+        if not g.get("failed"):
+            lines = ["| side | time to the model s | how | ×ours (store fp32) |", "|---|---|---|---|"]
+            ours = {m: prep_s + results[m]["total_s"] for m in MODES}
+            for m in MODES:
+                lines.append(f"| gradedit {'live' if m == 'off' else 'store ' + m} | {ours[m]:.1f} | measured: "
+                             f"pre-pruning + train() | {ours[m] / ours['fp32']:.2f} |")
+            lines.append(f"| gradiend 0.2.3 | {g['time_to_model_s']:.1f} | to first step {g['to_first_step_s']:.1f} s + "
+                         f"{max_steps} x median step {g['step_median_s']:.3f} s (extrapolated) | "
+                         f"{g['time_to_model_s'] / ours['fp32']:.2f} |")
+            summary["time_to_model_table"] = "\n".join(lines)
+            print("\n" + summary["time_to_model_table"])
     OUT.mkdir(parents=True, exist_ok=True)
     out = OUT / f"bench_store{'_' + args.tag if args.tag else ''}.json"
     out.write_text(json.dumps(summary, indent=2) + "\n")
