@@ -1,19 +1,22 @@
 """A simulated second device for CPU-only tests of ``TrainConfig.feature_device``.
 
 This machine has only a CPU, so a forgotten ``.to(device)`` between the base model and the feature
-model cannot fail on real hardware here. Inside :class:`SimulatedDevice` every tensor created on, or
-moved to, the ``meta`` device is a :class:`SimTensor`: it *reports* ``meta`` but holds real CPU
-numbers, so the feature model trains with the bits it would have on the CPU (results can be compared
-for equality), while every op that mixes a simulated tensor with a CPU tensor of one or more
-dimensions raises :class:`DeviceMismatch`, as a CUDA kernel does for tensors on two devices (a 0-dim
-CPU tensor mixes, as CUDA allows CPU scalars). Moves (``.to``, ``.cpu()``, ``copy_``) and reading one
-number (``.item()``, ``float()``) work as on a real device; ``.numpy()`` of a simulated tensor fails,
-as it does for a CUDA tensor.
+model cannot fail on real hardware here. Inside :func:`simulated_device` every tensor created on, or
+moved to, the ``lazy`` device (:data:`SIM`; a device type torch knows but never uses by itself on a
+CPU build, unlike ``meta``, which torch uses internally for shape inference) is a :class:`SimTensor`:
+it *reports* ``lazy`` but holds real CPU numbers, so the feature model trains with the bits it would
+have on the CPU (results can be compared for equality), while every op that mixes a simulated tensor
+with a CPU tensor raises :class:`DeviceMismatch`, as a CUDA kernel does for tensors on two devices (a
+0-dim CPU tensor may join as an input, as CUDA allows CPU scalars, but not as the tensor written to).
+Moves (``.to``, ``.cpu()``, ``copy_``) and reading numbers (``.item()``, ``float()``, ``tolist()``)
+work as on a real device; ``.numpy()`` of a simulated tensor fails, as it does for a CUDA tensor.
 
-Limits: ``torch.optim.AdamW(fused=True)`` refuses parameters on ``meta`` before any op runs, so the
-mode adds ``meta`` to torch's list of fused-kernel devices while it is active; ``torch.Generator`` on
-``meta`` does not exist (``optimizer_state="bf16-sr"`` cannot be simulated); ``meta`` is not an
-accepted ``feature_device``, so tests allow it through :data:`FEATURE_DEVICE_TYPES`.
+Limits: ``torch.optim.AdamW(fused=True)`` refuses parameters of a device type it has no fused kernel
+for, so :func:`simulated_device` adds ``lazy`` to torch's list while it is active; ``torch.tensor`` /
+``as_tensor`` of Python data on ``lazy`` are made on the CPU and moved; ``torch.Generator`` on ``lazy``
+does not exist (``optimizer_state="bf16-sr"`` cannot be simulated); ``lazy`` is not an accepted
+``feature_device``, so tests allow it through ``config.FEATURE_DEVICE_TYPES``. Only the feature side
+can be simulated: the base model stays on the CPU (its ``ParamMap`` reads and the jvp run there).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ class DeviceMismatch(RuntimeError):
 
 
 class SimTensor(torch.Tensor):
-    """A tensor on the simulated device: reports ``meta``, computes on ``elem`` (a CPU tensor)."""
+    """A tensor on the simulated device: reports ``lazy``, computes on ``elem`` (a CPU tensor)."""
 
     elem: torch.Tensor
     __torch_function__ = torch._C._disabled_torch_function_impl
@@ -76,7 +79,7 @@ def _is_sim_device(dev: Any) -> bool:
 
 
 class SimulatedDevice(TorchDispatchMode):
-    """While active, ``meta`` is a simulated device with real numbers (see the module docstring).
+    """While active, ``lazy`` is a simulated device with real numbers (see the module docstring).
 
     ``mixes`` counts the ops that raised :class:`DeviceMismatch`; ``sim_ops`` the ops run on the device.
     """
@@ -136,15 +139,15 @@ class _DataOnSimulatedDevice(TorchFunctionMode):
 
 @contextlib.contextmanager
 def simulated_device() -> Iterator[SimulatedDevice]:
-    """``with simulated_device() as sim:`` the ``meta`` device computes (see :class:`SimulatedDevice`)."""
+    """``with simulated_device() as sim:`` the ``lazy`` device computes (see :class:`SimulatedDevice`)."""
     import torch.optim.optimizer as optimizer_module
 
     supported = optimizer_module._get_fused_kernels_supported_devices
 
-    def with_meta() -> list[str]:
+    def with_sim() -> list[str]:
         return [*supported(), SIM.type]
 
-    optimizer_module._get_fused_kernels_supported_devices = with_meta  # type: ignore[assignment]
+    optimizer_module._get_fused_kernels_supported_devices = with_sim  # type: ignore[assignment]
     try:
         with SimulatedDevice() as mode, _DataOnSimulatedDevice():
             yield mode
