@@ -1,122 +1,130 @@
-"""One decoder-evaluation benchmark run of ours: brief pre-pruned training, then ONE timed call of
-``gradedit.gradiend.train.trainer.Trainer.evaluate_decoder``.
+"""Our side of the decoder benchmark (``bench_decoder.py``), run with the project's interpreter: load the
+shared feature model (a finished run of ``_gradedit_encoder_side.py train``) and time ONE selection,
+``gradedit.gradiend.evaluate.decoder.evaluate_decoder(search=...)`` on the run's ``test`` rows (the
+driver left exactly ``--rows-per-class`` per class there) and the ``--neutral`` selection sentences.
 
-Run with the project's interpreter (``.venv/bin/python``) by ``bench_decoder.py``. Writes a JSON result.
+Selector: gradiend's ``LMSThresholdPolicy(r)`` bounds its causal-LM LMS = 1 / (1 + mean neutral CE),
+so LMS ≥ r x base ⇔ CE − CE_base ≤ (1 + CE_base)(1/r − 1). Ours gets that bound as a perplexity bound,
+``perplexity:{exp((1 + CE_base)(1/r − 1)) − 1}``, with CE_base measured by the call's own base pass:
+inside the timed window the base point is scored first through a point cache in a fresh folder, and
+``evaluate_decoder`` (same probe fingerprint) reads it from there instead of scoring it again.
+
+After the timed window every selected edit is written as the entries it changes (``_decoder_heldout``).
+Writes a JSON result.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
+import math
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import machine_info, peak_rss_mib, rss_mib, setup_threads, write_result  # noqa: E402
-from bench_decoder import (  # noqa: E402
-    CLASSES,
-    CallStamps,
-    eval_summary,
-    floats,
-    release_memory,
-    reset_peak_rss,
-    side_parser,
-    touch,
-)
+from _decoder_heldout import changed_entries, save_edit  # noqa: E402
+from _measure import CallStamps, Window, machine_info, setup_threads, touch, write_result  # noqa: E402
+from bench_decoder import eval_summary, floats, side_parser  # noqa: E402
+
+CLASSES = ("masc", "fem")
+
+
+def perplexity_bound(base_perplexity: float, lms_ratio: float) -> float:
+    """The ``max_increase`` of our perplexity selector equal to gradiend's LMS ≥ ``lms_ratio`` x base."""
+    ce = math.log(base_perplexity)
+    return math.exp((1.0 + ce) * (1.0 / lms_ratio - 1.0)) - 1.0
+
+
+def edit_entries(mwg: Any, learning_rate: float, feature_factor: float) -> dict:
+    """The entries our rewrite (``mwg.applied``) changes: the mapped entries before and inside the block."""
+    pm = mwg.param_map
+    named = dict(mwg.lm.model.named_parameters())
+
+    def gather() -> dict:
+        return {n: named[n].detach().reshape(-1)[i] if i is not None else named[n].detach().reshape(-1).clone()
+                for n, i in zip(pm.names, pm.indices)}
+
+    base = gather()
+    with mwg.applied(learning_rate, feature_factor):
+        new = gather()
+    return changed_entries(base, new, dict(zip(pm.names, pm.indices)))
 
 
 def main() -> None:
     p = side_parser(__doc__)
-    p.add_argument("--pairs-csv", required=True, help="PairDataset CSV")
+    p.add_argument("--run-dir", required=True, help="finished run of _gradedit_encoder_side.py train")
+    p.add_argument("--search", choices=("grid", "fast"), required=True)
+    p.add_argument("--derivatives", default="jvp2")
+    p.add_argument("--tolerance", type=float, default=0.05)
+    p.add_argument("--refine-steps", type=int, default=0)
     args = p.parse_args()
     ffs, lrs = floats(args.ffs), floats(args.lrs)
+    increase = args.direction == "strengthen"
 
     setup_threads(args.threads)
     import pandas as pd
 
     import gradedit
-    from gradedit.data.schema import PairDataset
     from gradedit.gradiend.evaluate import decoder as dec
-    from gradedit.gradiend.train.config import TrainConfig
     from gradedit.gradiend.train.trainer import Trainer
     from gradedit.models import load_model
 
     exp = Path(args.experiment_dir)
     shutil.rmtree(exp, ignore_errors=True)
     lm = load_model(args.model)
-    data = PairDataset.load(args.pairs_csv, target_classes=list(CLASSES))
-    neutral = pd.read_csv(args.neutral_csv)["text"].astype(str).tolist()
-    cfg = TrainConfig(
-        experiment_dir=str(exp), source=args.source, target=args.target,
-        params=json.loads(Path(args.params_json).read_text()),
-        train_batch_size=1, rows_per_gradient=1, max_steps=args.train_steps, eval_steps=args.train_steps,
-        eval_max_size=args.train_eval_max, learning_rate=args.train_lr, weight_decay=args.weight_decay,
-        seed=args.seed, max_seeds=1, pre_prune_topk=args.pre_prune, pre_prune_samples=args.pre_prune_samples,
-        resume=False,
-    )
-    trainer = Trainer(lm, data, list(CLASSES), neutral=neutral, config=cfg)
-    t = time.perf_counter()
-    trainer.train()
-    train_s = time.perf_counter() - t
-    input_dim = trainer.feature_model.input_dim
-    touch([*lm.model.parameters(), *trainer.feature_model.parameters()])
-    peak_training = peak_rss_mib()
-
-    # rows: Trainer.evaluate_decoder scores every test row of both classes, up to the library's
-    # max_rows_per_class per class; the driver left exactly --rows-per-class rows per class in the split.
-    kwargs = {}
-    if "max_rows_per_class" in inspect.signature(trainer.evaluate_decoder).parameters:
-        kwargs["max_rows_per_class"] = args.rows_per_class
-    else:
-        cap = inspect.signature(dec.evaluate_decoder).parameters["max_rows_per_class"].default
-        if cap is not None and cap < args.rows_per_class:
-            sys.exit(f"Trainer.evaluate_decoder scores at most {cap} rows per class; use --rows-per-class <= {cap}")
+    trainer = Trainer.load(args.run_dir, lm=lm)
+    mwg = trainer.get_model()
+    data = trainer.data.split("test")
+    neutral = pd.read_csv(args.neutral_csv)["text"].astype(str).tolist()[: args.neutral]
+    touch([*lm.model.parameters(), *mwg.feature_model.parameters()])
 
     stamps = CallStamps(info=lambda probe: {"rows": len(probe.prompts), "neutral": len(probe.neutral),
                                             "rows_per_class": {str(c): int((probe.row_class == c).sum())
                                                                for c in probe.classes}})
     dec.DecoderProbe.score = stamps.wrap(dec.DecoderProbe.score)
-    release_memory()
-    rss_before = rss_mib()
-    reset_ok = reset_peak_rss()
-    t0, c0 = time.perf_counter(), time.process_time()
-    res = trainer.evaluate_decoder(target_class=None, increase_target_probabilities=True, feature_factors=ffs,
-                                   learning_rates=lrs, split="test", max_neutral=args.neutral, refine_steps=0,
-                                   use_cache=False, plot=False, **kwargs)
-    t1, c1 = time.perf_counter(), time.process_time()
-    eval_peak = peak_rss_mib()
+    cache = exp / "points"
+    with Window() as window:
+        probe = dec.make_probe(mwg, data, CLASSES, neutral, 16, args.rows_per_class, cache, None)
+        bound = perplexity_bound(probe.base_point()["perplexity"], args.lms_ratio)
+        res = dec.evaluate_decoder(mwg, data, CLASSES, neutral, target_class=None,
+                                   increase_target_probabilities=increase, feature_factors=ffs, learning_rates=lrs,
+                                   selector=f"perplexity:{bound!r}", refine_steps=args.refine_steps,
+                                   max_rows_per_class=args.rows_per_class, cache_dir=cache, split="test",
+                                   search=args.search, tolerance=args.tolerance, derivatives=args.derivatives)
 
+    edits = []
+    for key, s in res.selections.items():
+        entries = edit_entries(mwg, s.learning_rate, s.feature_factor) if s.admissible else {}
+        path = Path(args.edits) / f"{key}.safetensors"
+        meta = save_edit(path, entries, {"key": key, "feature_factor": s.feature_factor,
+                                         "learning_rate": s.learning_rate, "admissible": s.admissible})
+        edits.append({**meta, "path": str(path), "selection": {
+            "value": s.value, "base_value": s.base_value, "metric_ratio": s.value / s.base_value if s.base_value else None,
+            "perplexity_ratio": s.perplexity / s.base_perplexity, "lms": s.lms, "base_lms": s.base_lms,
+            "admissible": s.admissible, "reason": s.reason}})
     rows = {c["rows"] for c in stamps.calls}
     neutral_n = {c["neutral"] for c in stamps.calls}
     out = {
-        "side": "gradedit",
-        "version": gradedit.__version__,
-        "pre_prune": args.pre_prune,
-        "input_dim": input_dim,
-        "train_steps": args.train_steps,
-        "train_s": round(train_s, 2),
-        "feature_factors": ffs,
-        "learning_rates": lrs,
-        **eval_summary(stamps, t0, t1, c0, c1, len(ffs) * len(lrs)),
+        "side": f"gradedit-{args.search}", "version": gradedit.__version__,
+        "call": f"evaluate_decoder(search={args.search!r}" + (f", derivatives={args.derivatives!r})" if args.search == "fast"
+                                                              else f", refine_steps={args.refine_steps})"),
+        "input_dim": int(mwg.feature_model.input_dim), "feature_factors": ffs, "learning_rates": lrs,
+        "direction": args.direction, "selector": f"perplexity:{bound!r}", "lms_ratio": args.lms_ratio,
+        **eval_summary(stamps, window),
+        "jvp_passes": int(res.info.get("jvp_passes", 0)), "library_forward_passes": res.info["forward_passes"],
         "rows_scored": rows.pop() if len(rows) == 1 else sorted(rows),
         "neutral_scored": neutral_n.pop() if len(neutral_n) == 1 else sorted(neutral_n),
         "rows_per_class_scored": stamps.calls[0]["rows_per_class"] if stamps.calls else None,
-        "result_info": res.info,
-        "points": [{"ff": q["feature_factor"], "lr": q["learning_rate"], "lms": q["lms"], **q["metrics"]}
-                   for q in [res.base, *res.grid]],
-        "selected": {k: {"ff": s.feature_factor, "lr": s.learning_rate, "value": s.value}
-                     for k, s in res.selections.items()},
-        "rss_before_eval_mib": rss_before,
-        "eval_peak_rss_mib": eval_peak if reset_ok else None,
-        "peak_rss_through_training_mib": peak_training,
-        "machine": machine_info(),
+        "result_info": {k: v for k, v in res.info.items() if k != "lines"}, "lines": res.info.get("lines"),
+        "points": [{"ff": q["feature_factor"], "lr": q["learning_rate"], "lms": q["lms"], "perplexity": q["perplexity"],
+                    **q["metrics"]} for q in [res.base, *res.grid]],
+        "edits": edits, "machine": machine_info(),
     }
     write_result(args.out, out)
     shutil.rmtree(exp, ignore_errors=True)
-    print(json.dumps({k: v for k, v in out.items() if k not in ("points", "point_s", "point_scoring_s")}))
+    print(json.dumps({k: v for k, v in out.items() if k not in ("points", "point_s", "lines")}, default=str))
 
 
 if __name__ == "__main__":

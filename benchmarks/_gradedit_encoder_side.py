@@ -30,8 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import machine_info, peak_rss_mib, rss_mib, setup_threads, write_result  # noqa: E402
-from bench_decoder import release_memory, reset_peak_rss, touch  # noqa: E402
+from _measure import Window, machine_info, setup_threads, touch, write_result  # noqa: E402
 
 CLASSES = ("masc", "fem")
 
@@ -65,6 +64,7 @@ def train(args: argparse.Namespace) -> None:
 
     import gradedit
     from gradedit.data.schema import PairDataset
+    from gradedit.gradiend.evaluate.decoder import lr_scale
     from gradedit.gradiend.train.config import TrainConfig
     from gradedit.gradiend.train.trainer import Trainer
     from gradedit.models import load_model
@@ -89,7 +89,8 @@ def train(args: argparse.Namespace) -> None:
     res = trainer.seed_results[0]
     out = {"side": "gradedit-train", "version": gradedit.__version__, "train_s": round(train_s, 2),
            "input_dim": meta["input_dim"], "params_with_entries": len(meta["names"]),
-           "val_correlation": res.correlation, "best_step": res.best_step, "machine": machine_info()}
+           "val_correlation": res.correlation, "best_step": res.best_step,
+           "lr_scale": lr_scale(trainer.get_model()), "machine": machine_info()}
     write_result(args.out, out)
     print(json.dumps(out))
 
@@ -106,32 +107,25 @@ def evaluate(args: argparse.Namespace) -> None:
     trainer = Trainer.load(args.run_dir, lm=lm)
     fm = trainer.feature_model
     touch([*lm.model.parameters(), *fm.parameters()])
-    release_memory()
-    rss_before = rss_mib()
-    reset_ok = reset_peak_rss()
-    t0, c0 = time.perf_counter(), time.process_time()
-    if args.batch_size:  # the module function: same rows, another JVP batch size
-        res = evaluate_encoder(trainer.get_model(), trainer.data, trainer.classes, neutral=trainer.neutral,
-                               split="test", seed=trainer.config.seed, batch_size=args.batch_size)
-    else:  # the user's path (JVP, batch 8); also writes encoder_results_test.json + rows CSV
-        res = trainer.evaluate_encoder(split="test")
-    t1, c1 = time.perf_counter(), time.process_time()
-    peak = peak_rss_mib()
+    with Window() as window:
+        if args.batch_size:  # the module function: same rows, another JVP batch size
+            res = evaluate_encoder(trainer.get_model(), trainer.data, trainer.classes, neutral=trainer.neutral,
+                                   split="test", seed=trainer.config.seed, batch_size=args.batch_size)
+        else:  # the user's path (JVP, batch 8); also writes encoder_results_test.json + rows CSV
+            res = trainer.evaluate_encoder(split="test")
     rows = res.rows
     counts = {str(k): int(v) for k, v in rows["data_type"].value_counts().items()}
     out = {
         "side": "gradedit", "version": gradedit.__version__, "path": (f"evaluate_encoder(batch_size={args.batch_size})"
                                                                      if args.batch_size else "Trainer.evaluate_encoder"),
         "input_dim": int(fm.input_dim), "source": trainer.config.source,
-        "eval_wall_s": round(t1 - t0, 3), "eval_cpu_s": round(c1 - c0, 3),
-        "rows_encoded": int(len(rows)), "rows_by_group": counts,
-        "rows_per_s": round(len(rows) / (t1 - t0), 3),
+        **window.summary(), "rows_encoded": int(len(rows)), "rows_by_group": counts,
+        "rows_per_s": round(len(rows) / window.wall_s, 3),
         "correlation": res.correlation, "correlation_with_neutral": res.correlation_with_neutral,
         "accuracy_binary": res.accuracy_binary, "mean_by_class": res.mean_by_class,
         "rows": [{"group": g, "text": t, "factual": f, "alternative": a, "label": int(y), "encoded": float(h)}
                  for g, t, f, a, y, h in zip(rows["data_type"], rows["text"], rows["factual"], rows["alternative"],
                                              rows["label"], np.asarray(rows["encoded"], dtype=float))],
-        "rss_before_eval_mib": rss_before, "eval_peak_rss_mib": peak if reset_ok else None,
         "machine": machine_info(),
     }
     write_result(args.out, out)

@@ -18,13 +18,11 @@ import math
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import machine_info, peak_rss_mib, rss_mib, setup_threads, write_result  # noqa: E402
-from bench_decoder import release_memory, reset_peak_rss, touch  # noqa: E402
+from _measure import Window, machine_info, setup_threads, touch, write_result  # noqa: E402
 
 CLASSES = ("masc", "fem")
 
@@ -41,8 +39,13 @@ def _clean(x: Any) -> Any:
     return x if isinstance(x, int | str | bool | type(None)) else str(x)
 
 
-def gradiend_checkpoint(export: Path, folder: Path) -> dict:
-    """Our interchange export -> a gradiend checkpoint folder (weights copied exactly)."""
+def gradiend_checkpoint(export: Path, folder: Path, direction: dict[str, int] | None = None) -> dict:
+    """Our interchange export -> a gradiend checkpoint folder (weights copied exactly).
+
+    ``direction`` (class -> +1/-1, the sign a class encodes to) is written to ``gradiend_context.json``
+    as ``feature_class_encoding_direction``: gradiend's decoder evaluation derives each class's
+    feature factor from it. ``None`` leaves it to gradiend (from the trainer's class pair on load).
+    """
     import torch
     from gradiend.model import ParamMappedGradiendModel
     from gradiend.model.utils import write_gradiend_context
@@ -66,7 +69,7 @@ def gradiend_checkpoint(export: Path, folder: Path) -> dict:
             dec.bias.copy_(t["decoder_bias"])
     shutil.rmtree(folder, ignore_errors=True)
     g.save_pretrained(str(folder), training={"training_args": {"source": meta["source"], "target": meta["target"]}})
-    write_gradiend_context(str(folder), meta["source"], meta["target"])
+    write_gradiend_context(str(folder), meta["source"], meta["target"], feature_class_encoding_direction=direction)
     return meta
 
 
@@ -106,14 +109,9 @@ def main() -> None:
         split_col="split", eval_neutral_data=args.neutral_csv, training_args=targs,
     )
     touch([*mwg.base_model.parameters(), *loaded.parameters()])
-    release_memory()
-    rss_before = rss_mib()
-    reset_ok = reset_peak_rss()
-    t0, c0 = time.perf_counter(), time.process_time()
-    res = trainer.evaluate_encoder(model_with_gradiend=mwg, split="test", max_size=None, use_cache=False,
-                                   return_df=True, plot=False)
-    t1, c1 = time.perf_counter(), time.process_time()
-    peak = peak_rss_mib()
+    with Window() as window:
+        res = trainer.evaluate_encoder(model_with_gradiend=mwg, split="test", max_size=None, use_cache=False,
+                                       return_df=True, plot=False)
 
     df = res.pop("encoder_df")
     counts = {str(k): int(v) for k, v in df["type"].value_counts().items()}
@@ -129,21 +127,20 @@ def main() -> None:
         "side": "gradiend", "version": gradiend.__version__, "path": "TextPredictionTrainer.evaluate_encoder",
         "input_dim": int(loaded.input_dim), "source": src,
         "loaded_equals_export": bool(torch.equal(loaded.encoder[0].linear.weight.detach().cpu(),
-                                                 _load_encoder_weight(Path(args.export)))),
-        "eval_wall_s": round(t1 - t0, 3), "eval_cpu_s": round(c1 - c0, 3),
-        "rows_encoded": int(len(df)), "rows_by_group": counts, "rows_per_s": round(len(df) / (t1 - t0), 3),
+                                                 load_encoder_weight(Path(args.export)))),
+        **window.summary(), "rows_encoded": int(len(df)), "rows_by_group": counts,
+        "rows_per_s": round(len(df) / window.wall_s, 3),
         "columns": [str(c) for c in df.columns],
         "example_row": {str(k): _clean(v) for k, v in df.iloc[0].items()},
         "metrics": _clean({k: v for k, v in res.items() if not hasattr(v, "to_dict")}),
-        "rows": rows, "rss_before_eval_mib": rss_before, "eval_peak_rss_mib": peak if reset_ok else None,
-        "machine": machine_info(),
+        "rows": rows, "machine": machine_info(),
     }
     write_result(args.out, out)
     shutil.rmtree(exp, ignore_errors=True)
     print(json.dumps({k: v for k, v in out.items() if k not in ("rows", "metrics")}))
 
 
-def _load_encoder_weight(export: Path) -> Any:
+def load_encoder_weight(export: Path) -> Any:
     from safetensors.torch import load_file
 
     return load_file(str(export / "interchange.safetensors"))["encoder_weight"]

@@ -1,25 +1,38 @@
-"""Step clock and memory readings shared by both benchmark sides (stdlib + torch only).
+"""Shared benchmark scaffolding, stdlib + torch only (imported by the drivers and by both sides' venvs).
 
-Both sides are timed the same way, without reaching into either trainer: torch's global
-optimizer-step hook (``torch.optim.optimizer.register_optimizer_step_post_hook``) stamps the wall
-clock after every optimiser step of any optimiser in the process. Step k's time is
-``stamp[k] - stamp[k-1]``: everything the trainer does between two updates (the base-model
-gradients for the next example, the encoder-decoder forward/backward, bookkeeping). Evaluation is
-kept out of the timed window by the caller (evaluation only runs before step 1 and after the last
-step). Only the GRADIEND encoder-decoder is optimised by either trainer, so every stamp is a step.
-The process CPU time (user+sys, all threads) is stamped too: on a shared machine it is the less
-load-sensitive of the two.
+- Step clock: both sides of a training benchmark are timed the same way, without reaching into
+  either trainer: torch's global optimizer-step hook
+  (``torch.optim.optimizer.register_optimizer_step_post_hook``) stamps the wall clock after every
+  optimiser step of any optimiser in the process. Step k's time is ``stamp[k] - stamp[k-1]``:
+  everything the trainer does between two updates (the base-model gradients for the next example,
+  the encoder-decoder forward/backward, bookkeeping). Evaluation is kept out of the timed window by
+  the caller (evaluation only runs before step 1 and after the last step). Only the GRADIEND
+  encoder-decoder is optimised by either trainer, so every stamp is a step. The process CPU time
+  (user+sys, all threads) is stamped too: on a shared machine it is the less load-sensitive of the two.
+- One timed call: ``Window`` (wall/CPU time and peak RSS of a ``with`` block, after ``release_memory``
+  and ``reset_peak_rss``), ``CallStamps`` (stamps of every call of a wrapped function inside it) and
+  ``touch`` (weights made resident first).
+- Results: ``write_result`` (a side's JSON), ``md_table`` + ``write_summary`` (a driver's markdown
+  table on stdout and its JSON summary), both written atomically (temp file + rename).
+- ``torchrun`` configurations ``PxT`` of the scale-out benchmarks (``dist_parser``, ``dist_configs``,
+  ``torchrun``).
 """
 
 from __future__ import annotations
 
+import argparse
+import ctypes
+import gc
 import json
 import os
 import platform
 import resource
 import statistics
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,8 +140,166 @@ def machine_info() -> dict[str, Any]:
             "cpus": os.cpu_count(), "loadavg_at_start": LOAD_AT_IMPORT}
 
 
+# -------------------------------------------------------------------------------------------------
+# one timed call
+# -------------------------------------------------------------------------------------------------
+class CallStamps:
+    """Start/end wall clock and process CPU time of every call of a wrapped function.
+
+    ``info(*args, **kwargs)`` may add fields to each call's record (e.g. how many rows it scored).
+    """
+
+    def __init__(self, info: Callable[..., dict[str, Any]] | None = None) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self._info = info
+
+    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0, c0 = time.perf_counter(), time.process_time()
+            out = fn(*args, **kwargs)
+            rec = {"start": t0, "end": time.perf_counter(), "cpu": time.process_time() - c0}
+            if self._info is not None:
+                rec.update(self._info(*args, **kwargs))
+            self.calls.append(rec)
+            return out
+
+        return timed
+
+
+def release_memory() -> None:
+    """Free what earlier work left behind (garbage, glibc's cached free heap) before measuring."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def touch(tensors: Any) -> None:
+    """Read every tensor once, so weights a checkpoint load left mapped on disk are resident before timing."""
+    for t in tensors:
+        if t.numel():
+            t.detach().sum().item()
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's VmHWM to the current RSS (Linux >= 4.0); False if not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+class Window:
+    """Wall and process CPU time and peak RSS of one ``with`` block (the timed call of a side).
+
+    On entry, garbage and glibc's cached free heap are released and VmHWM is reset to the current RSS,
+    so ``rss_before`` is what the block starts from and ``peak`` the peak DURING it (``None`` when the
+    kernel cannot reset it). ``summary()`` gives the fields every side reports.
+    """
+
+    def __enter__(self) -> Window:
+        release_memory()
+        self.rss_before = rss_mib()
+        self.reset_ok = reset_peak_rss()
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.t1, self.c1 = time.perf_counter(), time.process_time()
+        self.peak = peak_rss_mib() if self.reset_ok else None
+
+    @property
+    def wall_s(self) -> float:
+        return self.t1 - self.t0
+
+    def summary(self) -> dict[str, Any]:
+        return {"eval_wall_s": round(self.t1 - self.t0, 3), "eval_cpu_s": round(self.c1 - self.c0, 3),
+                "rss_before_eval_mib": self.rss_before, "eval_peak_rss_mib": self.peak}
+
+
+# -------------------------------------------------------------------------------------------------
+# result files
+# -------------------------------------------------------------------------------------------------
+def write_json_atomic(path: str | Path, obj: Any) -> Path:
+    """``obj`` as indented JSON at ``path`` (temp file + rename: a reader never sees half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
 def write_result(path: str | Path, result: dict[str, Any]) -> None:
+    """A side process's result, with its peak RSS and the load at its end added."""
     result["peak_rss_mib"] = peak_rss_mib()
     result["loadavg_at_end"] = os.getloadavg()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(result, indent=2))
+    write_json_atomic(path, result)
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A markdown table: one header line, the separator, one line per row (cells as given, ``str()``-ed)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def command_line() -> str:
+    """The command that started this process (the interpreter relative to the working directory when inside it)."""
+    exe = Path(sys.executable)
+    shown = os.path.relpath(exe, Path.cwd()) if exe.is_relative_to(Path.cwd()) else str(exe)
+    return " ".join([shown, *sys.argv])
+
+
+def write_summary(out_dir: Path, name: str, tag: str, summary: dict[str, Any], table: str) -> Path:
+    """Print ``table`` (markdown) and write ``summary`` with the command, the table, the core count and
+    the torch version to ``out_dir/<name>[_<tag>].json``; returns the path."""
+    print("\n" + table, flush=True)
+    path = out_dir / f"{name}{'_' + tag if tag else ''}.json"
+    write_json_atomic(path, {"command": command_line(), **summary, "cpus": os.cpu_count(),
+                             "torch": torch.__version__, "table": table})
+    print(f"\nwritten {path}", flush=True)
+    return path
+
+
+# -------------------------------------------------------------------------------------------------
+# torchrun configurations (scale-out benchmarks)
+# -------------------------------------------------------------------------------------------------
+def dist_parser(doc: str, configs_help: str) -> argparse.ArgumentParser:
+    """The parser of a ``PxT`` benchmark with the arguments they all share (``--worker`` and what follows
+    it are internal: the launched ranks get them)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="tiny-llama", help="zoo model name (the lead runs smollm2-135m)")
+    p.add_argument("--configs", default="1x1,2x1", help=configs_help)
+    p.add_argument("--repeats", type=int, default=2, help="runs per configuration (the fastest is kept)")
+    p.add_argument("--tag", default="")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    return p
+
+
+def dist_configs(text: str) -> list[tuple[int, int]]:
+    """``"2x1,1x2"`` -> ``[(1, 1), (2, 1), (1, 2)]``: P processes x T threads, the 1x1 reference first."""
+    configs: list[tuple[int, int]] = []
+    for item in (c.strip() for c in text.split(",") if c.strip()):
+        procs, _, threads = item.partition("x")
+        configs.append((int(procs), int(threads)))
+    if not configs or configs[0] != (1, 1):
+        configs.insert(0, (1, 1))
+    return configs
+
+
+def torchrun(script: str, procs: int, threads: int, worker_args: Sequence[str], result: Path) -> dict[str, Any]:
+    """Run ``script --worker <worker_args> --threads T --result FILE`` under ``torchrun --standalone`` with
+    ``procs`` processes (gloo, progress bars off) and return rank 0's JSON result with ``procs``,
+    ``wall_s`` (the whole launch) and ``load_before`` added."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", script,
+           "--worker", *worker_args, "--threads", str(threads), "--result", str(result)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "GRADEDIT_NO_PROGRESS": "1", "GRADEDIT_DIST_BACKEND": "gloo"}
+    load = os.getloadavg()[0]
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env)
+    return {**json.loads(result.read_text()), "procs": procs, "wall_s": time.perf_counter() - t, "load_before": load}

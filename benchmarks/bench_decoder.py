@@ -1,56 +1,80 @@
-"""GRADIEND decoder-evaluation cost: our ``Trainer.evaluate_decoder`` vs the reference ``gradiend``
-package's ``TextPredictionTrainer.evaluate_decoder``, same model, same rows, same grid.
+"""GRADIEND decoder evaluation to a selected rewrite: our ``evaluate_decoder`` (few-pass ``fast`` search
+and/or the ``grid``) vs the reference ``gradiend`` package's ``TextPredictionTrainer.evaluate_decoder``,
+on ONE feature model, and the held-out quality of every selection, measured by one scorer.
 
-    .venv/bin/python benchmarks/bench_decoder.py --tag idle1                      # full run
-    .venv/bin/python benchmarks/bench_decoder.py --lrs 1e-4,1e-3 --rows-per-class 4 --neutral 8 --tag smoke
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_decoder.py --search both --threads 1 --tag s16   # smollm2
+    nice -n 19 .venv/bin/python benchmarks/bench_decoder.py --model tiny-gpt2 --rows-per-class 4 --neutral 8 \
+        --heldout-neutral 8 --train-steps 60 --prune 0.3 --rel-lrs 1e-4,1e-3,1e-2,1e-1,1 --tag smoke       # ~80 s
 
-Each side runs in its own process (gradiend in its own venv, see docs/benchmarks.md): it trains a
-feature model briefly (pre-pruned to 1%, a few steps; not timed, quality irrelevant), then times ONE
-call of its trainer's ``evaluate_decoder``: the base model and every (feature_factor, learning_rate)
-grid point scored by next-token probabilities on the class rows and the LM score on neutral text.
-Caching is off on both sides and ours does no bisection refinement (``refine_steps=0``), so both
-score exactly ``1 + len(ffs) * len(lrs)`` model states. The default grid is feature factors {-1, +1}
-x 5 learning rates: both classes are strengthened (target_class=None), and gradiend's selection
-raises unless each class's own feature factor (here masc +1, fem -1) is in the grid.
+**Expected runtime on smollm2-135m: ≈ 12-15 min** (one thread, idle machine), estimated from the
+per-pass costs of the earlier smollm2 runs (a scoring pass of 40 prompts + 64 sentences ≈ 11-13 s) and
+the pass counts of the tiny smoke runs: training ≈ 1.5 min (load, pre-pruning, 50 steps of ≈ 0.35 s);
+our fast search ≈ 8-11 scoring + 2 jvp-of-jvp passes (one jvp2 pass ≈ 3-10 scoring passes: measured
+10 on tiny models, not yet on smollm2) ≈ 2-5 min; our grid 11 passes ≈ 2.5 min; gradiend 11 passes
+with a model copy each ≈ 2.5 min; per process ≈ 20-30 s of model loading and the edit files; the
+held-out scoring (base + 6 edits on ≈ 40 rows + 64 sentences) ≈ 1.5 min.
 
-Rows and sentences (both sides score the same ones):
-- class rows: the driver keeps exactly ``--rows-per-class`` rows of each class in the ``test`` split
-  (seeded sample of the en-pronouns export of bench_train.py, other test rows dropped). gradiend gets
-  ``max_size_training_like=N``, which caps rows PER transition group (masc->fem, fem->masc, i.e. per
-  class), so it keeps all N of each. Strengthening both classes needs both classes' rows (P(fem) on
-  masc rows, P(masc) on fem rows), so gradiend scores 2N rows; ours always scores every row of both
-  classes, capped at ``max_rows_per_class`` (64, not reachable through Trainer.evaluate_decoder) >= N.
-- neutral text: exactly ``--neutral`` sentences are written to the neutral CSV; gradiend gets
-  ``max_size_neutral=M`` (a seeded shuffle of all M rows), ours ``max_neutral=M`` (the first M = all).
-Each side reports the counts it actually scored. Defaults: 20 rows per class (the whole test split of
-en-pronouns at 200 rows per class) and 64 neutral sentences (our library's default ``max_neutral``).
+1. **One feature model.** We train it once, untimed (``_gradedit_encoder_side.py train``, as
+   bench_encoder.py: en-pronouns, pre-pruned to 1%, ``--train-steps`` steps of one row), and export it;
+   gradiend converts the export into its own checkpoint (``gradiend_checkpoint``, with the class
+   directions of our labels: masc +1, fem -1) and loads it (``loaded_equals_export`` is checked). Both
+   sides therefore select an edit of the SAME model.
+2. **The timed call, one process per side and search.** Caching off; feature factors ``--ffs`` and the
+   same learning rates on both sides (default: the library's grid, 1e-5..1e-1 x our ``lr_scale`` of the
+   trained model, computed once and passed as absolute values); both classes strengthened
+   (``--direction weaken``: weakened); the selection rows are ``--rows-per-class`` test rows per class
+   and ``--neutral`` sentences, the same on both sides.
+   - gradiend: ``evaluate_decoder(lrs, feature_factors, split="test", max_size_training_like=N,
+     max_size_neutral=M, use_cache=False)``: every grid point, one model copy each. **Its selector** is
+     its default ``LMSThresholdPolicy(0.99)``: among the points of the class's own feature factor, the
+     largest metric with LMS ≥ 0.99 x base, where its causal-LM LMS is 1 / (1 + mean neutral CE); when
+     no point passes, the point with the smallest lr (an edit all the same).
+   - ours: ``evaluate_decoder(search="fast", derivatives=--derivatives)`` and/or ``search="grid"``
+     (``--refine-steps`` bisections, default 0 = the same points as gradiend's grid). **Our selector**
+     is gradiend's bound written as ours: LMS_g ≥ r x base ⇔ mean neutral CE rise ≤ (1 + CE_base)(1/r − 1),
+     i.e. ``perplexity:{exp((1 + CE_base)(1/r − 1)) − 1}`` with r = ``--lms-ratio`` and CE_base the base
+     model's CE on the selection sentences; over both feature factors, the largest metric among points
+     that raise it above the base within the bound; none: the base model (no edit). The base point is
+     scored first inside the timed window, and ``evaluate_decoder`` reads it from the same point cache
+     (a fresh folder), so the call scores it once.
+   **Training source** (default ``--source diff --target diff``): gradiend derives each class's feature
+   factor from the model's class directions by a fixed contract, ``ff = -direction[C]`` for source
+   factual/diff and ``+direction[C]`` for source alternative. With target ``diff`` the decoder of a
+   class-C encoding is ≈ ∇(CE_f − CE_a) of C's rows, so adding it raises CE of C's own word for either
+   source, and strengthening C needs ff = −direction[C] (the other class's encoding) for either source
+   (our trainer aligns the sign: masc encodes +, r > 0): under ``--source alternative`` gradiend's
+   contract picks the sign that WEAKENS the class
+   (tiny-gpt2 smoke, r +0.65: gradiend's held-out P(fem) x0.964, P(masc) x0.981 where our selections
+   reached x1.044 / x1.026), and its timing then selects along the wrong line. Under ``diff`` both
+   sides search the same lines, so the comparison is about the selection itself.
+   Timed: wall and process CPU of the call; passes (scoring passes: every prompt and sentence through
+   the model once; derivative passes: the fast search's jvp passes); peak RSS during the call (VmHWM
+   reset right before it, after every weight was read once). Ratios are gradiend ÷ ours.
+3. **Held-out quality.** Each side writes the entries its selected rewrite changes (its own rewritten
+   weights vs the base: flat indices + values, ``_decoder_heldout.py``). The driver writes each into one
+   base model in place and scores it with ONE scorer on the test rows no selection saw and
+   ``--heldout-neutral`` other sentences: the selection metric (strengthen C: mean P(C) on the other
+   class's rows; weaken C: 1 − mean P(C) on C's rows; P(C) summed over all of C's words) as a ratio to
+   the base model, and the held-out perplexity ratio. Where gradiend and ours selected the same
+   (ff, lr), the two edit files are compared entry by entry (``same_point``: same entries, values equal
+   up to float rounding, else the conversion or a rewrite differs).
 
-Timing: each side wraps its per-model scoring call (ours ``DecoderProbe.score``, gradiend's public
-``trainer.evaluate_base_model``) with a time stamp; the wrapper changes no argument or result. The
-first call scores the unmodified base model; grid point k costs from the end of scoring call k-1
-to the end of call k (applying the edit / copying the model + scoring). Peak RSS is the process's
-VmHWM reset right before the call (``/proc/self/clear_refs``), i.e. the peak DURING decoder evaluation;
-before the reset, every weight is read once (a checkpoint reload may leave them mapped on disk) and
-freed heap is returned to the OS, so "RSS before" is what the evaluation starts from.
-Results: a markdown table on stdout and JSON in ``benchmarks/out/``.
+Results: two markdown tables on stdout and JSON in ``benchmarks/out/bench_decoder_<tag>.json``; each
+process's JSON and log in ``benchmarks/out/runs_decoder/<tag>/``, the edit files in ``.../edits/``.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
-import json
-import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from _measure import CallStamps, Window, md_table, write_summary  # noqa: E402
 from bench_train import (  # noqa: E402
     CLASSES,
     GRADIEND_PY,
@@ -64,100 +88,45 @@ from bench_train import (  # noqa: E402
     source_fingerprint,
 )
 
-DEFAULT_LRS = "1e-5,1e-4,1e-3,1e-2,1e-1"
+DEFAULT_REL_LRS = "1e-5,1e-4,1e-3,1e-2,1e-1"
 
 
 # -------------------------------------------------------------------------------------------------
 # helpers used inside the side processes (stdlib only: imported by both venvs)
 # -------------------------------------------------------------------------------------------------
-class CallStamps:
-    """Start/end wall clock and process CPU time of every call of a wrapped function."""
-
-    def __init__(self, info: Callable[..., dict[str, Any]] | None = None) -> None:
-        self.calls: list[dict[str, Any]] = []
-        self._info = info
-
-    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            t0, c0 = time.perf_counter(), time.process_time()
-            out = fn(*args, **kwargs)
-            rec = {"start": t0, "end": time.perf_counter(), "cpu": time.process_time() - c0}
-            if self._info is not None:
-                rec.update(self._info(*args, **kwargs))
-            self.calls.append(rec)
-            return out
-
-        return timed
-
-
-def release_memory() -> None:
-    """Free what training left behind (garbage, glibc's cached free heap) before measuring."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def touch(tensors: Any) -> None:
-    """Read every tensor once, so weights a checkpoint load left mapped on disk are resident before timing."""
-    for t in tensors:
-        if t.numel():
-            t.detach().sum().item()
-
-
-def reset_peak_rss() -> bool:
-    """Reset this process's VmHWM to the current RSS (Linux >= 4.0); False if not possible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def eval_summary(stamps: CallStamps, t0: float, t1: float, c0: float, c1: float, n_grid: int) -> dict[str, Any]:
-    """Split one evaluate_decoder call into setup, base-model scoring, grid points and tail."""
+def eval_summary(stamps: CallStamps, w: Window) -> dict[str, Any]:
+    """The timed window ``w`` of one evaluate_decoder call, split into setup, base-model scoring, later
+    scoring calls and tail. A "point" runs from the end of one scoring call to the end of the next
+    (applying the edit or copying the model, any derivative passes in between, and the scoring)."""
     calls = stamps.calls
-    out: dict[str, Any] = {"eval_wall_s": round(t1 - t0, 3), "eval_cpu_s": round(c1 - c0, 3),
-                           "scoring_calls": len(calls), "expected_grid_points": n_grid}
+    out: dict[str, Any] = {**w.summary(), "scoring_calls": len(calls)}
     if not calls:
         return out
     points = [b["end"] - a["end"] for a, b in zip(calls, calls[1:])]
-    scoring = [c["end"] - c["start"] for c in calls[1:]]
-    out.update(setup_s=round(calls[0]["start"] - t0, 3), base_eval_s=round(calls[0]["end"] - calls[0]["start"], 3),
-               base_eval_cpu_s=round(calls[0]["cpu"], 3), point_s=[round(p, 3) for p in points],
-               point_scoring_s=[round(s, 3) for s in scoring], tail_s=round(t1 - calls[-1]["end"], 3),
-               grid_points=len(points), grid_s=round(sum(points), 3))
+    out.update(setup_s=round(calls[0]["start"] - w.t0, 3), base_eval_s=round(calls[0]["end"] - calls[0]["start"], 3),
+               point_s=[round(p, 3) for p in points], tail_s=round(w.t1 - calls[-1]["end"], 3),
+               scoring_s=round(sum(c["end"] - c["start"] for c in calls), 3))
     if points:
-        out.update(point_median_s=round(statistics.median(points), 3), point_min_s=round(min(points), 3),
-                   point_max_s=round(max(points), 3), point_cpu_median_s=round(statistics.median(
-                       c["cpu"] for c in calls[1:]), 3),
-                   points_per_s=round(len(points) / (t1 - t0), 4), points_per_s_grid_only=round(len(points) / sum(points), 4))
+        out.update(point_median_s=round(statistics.median(points), 3),
+                   scoring_median_s=round(statistics.median(c["end"] - c["start"] for c in calls), 3))
     return out
 
 
 def side_parser(doc: str | None) -> argparse.ArgumentParser:
-    """Arguments common to both side scripts (the driver passes the same values to both)."""
+    """Arguments common to both decoder side scripts (the driver passes the same values to both)."""
     p = argparse.ArgumentParser(description=doc)
     p.add_argument("--model", required=True, help="plain HF model folder")
-    p.add_argument("--neutral-csv", required=True, help="CSV with a 'text' column: exactly the neutral sentences")
-    p.add_argument("--params-json", required=True, help="JSON list of base-model parameter names (input space)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--neutral-csv", required=True, help="CSV with a 'text' column: exactly the selection sentences")
+    p.add_argument("--out", required=True, help="JSON result")
+    p.add_argument("--edits", required=True, help="folder for the selected edits")
     p.add_argument("--experiment-dir", required=True)
-    p.add_argument("--source", default="alternative")
-    p.add_argument("--target", default="diff")
-    p.add_argument("--train-steps", type=int, default=3)
-    p.add_argument("--train-eval-max", type=int, default=4, help="validation rows per training evaluation")
-    p.add_argument("--pre-prune", type=float, default=0.01)
-    p.add_argument("--pre-prune-samples", type=int, default=16)
-    p.add_argument("--train-lr", type=float, default=1e-5)
-    p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--ffs", required=True, help="comma-separated feature factors")
-    p.add_argument("--lrs", required=True, help="comma-separated decoder learning rates")
+    p.add_argument("--lrs", required=True, help="comma-separated decoder learning rates (absolute)")
+    p.add_argument("--direction", choices=("strengthen", "weaken"), default="strengthen")
+    p.add_argument("--lms-ratio", type=float, default=0.99, help="gradiend's LMS bound (ours: as a perplexity bound)")
     p.add_argument("--rows-per-class", type=int, required=True)
     p.add_argument("--neutral", type=int, required=True)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
     return p
 
 
@@ -168,50 +137,55 @@ def floats(text: str) -> list[float]:
 # -------------------------------------------------------------------------------------------------
 # driver
 # -------------------------------------------------------------------------------------------------
-def eval_rows(ds: Any, rows_per_class: int, seed: int) -> Any:
-    """``ds`` with exactly ``rows_per_class`` test rows per class (seeded), the other test rows dropped.
+def eval_rows(ds: Any, rows_per_class: int, seed: int) -> tuple[Any, Any]:
+    """``(ds with exactly rows_per_class test rows per class, the other usable test rows as a frame)``.
 
-    Only rows with text before the placeholder: gradiend skips a causal prompt with an empty prefix.
+    The test rows kept (seeded) are what both selections see; the others are the held-out rows. Only
+    rows with text before the placeholder are used: gradiend skips a causal prompt with an empty prefix.
     """
     from gradedit.data.schema import PairDataset
 
     df = ds.to_frame()
-    test = df[(df["split"] == "test") & df["factual_class"].isin(CLASSES)]
+    test = df[(df["split"] == "test") & df["factual_class"].isin(CLASSES) & df["alternative_class"].isin(CLASSES)]
     test = test[test["text"].str.split(r"\[MASK\]", n=1, regex=True).str[0].str.strip() != ""]
     keep = []
     for cls in CLASSES:
         rows = test[test["factual_class"] == cls]
-        if len(rows) < rows_per_class:
-            sys.exit(f"--rows-per-class {rows_per_class}: the test split has only {len(rows)} usable {cls} rows; "
-                     f"lower it or raise --max-per-class")
+        if len(rows) <= rows_per_class:
+            sys.exit(f"--rows-per-class {rows_per_class}: the test split has only {len(rows)} usable {cls} rows and "
+                     f"held-out rows are needed too; lower it or raise --max-per-class")
         keep += list(rows.sample(rows_per_class, random_state=seed).index)
+    held = test[~test.index.isin(keep)]
     df = df[(df["split"] != "test") | df.index.isin(keep)]
-    return PairDataset.from_frame(df.reset_index(drop=True), target_classes=list(CLASSES))
+    return PairDataset.from_frame(df.reset_index(drop=True), target_classes=list(CLASSES)), held
 
 
 def run_side(side: str, rep: int, args: argparse.Namespace, model_dir: Path, paths: dict[str, Path],
-             params_json: Path) -> dict:
+             params_json: Path, run_dir: Path, export: Path, lrs: list[float]) -> dict:
+    """One timed selection: ``side`` is ``gradedit-fast``, ``gradedit-grid`` or ``gradiend``."""
     tag = f"{side}_r{rep}"
     runs = OUT / "runs_decoder" / (args.tag or "default")
     out_json = runs / f"{tag}.json"
-    common = ["--model", str(model_dir), "--neutral-csv", str(paths["neutral"]), "--params-json", str(params_json),
-              "--out", str(out_json), "--experiment-dir", str(OUT / "exp_decoder" / (args.tag or "default") / tag),
-              "--source", args.source, "--target", args.target, "--train-steps", str(args.train_steps),
-              "--pre-prune", str(args.prune), "--pre-prune-samples", str(args.pre_prune_samples),
-              f"--ffs={args.ffs}", f"--lrs={args.lrs}", "--rows-per-class", str(args.rows_per_class),
+    common = ["--model", str(model_dir), "--neutral-csv", str(paths["neutral"]), "--out", str(out_json),
+              "--edits", str(runs / "edits" / tag), "--experiment-dir", str(OUT / "exp_decoder" / (args.tag or "default") / tag),
+              f"--ffs={args.ffs}", f"--lrs={','.join(repr(x) for x in lrs)}", "--direction", args.direction,
+              "--lms-ratio", str(args.lms_ratio), "--rows-per-class", str(args.rows_per_class),
               "--neutral", str(args.neutral), "--threads", str(args.threads)]
-    if side == "gradedit":
-        cmd = [str(OURS_PY), str(HERE / "_gradedit_decoder_side.py"), "--pairs-csv", str(paths["pairs"]), *common]
+    if side.startswith("gradedit"):
+        cmd = [str(OURS_PY), str(HERE / "_gradedit_decoder_side.py"), *common, "--run-dir", str(run_dir),
+               "--search", side.removeprefix("gradedit-"), "--derivatives", args.derivatives,
+               "--tolerance", str(args.tolerance), "--refine-steps", str(args.refine_steps)]
     else:
-        cmd = [str(GRADIEND_PY), str(HERE / "_gradiend_decoder_side.py"), "--train-csv", str(paths["gradiend"]),
-               *common]
+        cmd = [str(GRADIEND_PY), str(HERE / "_gradiend_decoder_side.py"), *common, "--train-csv", str(paths["gradiend"]),
+               "--params-json", str(params_json), "--export", str(export)]
     res, log, t0 = launch(cmd, tag, runs, out_json, args.threads)
     if res is None:
         return {"side": side, "rep": rep, "failed": True, "log": str(log)}
-    res.update(rep=rep)
-    print(f"  decoder eval {res['eval_wall_s']} s ({res.get('grid_points')} points, base {res.get('base_eval_s')} s,"
-          f" point median {res.get('point_median_s')} s), {res['rows_scored']} rows / {res['neutral_scored']} neutral,"
-          f" eval peak {gib(res['eval_peak_rss_mib'])} GiB, run {time.time() - t0:.0f} s", flush=True)
+    res.update(side=side, rep=rep)
+    sel = ", ".join(f"{e['key']}: ff {e['feature_factor']:+g} lr {e['learning_rate']:.3g}" for e in res["edits"])
+    print(f"  {res['eval_wall_s']} s wall, {res['scoring_calls']} scoring + {res.get('jvp_passes', 0)} derivative "
+          f"passes, {res['rows_scored']} rows / {res['neutral_scored']} sentences, peak {gib(res['eval_peak_rss_mib'])} "
+          f"GiB; selected {sel}; run {time.time() - t0:.0f} s", flush=True)
     return res
 
 
@@ -219,102 +193,189 @@ def gib(mib: float | None) -> str:
     return "—" if mib is None else f"{mib / 1024:.2f}"
 
 
-def table(results: list[dict]) -> str:
-    """Markdown table: the best repeat (lowest decoder-eval wall time) of each side."""
-    rows = ["| side | decoder eval wall s | CPU s | setup s | base model s | grid point wall s, median (min–max) "
-            "| grid point CPU s | points | points/s | rows / neutral | input dim | RSS before GiB | peak in eval GiB "
-            "| wall ×ours | CPU ×ours | point wall ×ours | peak ×ours |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    best = {}
-    for side in ("gradedit", "gradiend"):
-        ok = [r for r in results if r["side"] == side and not r.get("failed")]
-        if ok:
-            best[side] = min(ok, key=lambda r: r["eval_wall_s"])
-    ours = best.get("gradedit")
-    for side, label in (("gradedit", "gradedit (ours)"), ("gradiend", "gradiend 0.2.3")):
+def best_runs(results: list[dict]) -> dict[str, dict]:
+    """Per side, the repeat with the lowest wall time of the call."""
+    best: dict[str, dict] = {}
+    for r in results:
+        if not r.get("failed") and (r["side"] not in best or r["eval_wall_s"] < best[r["side"]]["eval_wall_s"]):
+            best[r["side"]] = r
+    return best
+
+
+def cost_table(results: list[dict], sides: list[str]) -> str:
+    """Cost of one selection per side (best repeat), with gradiend ÷ this row's wall, CPU and peak RSS."""
+    best = best_runs(results)
+    ref = best.get("gradiend")
+    rows = []
+    for side in sides:
         r = best.get(side)
         if r is None:
-            rows.append(f"| {label} | failed / not run |" + " |" * 15)
+            rows.append([side, "failed / not run"] + [""] * 9)
             continue
 
         def ratio(key: str, r: dict = r) -> str:
-            return fmt(r[key] / ours[key]) if ours and r.get(key) and ours.get(key) else "—"
+            return fmt(ref[key] / r[key]) if ref and ref.get(key) and r.get(key) else "—"
 
-        rows.append(
-            f"| {label} | {fmt(r['eval_wall_s'])} | {fmt(r['eval_cpu_s'])} | {fmt(r.get('setup_s'))} "
-            f"| {fmt(r.get('base_eval_s'))} | {fmt(r.get('point_median_s'))} ({fmt(r.get('point_min_s'))}–"
-            f"{fmt(r.get('point_max_s'))}) | {fmt(r.get('point_cpu_median_s'))} | {r.get('grid_points')} "
-            f"| {fmt(r.get('points_per_s'), 3)} | {r['rows_scored']} / {r['neutral_scored']} | {r['input_dim']:,} "
-            f"| {gib(r['rss_before_eval_mib'])} | {gib(r['eval_peak_rss_mib'])} | {ratio('eval_wall_s')} "
-            f"| {ratio('eval_cpu_s')} | {ratio('point_median_s')} | {ratio('eval_peak_rss_mib')} |")
-    return "\n".join(rows)
+        rows.append([side, r["call"], fmt(r["eval_wall_s"]), fmt(r["eval_cpu_s"]),
+                     f"{r['scoring_calls']} + {r.get('jvp_passes', 0)}", f"{r['rows_scored']} / {r['neutral_scored']}",
+                     gib(r["rss_before_eval_mib"]), gib(r["eval_peak_rss_mib"]), ratio("eval_wall_s"),
+                     ratio("eval_cpu_s"), ratio("eval_peak_rss_mib")])
+    return md_table(["side", "call", "wall s", "CPU s", "passes (scoring + derivative)", "rows / sentences",
+                     "RSS before GiB", "peak in call GiB", "gradiend ÷ this: wall", "CPU", "peak RSS"], rows)
+
+
+def heldout(results: list[dict], args: argparse.Namespace, model_dir: Path, held: Any, ds: Any,
+            neutral: list[str]) -> tuple[dict, list[dict]]:
+    """Score the base model and every side's selected edits (best repeat) with one scorer."""
+    from _decoder_heldout import HeldoutScorer, heldout_row, load_edit
+
+    import gradedit
+
+    frame = ds.to_frame()
+    tokens = {c: sorted(set(frame.loc[frame["factual_class"] == c, "factual"])) for c in CLASSES}
+    prompts = [t.split("[MASK]", 1)[0].rstrip() for t in held["text"]]
+    lm = gradedit.load_model(str(model_dir))
+    scorer = HeldoutScorer(lm, prompts, held["factual_class"].tolist(), tokens, neutral)
+    t0 = time.perf_counter()
+    base = scorer.score()
+    rows, loaded = [], {}
+    for side, r in best_runs(results).items():
+        for e in r["edits"]:
+            entries = loaded[side, e["key"]] = load_edit(Path(e["path"]))
+            row = {"side": side, **{k: e[k] for k in ("key", "feature_factor", "learning_rate", "entries_changed")},
+                   "selection": e.get("selection", {}), **heldout_row(base, scorer.score_edit(entries), e["key"])}
+            rows.append(row)
+    print(f"held-out scoring: base + {len(rows)} edits on {len(prompts)} rows and {len(neutral)} sentences in "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    info = {"rows": len(prompts), "rows_by_class": held["factual_class"].value_counts().to_dict(),
+            "sentences": len(neutral), "tokens": tokens, "base": base, "same_point": same_point(rows, loaded)}
+    for c in info["same_point"]:
+        print(f"  same (ff, lr) selected by {c['sides']} for {c['key']}: {c['entries_in_one_only']} entries changed by "
+              f"one side only, max |value difference| {c['max_abs_value_diff']:.2e}", flush=True)
+    return info, rows
+
+
+def same_point(rows: list[dict], loaded: dict) -> list[dict]:
+    """Where gradiend and one of our searches selected the same (ff, lr) for a key: do the two rewrites of
+    the one feature model change the same entries to the same values? (float rounding aside)"""
+    import torch
+
+    out = []
+    for a in (r for r in rows if r["side"] == "gradiend"):
+        for b in (r for r in rows if r["side"] != "gradiend" and r["key"] == a["key"]):
+            if (a["feature_factor"], a["learning_rate"]) != (b["feature_factor"], b["learning_rate"]) or not a["learning_rate"]:
+                continue
+            x, y = loaded["gradiend", a["key"]], loaded[b["side"], b["key"]]
+            only, diff, empty = 0, 0.0, (torch.zeros(0, dtype=torch.int64), torch.zeros(0))
+            for n in x.keys() | y.keys():
+                (ix, vx), (iy, vy) = x.get(n, empty), y.get(n, empty)
+                in_y, in_x = torch.isin(ix, iy), torch.isin(iy, ix)
+                only += int((~in_y).sum()) + int((~in_x).sum())
+                if in_y.any():  # both index lists are sorted (nonzero order), so the common entries line up
+                    diff = max(diff, float((vx[in_y].double() - vy[in_x].double()).abs().max()))
+            out.append({"key": a["key"], "sides": f"gradiend and {b['side']}", "entries_in_one_only": only,
+                        "max_abs_value_diff": diff})
+    return out
+
+
+def quality_table(rows: list[dict]) -> str:
+    """Each selection: what its side saw when selecting, and the one scorer's held-out ratios to the base."""
+    out = []
+    for r in sorted(rows, key=lambda r: (r["key"], r["side"])):
+        s = r["selection"]
+        seen = (f"metric ×{fmt(s['metric_ratio'], 3)}, ppl ×{fmt(s['perplexity_ratio'], 4)}" if "perplexity_ratio" in s
+                else f"metric {s['value']:.3g}, LMS ×{fmt(s['lms_ratio'], 4)}" if "lms_ratio" in s else "—")
+        out.append([r["key"], r["side"], f"{r['feature_factor']:+g}", f"{r['learning_rate']:.4g}",
+                    f"{r['entries_changed']:,}", seen, fmt(r["metric_ratio"], 3), fmt(r["perplexity_ratio"], 4),
+                    fmt(r["lms_ratio"], 4)])
+    return md_table(["key", "side", "ff", "lr", "entries changed", "at selection (own rows and measures)",
+                     "held-out metric ×base", "held-out ppl ×base", "held-out LMS ×base"], out)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="smollm2-135m", help="zoo model name")
+    p.add_argument("--model", default="smollm2-135m", help="zoo model name or HF folder")
     p.add_argument("--sides", default="gradedit,gradiend")
+    p.add_argument("--search", choices=("grid", "fast", "both"), default="both", help="our search(es)")
+    p.add_argument("--direction", choices=("strengthen", "weaken"), default="strengthen", help="both classes, both sides")
     p.add_argument("--ffs", default="-1.0,1.0",
                    help="feature factors (comma-separated, same on both sides; write --ffs=-1,1 for a leading minus)")
-    p.add_argument("--lrs", default=DEFAULT_LRS, help="decoder learning rates (comma-separated, same on both sides)")
-    p.add_argument("--rows-per-class", type=int, default=20, help="test rows per class scored at every point")
-    p.add_argument("--neutral", type=int, default=64, help="neutral sentences for the LM score at every point")
-    p.add_argument("--max-per-class", type=int, default=200, help="en-pronouns rows per class (as bench_train.py)")
-    p.add_argument("--train-steps", type=int, default=3, help="untimed training steps before the evaluation")
+    p.add_argument("--rel-lrs", default=DEFAULT_REL_LRS, help="learning rates as multiples of our lr_scale of the "
+                   "trained model (the library's default grid), passed to both sides as absolute values")
+    p.add_argument("--lrs", default="", help="absolute learning rates instead of --rel-lrs")
+    p.add_argument("--lms-ratio", type=float, default=0.99, help="the selection bound (gradiend's LMSThresholdPolicy)")
+    p.add_argument("--derivatives", choices=("jvp2", "fd"), default="jvp2", help="our fast search")
+    p.add_argument("--tolerance", type=float, default=0.05, help="our fast search: boundary bracket hi/lo - 1")
+    p.add_argument("--refine-steps", type=int, default=0, help="our grid: bisections after the grid")
+    p.add_argument("--rows-per-class", type=int, default=20, help="test rows per class the selections score")
+    p.add_argument("--neutral", type=int, default=64, help="neutral sentences the selections score")
+    p.add_argument("--heldout-neutral", type=int, default=64, help="other neutral sentences for the held-out scorer")
+    p.add_argument("--max-per-class", type=int, default=400, help="en-pronouns rows per class (10%% are test rows)")
+    p.add_argument("--train-steps", type=int, default=50, help="untimed training steps of the shared model")
     p.add_argument("--prune", type=float, default=0.01, help="pre-pruning fraction of the input space")
     p.add_argument("--pre-prune-samples", type=int, default=16)
-    p.add_argument("--source", default="alternative")
+    p.add_argument("--source", default="diff", help="training source (see the docstring before using alternative)")
     p.add_argument("--target", default="diff")
-    p.add_argument("--repeats", type=int, default=1, help="runs per side (best is tabled)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per run (see docs/benchmarks.md)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the test-row sample")
-    p.add_argument("--tag", default="", help="suffix of the JSON summary file")
+    p.add_argument("--repeats", type=int, default=1, help="timed runs per side (the fastest is tabled and scored)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process (see docs/benchmarks.md)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the selection-row sample")
+    p.add_argument("--tag", default="", help="suffix of the output files")
     args = p.parse_args()
 
-    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
-    if "gradiend" in sides and not GRADIEND_PY.exists():
-        sys.exit(f"{GRADIEND_PY} missing: create the anchor venv first (see docs/benchmarks.md)")
-    ffs, lrs = floats(args.ffs), floats(args.lrs)
-    if not ffs or not lrs or any(lr <= 0 for lr in lrs):
-        sys.exit("--ffs and --lrs need at least one value each; learning rates must be positive")
+    from bench_encoder import ensure_gradiend_venv, model_folder, single_token_rows, train_and_export
 
-    import gradedit
+    wanted = [s.strip() for s in args.sides.split(",") if s.strip()]
+    searches = ["fast", "grid"] if args.search == "both" else [args.search]
+    sides = [f"gradedit-{s}" for s in searches if "gradedit" in wanted] + (["gradiend"] if "gradiend" in wanted else [])
+    if "gradiend" in sides:
+        ensure_gradiend_venv()
+    ffs = floats(args.ffs)
+    if not ffs or not (floats(args.lrs) or floats(args.rel_lrs)) or any(x <= 0 for x in floats(args.lrs or args.rel_lrs)):
+        sys.exit("--ffs and the learning rates need at least one value each; learning rates must be positive")
 
-    model_dir = Path(gradedit.zoo.prepare(args.model))
-    ds, neutral, data_desc = build_data(args.max_per_class, args.neutral)
-    if len(neutral) < args.neutral:
-        sys.exit(f"only {len(neutral)} neutral sentences available for --neutral {args.neutral}")
-    ds = eval_rows(ds, args.rows_per_class, args.seed)
-    folder = OUT / "data_decoder" / (args.tag or "default")
-    paths = export_data(ds, neutral, folder)
+    model_dir = model_folder(args.model)
+    ds, neutral, data_desc = build_data(args.max_per_class, args.neutral + args.heldout_neutral)
+    if len(neutral) < args.neutral + args.heldout_neutral:
+        sys.exit(f"only {len(neutral)} neutral sentences for --neutral {args.neutral} + --heldout-neutral "
+                 f"{args.heldout_neutral}")
+    sel_neutral, held_neutral = neutral[: args.neutral], neutral[args.neutral:]
+    ds = single_token_rows(ds, model_dir)
+    sel_ds, held = eval_rows(ds, args.rows_per_class, args.seed)
+    tag = args.tag or "default"
+    folder = OUT / "data_decoder" / tag
+    paths = export_data(sel_ds, sel_neutral, folder)
     params_json, n_entries, n_all = input_space(model_dir, folder)
-    n_grid = len(ffs) * len(lrs)
-    print(f"model {args.model} ({model_dir}); data: {data_desc}, test split cut to {args.rows_per_class} rows per "
-          f"class; {len(neutral)} neutral sentences; grid {len(ffs)} ff x {len(lrs)} lr = {n_grid} points + base; "
-          f"input space {n_entries:,} of {n_all:,} weights, pre-pruned to {args.prune:g}", flush=True)
+    print(f"plan: model {args.model} ({model_dir}); data {data_desc}; selection on {args.rows_per_class} test rows per "
+          f"class + {len(sel_neutral)} sentences, held out {len(held)} test rows + {len(held_neutral)} sentences; input "
+          f"space {n_entries:,} of {n_all:,} weights, pre-pruned to {args.prune:g}; one training ({args.train_steps} "
+          f"steps, untimed), then {args.repeats} x {len(sides)} timed selections ({', '.join(sides)}), "
+          f"{args.threads} thread(s)", flush=True)
 
     code = source_fingerprint()
-    print(f"gradedit source fingerprint {code}", flush=True)
-    results = []
-    for rep in range(args.repeats):
-        for side in sides:
-            results.append(run_side(side, rep, args, model_dir, paths, params_json))
+    runs = OUT / "runs_decoder" / tag
+    run_dir, export = OUT / "exp_decoder" / tag / "run", OUT / "exp_decoder" / tag / "export"
+    trained = train_and_export(args, model_dir, paths, params_json, runs, run_dir, export)
+    if trained is None:
+        sys.exit("training the shared feature model failed (log above)")
+    lrs = sorted(floats(args.lrs) or [trained["lr_scale"] * x for x in floats(args.rel_lrs)])
+    print(f"  trained in {trained['train_s']} s: {trained['input_dim']:,} entries, validation r "
+          f"{trained['val_correlation']:+.3f}, lr_scale {trained['lr_scale']:.4g}; learning rates "
+          f"{', '.join(f'{x:.3g}' for x in lrs)}", flush=True)
+
+    results = [run_side(side, rep, args, model_dir, paths, params_json, run_dir, export, lrs)
+               for rep in range(args.repeats) for side in sides]
+    held_info, quality = heldout(results, args, model_dir, held, ds, held_neutral)
     changed = source_fingerprint() != code
     if changed:
         print("WARNING: src/gradedit changed while the benchmark ran; the runs measured different code", flush=True)
-    md = table(results)
-    print()
-    print(md)
-    exe = os.path.relpath(sys.executable, Path.cwd()) if Path(sys.executable).is_relative_to(Path.cwd()) else sys.executable
-    summary = {"command": " ".join([exe, *sys.argv]), "args": vars(args), "model": args.model, "data": data_desc,
-               "rows_per_class": args.rows_per_class, "neutral": args.neutral, "feature_factors": ffs,
-               "learning_rates": lrs, "grid_points": n_grid, "input_space": n_entries, "model_params": n_all,
-               "cpus": os.cpu_count(), "gradedit_source_sha256_12": code, "source_changed_during_run": changed,
-               "results": results, "table": md}
-    path = OUT / f"bench_decoder{('_' + args.tag) if args.tag else ''}.json"
-    path.write_text(json.dumps(summary, indent=2))
-    print(f"\nwritten {path}")
+    table = cost_table(results, sides) + "\n\n" + quality_table(quality)
+    summary = {"args": vars(args), "model": args.model, "data": data_desc, "input_space": n_entries,
+               "model_params": n_all, "trained": trained, "learning_rates": lrs, "heldout": held_info,
+               "gradedit_source_sha256_12": code, "source_changed_during_run": changed,
+               "results": [{k: v for k, v in r.items() if k != "points"} for r in results],
+               "points": {f"{r['side']}_r{r['rep']}": r.get("points") for r in results}, "quality": quality}
+    write_summary(OUT, "bench_decoder", args.tag, summary, table)
 
 
 if __name__ == "__main__":

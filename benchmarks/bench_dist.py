@@ -20,12 +20,14 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _measure import dist_configs, dist_parser, md_table, torchrun, write_summary  # noqa: E402
+
 OUT = HERE / "out"
 CLASSES = ("masc", "fem")
 
@@ -81,64 +83,39 @@ def same_bits(a: Path, b: Path) -> bool:
 def run_config(procs: int, threads: int, args: argparse.Namespace, root: Path) -> dict:
     store, result = root / f"store_{procs}x{threads}", root / f"result_{procs}x{threads}.json"
     shutil.rmtree(store, ignore_errors=True)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", __file__,
-           "--worker", "--model", args.model, "--rows", str(args.rows), "--keep", str(args.keep),
-           "--threads", str(threads), "--store", str(store), "--result", str(result)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "GRADEDIT_NO_PROGRESS": "1", "GRADEDIT_DIST_BACKEND": "gloo"}
-    load = os.getloadavg()[0]
-    t = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env)
-    res = {**json.loads(result.read_text()), "procs": procs, "wall_s": time.perf_counter() - t, "load_before": load}
+    res = torchrun(__file__, procs, threads, ["--model", args.model, "--rows", str(args.rows), "--keep", str(args.keep),
+                                              "--store", str(store)], result)
     print(f"  {procs}x{threads}: extraction {res['extract_s']:.2f} s, setup {res['setup_s']:.1f} s, "
-          f"{res['shards']} shard(s) (load {load:.1f})", flush=True)
+          f"{res['shards']} shard(s) (load {res['load_before']:.1f})", flush=True)
     return res
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="tiny-llama", help="zoo model name (the lead runs smollm2-135m)")
+    p = dist_parser(__doc__, "PxT: P processes with T threads each (1x2: one process, both cores)")
     p.add_argument("--rows", type=int, default=300, help="en-pronouns rows per class (80%% are training rows)")
     p.add_argument("--keep", type=float, default=0.01, help="share of weight entries stored (every k-th)")
-    p.add_argument("--configs", default="1x1,2x1", help="PxT: P processes with T threads each (1x2: one process, both cores)")
-    p.add_argument("--repeats", type=int, default=2, help="runs per configuration (the fastest is kept)")
-    p.add_argument("--tag", default="")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--store", help=argparse.SUPPRESS)
-    p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         worker(args)
         return
-    configs = [tuple(int(x) for x in c.split("x")) for c in args.configs.split(",")]
-    if configs[0] != (1, 1):
-        configs.insert(0, (1, 1))
     root = OUT / "dist_runs" / (args.tag or "default")
     root.mkdir(parents=True, exist_ok=True)
     print(f"{args.model}: {args.rows} rows/class, keep {args.keep}, configs {args.configs}, {os.cpu_count()} cores",
           flush=True)
     results = []
-    for procs, threads in configs:
+    for procs, threads in dist_configs(args.configs):
         best = min((run_config(procs, threads, args, root) for _ in range(args.repeats)), key=lambda r: r["extract_s"])
         best["same_bits_as_1x1"] = same_bits(root / "store_1x1", root / f"store_{procs}x{threads}")
         results.append(best)
     base = results[0]["extract_s"]
-    lines = ["| processes x threads | rows | extraction s | rows/s | speed-up vs 1x1 | efficiency | setup s "
-             "(load, per process) | same bits as 1x1 |", "|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        cores = r["procs"] * r["threads"]
-        lines.append(f"| {r['procs']}x{r['threads']} | {r['rows']} | {r['extract_s']:.2f} | "
-                     f"{r['rows'] / r['extract_s']:.1f} | {base / r['extract_s']:.2f} | "
-                     f"{base / r['extract_s'] / cores:.2f} | {r['setup_s']:.1f} | {r['same_bits_as_1x1']} |")
-    print("\n" + "\n".join(lines))
-    import torch
-
-    OUT.mkdir(parents=True, exist_ok=True)
-    out = OUT / f"bench_dist{'_' + args.tag if args.tag else ''}.json"
-    out.write_text(json.dumps({"model": args.model, "args": vars(args), "results": results, "cores": os.cpu_count(),
-                               "torch": torch.__version__}, indent=2) + "\n")
-    print(f"wrote {out}")
+    rows = [[f"{r['procs']}x{r['threads']}", r["rows"], f"{r['extract_s']:.2f}", f"{r['rows'] / r['extract_s']:.1f}",
+             f"{base / r['extract_s']:.2f}", f"{base / r['extract_s'] / (r['procs'] * r['threads']):.2f}",
+             f"{r['setup_s']:.1f}", r["same_bits_as_1x1"]] for r in results]
+    table = md_table(["processes x threads", "rows", "extraction s", "rows/s", "speed-up vs 1x1", "efficiency",
+                      "setup s (load, per process)", "same bits as 1x1"], rows)
+    write_summary(OUT, "bench_dist", args.tag, {"model": args.model, "args": vars(args), "results": results,
+                                                "cores": os.cpu_count()}, table)
     shutil.rmtree(root, ignore_errors=True)
 
 

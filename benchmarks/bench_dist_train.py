@@ -19,12 +19,14 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _measure import dist_configs, dist_parser, md_table, torchrun, write_summary  # noqa: E402
+
 OUT = HERE / "out"
 CLASSES = ["masc", "fem"]
 
@@ -74,24 +76,17 @@ def max_diff(a: Path, b: Path) -> float:
 def run_config(procs: int, threads: int, args: argparse.Namespace, root: Path) -> dict:
     run, result = root / f"run_{procs}x{threads}", root / f"result_{procs}x{threads}.json"
     shutil.rmtree(run, ignore_errors=True)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", __file__,
-           "--worker", "--model", args.model, "--rows", str(args.rows), "--keep", str(args.keep),
-           "--steps", str(args.steps), "--eval-steps", str(args.eval_steps), "--batch", str(args.batch),
-           "--prune-rows", str(args.prune_rows), "--val", str(args.val), "--threads", str(threads),
-           "--run-dir", str(run), "--result", str(result)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "GRADEDIT_NO_PROGRESS": "1", "GRADEDIT_DIST_BACKEND": "gloo"}
-    load = os.getloadavg()[0]
-    subprocess.run(cmd, check=True, env=env)
-    res = {**json.loads(result.read_text()), "procs": procs, "load_before": load}
-    print(f"  {procs}x{threads}: train {res['train_s']:.2f} s, setup {res['setup_s']:.1f} s (load {load:.1f})",
-          flush=True)
+    res = torchrun(__file__, procs, threads, [
+        "--model", args.model, "--rows", str(args.rows), "--keep", str(args.keep), "--steps", str(args.steps),
+        "--eval-steps", str(args.eval_steps), "--batch", str(args.batch), "--prune-rows", str(args.prune_rows),
+        "--val", str(args.val), "--run-dir", str(run)], result)
+    print(f"  {procs}x{threads}: train {res['train_s']:.2f} s, setup {res['setup_s']:.1f} s "
+          f"(load {res['load_before']:.1f})", flush=True)
     return res
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="tiny-llama", help="zoo model name (the lead runs smollm2-135m)")
+    p = dist_parser(__doc__, "PxT: P processes with T threads each")
     p.add_argument("--rows", type=int, default=300, help="en-pronouns rows per class")
     p.add_argument("--keep", type=float, default=0.01, help="pre-pruning: share of the selected entries kept")
     p.add_argument("--prune-rows", type=int, default=32, help="rows ranking the entries for pre-pruning")
@@ -99,47 +94,30 @@ def main() -> None:
     p.add_argument("--eval-steps", type=int, default=20)
     p.add_argument("--batch", type=int, default=8, help="gradient examples per step (split over the ranks)")
     p.add_argument("--val", type=int, default=64, help="validation rows per evaluation")
-    p.add_argument("--configs", default="1x1,2x1", help="PxT: P processes with T threads each")
-    p.add_argument("--repeats", type=int, default=2, help="runs per configuration (the fastest is kept)")
-    p.add_argument("--tag", default="")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--run-dir", help=argparse.SUPPRESS)
-    p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         worker(args)
         return
-    configs = [tuple(int(x) for x in c.split("x")) for c in args.configs.split(",")]
-    if configs[0] != (1, 1):
-        configs.insert(0, (1, 1))
     root = OUT / "dist_train_runs" / (args.tag or "default")
     root.mkdir(parents=True, exist_ok=True)
     print(f"{args.model}: {args.steps} steps x {args.batch} examples, keep {args.keep}, configs {args.configs}, "
           f"{os.cpu_count()} cores", flush=True)
     results = []
-    for procs, threads in configs:
+    for procs, threads in dist_configs(args.configs):
         runs = [run_config(procs, threads, args, root) for _ in range(args.repeats)]
         best = {**min(runs, key=lambda r: r["train_s"]), "all_train_s": [round(r["train_s"], 2) for r in runs]}
         best["max_abs_diff_vs_1x1"] = max_diff(root / "run_1x1" / "model", root / f"run_{procs}x{threads}" / "model")
         results.append(best)
     base = results[0]["train_s"]
-    lines = ["| processes x threads | steps x batch | train s | s/step | speed-up vs 1x1 | efficiency | setup s "
-             "(per process) | kept step | max abs diff vs 1x1 | all runs s |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        cores = r["procs"] * r["threads"]
-        lines.append(f"| {r['procs']}x{r['threads']} | {r['steps']}x{r['batch']} | {r['train_s']:.2f} | "
-                     f"{r['train_s'] / r['steps']:.3f} | {base / r['train_s']:.2f} | {base / r['train_s'] / cores:.2f} | "
-                     f"{r['setup_s']:.1f} | {r['best_step']} | {r['max_abs_diff_vs_1x1']:.1e} | "
-                     f"{', '.join(f'{t:.2f}' for t in r['all_train_s'])} |")
-    print("\n" + "\n".join(lines))
-    import torch
-
-    OUT.mkdir(parents=True, exist_ok=True)
-    out = OUT / f"bench_dist_train{'_' + args.tag if args.tag else ''}.json"
-    out.write_text(json.dumps({"model": args.model, "args": vars(args), "results": results, "cores": os.cpu_count(),
-                               "torch": torch.__version__}, indent=2) + "\n")
-    print(f"wrote {out}")
+    rows = [[f"{r['procs']}x{r['threads']}", f"{r['steps']}x{r['batch']}", f"{r['train_s']:.2f}",
+             f"{r['train_s'] / r['steps']:.3f}", f"{base / r['train_s']:.2f}",
+             f"{base / r['train_s'] / (r['procs'] * r['threads']):.2f}", f"{r['setup_s']:.1f}", r["best_step"],
+             f"{r['max_abs_diff_vs_1x1']:.1e}", ", ".join(f"{t:.2f}" for t in r["all_train_s"])] for r in results]
+    table = md_table(["processes x threads", "steps x batch", "train s", "s/step", "speed-up vs 1x1", "efficiency",
+                      "setup s (per process)", "kept step", "max abs diff vs 1x1", "all runs s"], rows)
+    write_summary(OUT, "bench_dist_train", args.tag, {"model": args.model, "args": vars(args), "results": results,
+                                                      "cores": os.cpu_count()}, table)
     shutil.rmtree(root, ignore_errors=True)
 
 

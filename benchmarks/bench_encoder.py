@@ -103,6 +103,23 @@ def single_token_rows(ds: Any, model_dir: Path) -> Any:
     return ds.where(keep.tolist())
 
 
+def train_and_export(args: argparse.Namespace, model_dir: Path, paths: dict[str, Path], params_json: Path,
+                     runs: Path, run_dir: Path, export: Path) -> dict | None:
+    """Train the ONE feature model both sides use (ours, untimed, its own process: ``_gradedit_encoder_side.py
+    train``) into ``run_dir`` and export it to ``export``; its result JSON, or None when it failed.
+
+    ``args`` needs ``threads``, ``source``, ``target``, ``train_steps``, ``prune`` and ``pre_prune_samples``."""
+    train_json = runs / "train.json"
+    cmd = [str(OURS_PY), str(HERE / "_gradedit_encoder_side.py"), "train", "--model", str(model_dir),
+           "--run-dir", str(run_dir), "--out", str(train_json), "--threads", str(args.threads),
+           "--pairs-csv", str(paths["pairs"]), "--neutral-csv", str(paths["neutral"]), "--params-json", str(params_json),
+           "--export", str(export), "--source", args.source, "--target", args.target,
+           "--train-steps", str(args.train_steps), "--pre-prune", str(args.prune),
+           "--pre-prune-samples", str(args.pre_prune_samples)]
+    trained, _, _ = launch(cmd, "train", runs, train_json, args.threads)
+    return trained
+
+
 def _key(text: str) -> str:
     """Match key of a class row: the text before the placeholder, whitespace removed."""
     return re.sub(r"\s+", "", str(text).split("[MASK]", 1)[0])
@@ -216,14 +233,7 @@ def main() -> None:
     code = source_fingerprint()
     runs = OUT / "runs_encoder" / tag
     run_dir, export = OUT / "exp_encoder" / tag / "run", OUT / "exp_encoder" / tag / "export"
-    train_json = runs / "train.json"
-    cmd = [str(OURS_PY), str(HERE / "_gradedit_encoder_side.py"), "train", "--model", str(model_dir),
-           "--run-dir", str(run_dir), "--out", str(train_json), "--threads", str(args.threads),
-           "--pairs-csv", str(paths["pairs"]), "--neutral-csv", str(paths["neutral"]), "--params-json", str(params_json),
-           "--export", str(export), "--source", args.source, "--target", args.target,
-           "--train-steps", str(args.train_steps), "--pre-prune", str(args.prune),
-           "--pre-prune-samples", str(args.pre_prune_samples)]
-    trained, _, t0 = launch(cmd, "train", runs, train_json, args.threads)
+    trained = train_and_export(args, model_dir, paths, params_json, runs, run_dir, export)
     if trained is None:
         sys.exit("training the shared feature model failed (log above)")
     print(f"  trained in {trained['train_s']} s: {trained['input_dim']:,} entries in {trained['params_with_entries']} "
