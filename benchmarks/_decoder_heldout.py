@@ -70,7 +70,8 @@ def save_edit(path: str | Path, entries: Entries, info: Mapping[str, Any]) -> di
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp))
     tmp.replace(path)
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    tmp.write_text(json.dumps(meta, indent=1))
+    tmp.replace(path.with_suffix(".json"))
     return meta
 
 
@@ -165,8 +166,12 @@ class HeldoutScorer:
 
 
 def heldout_row(base: Mapping[str, Any], edited: Mapping[str, Any], key: str) -> dict[str, float]:
-    """An edit's held-out figures for ``key`` relative to the base model's."""
+    """An edit's held-out figures for ``key`` relative to the base model's. ``p_ratio`` is the target
+    probability's ratio: P(C) on the other class's rows for strengthen C (= the metric's ratio), P(C) on
+    C's own rows for ``C_weaken`` (the metric is 1 − that P, whose ratio stays near 1 when P is small)."""
     b, e = base["metrics"][key], edited["metrics"][key]
+    pb, pe = (1.0 - b, 1.0 - e) if key.endswith("_weaken") else (b, e)
     return {"metric": e, "base_metric": b, "metric_ratio": e / b if b else math.nan,
+            "p_ratio": pe / pb if pb else math.nan,
             "perplexity": edited["perplexity"], "perplexity_ratio": edited["perplexity"] / base["perplexity"],
             "lms": edited["lms"], "lms_ratio": edited["lms"] / base["lms"] if base["lms"] else math.nan}

@@ -53,9 +53,9 @@ held-out scoring (base + 6 edits on ≈ 40 rows + 64 sentences) ≈ 1.5 min.
 3. **Held-out quality.** Each side writes the entries its selected rewrite changes (its own rewritten
    weights vs the base: flat indices + values, ``_decoder_heldout.py``). The driver writes each into one
    base model in place and scores it with ONE scorer on the test rows no selection saw and
-   ``--heldout-neutral`` other sentences: the selection metric (strengthen C: mean P(C) on the other
-   class's rows; weaken C: 1 − mean P(C) on C's rows; P(C) summed over all of C's words) as a ratio to
-   the base model, and the held-out perplexity ratio. Where gradiend and ours selected the same
+   ``--heldout-neutral`` other sentences: the target probability (strengthen C: mean P(C) on the other
+   class's rows; weaken C: mean P(C) on C's own rows; P(C) summed over all of C's words) as a ratio to
+   the base model, and the held-out perplexity ratio (the JSON also has the selection metric itself). Where gradiend and ours selected the same
    (ff, lr), the two edit files are compared entry by entry (``same_point``: same entries, values equal
    up to float rounding, else the conversion or a rewrite differs).
 
@@ -224,8 +224,7 @@ def cost_table(results: list[dict], sides: list[str]) -> str:
                      "RSS before GiB", "peak in call GiB", "gradiend ÷ this: wall", "CPU", "peak RSS"], rows)
 
 
-def heldout(results: list[dict], args: argparse.Namespace, model_dir: Path, held: Any, ds: Any,
-            neutral: list[str]) -> tuple[dict, list[dict]]:
+def heldout(results: list[dict], model_dir: Path, held: Any, ds: Any, neutral: list[str]) -> tuple[dict, list[dict]]:
     """Score the base model and every side's selected edits (best repeat) with one scorer."""
     from _decoder_heldout import HeldoutScorer, heldout_row, load_edit
 
@@ -286,10 +285,10 @@ def quality_table(rows: list[dict]) -> str:
         seen = (f"metric ×{fmt(s['metric_ratio'], 3)}, ppl ×{fmt(s['perplexity_ratio'], 4)}" if "perplexity_ratio" in s
                 else f"metric {s['value']:.3g}, LMS ×{fmt(s['lms_ratio'], 4)}" if "lms_ratio" in s else "—")
         out.append([r["key"], r["side"], f"{r['feature_factor']:+g}", f"{r['learning_rate']:.4g}",
-                    f"{r['entries_changed']:,}", seen, fmt(r["metric_ratio"], 3), fmt(r["perplexity_ratio"], 4),
+                    f"{r['entries_changed']:,}", seen, fmt(r["p_ratio"], 3), fmt(r["perplexity_ratio"], 4),
                     fmt(r["lms_ratio"], 4)])
     return md_table(["key", "side", "ff", "lr", "entries changed", "at selection (own rows and measures)",
-                     "held-out metric ×base", "held-out ppl ×base", "held-out LMS ×base"], out)
+                     "held-out P(C) ×base", "held-out ppl ×base", "held-out LMS ×base"], out)
 
 
 def main() -> None:
@@ -365,7 +364,7 @@ def main() -> None:
 
     results = [run_side(side, rep, args, model_dir, paths, params_json, run_dir, export, lrs)
                for rep in range(args.repeats) for side in sides]
-    held_info, quality = heldout(results, args, model_dir, held, ds, held_neutral)
+    held_info, quality = heldout(results, model_dir, held, ds, held_neutral)
     changed = source_fingerprint() != code
     if changed:
         print("WARNING: src/gradedit changed while the benchmark ran; the runs measured different code", flush=True)

@@ -107,8 +107,10 @@ def test_heldout_row_ratios() -> None:
     base = {"metrics": {"fem": 0.02}, "perplexity": 10.0, "lms": 0.4}
     edit = {"metrics": {"fem": 0.05}, "perplexity": 10.5, "lms": 0.38}
     row = heldout_row(base, edit, "fem")
-    assert row["metric_ratio"] == pytest.approx(2.5) and row["perplexity_ratio"] == pytest.approx(1.05)
-    assert row["lms_ratio"] == pytest.approx(0.95)
+    assert row["metric_ratio"] == row["p_ratio"] == pytest.approx(2.5)
+    assert row["perplexity_ratio"] == pytest.approx(1.05) and row["lms_ratio"] == pytest.approx(0.95)
+    weak = heldout_row({**base, "metrics": {"fem_weaken": 0.9}}, {**edit, "metrics": {"fem_weaken": 0.95}}, "fem_weaken")
+    assert weak["p_ratio"] == pytest.approx(0.05 / 0.1) and weak["metric_ratio"] == pytest.approx(0.95 / 0.9)
 
 
 def _pairs(n: int) -> ge.PairDataset:
@@ -188,5 +190,5 @@ def test_tables_ratio_gradiend_over_each_side() -> None:
     assert "failed" in lines[3] and lines[4].split(" | ")[-3:] == ["1.00", "1.00", "1.00 |"]
     q = quality_table([{"side": "gradiend", "key": "fem", "feature_factor": -1.0, "learning_rate": 0.01,
                         "entries_changed": 1234, "selection": {"value": 0.2, "lms_ratio": 0.995},
-                        "metric_ratio": 1.5, "perplexity_ratio": 1.01, "lms_ratio": 0.99}])
+                        "metric_ratio": 1.5, "p_ratio": 1.5, "perplexity_ratio": 1.01, "lms_ratio": 0.99}])
     assert "| fem | gradiend | -1 | 0.01 | 1,234 | metric 0.2, LMS ×0.9950 | 1.500 | 1.0100 | 0.9900 |" in q
