@@ -134,13 +134,18 @@ class LanguageModel:
         return {k: v.to(self.device) for k, v in enc.items() if k != "token_type_ids"}
 
     def forward_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                       parameters: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+                       parameters: Mapping[str, torch.Tensor] | None = None,
+                       keep: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, T, V] with position ids from the mask, so either padding side is exact.
 
         ``parameters`` substitutes tensors for the named parameters in this call only
         (``torch.func.functional_call``), e.g. dual tensors for forward-mode AD. Gradients flow when
         called outside ``torch.no_grad``. Inside :meth:`inference` with an :attr:`autocast` set, the
         forward runs in that precision and the logits are cast to fp32.
+
+        ``keep`` (sorted sequence positions ``[K]``): logits [B, K, V] at those positions only, the LM
+        head skipped elsewhere (HF's ``logits_to_keep``); a model without that argument computes all
+        positions and the result is sliced, so the values are the same either way.
 
         Raises:
             ConfigError: gradients or ``parameters`` on a model dispatched by a device map.
@@ -151,12 +156,20 @@ class LanguageModel:
         kwargs: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}
         if self._accepts_position_ids():
             kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+        sliced_by_model = keep is not None and self._accepts("logits_to_keep")
+        if sliced_by_model:
+            kwargs["logits_to_keep"] = keep.to(input_ids.device)
         if parameters:
             from torch.func import functional_call
 
             out = functional_call(self.model, dict(parameters), args=(), kwargs=kwargs, strict=False, tie_weights=True)
-            return out.logits
-        logits = self.model(**kwargs).logits
+            logits = out.logits
+        else:
+            logits = self.model(**kwargs).logits
+        if keep is not None and not sliced_by_model:
+            logits = logits[:, keep.to(logits.device)]
+        if parameters:
+            return logits
         if self._autocasting and logits.dtype in (torch.bfloat16, torch.float16):
             fp16 = autocast_dtype(self.autocast) == torch.float16
             if fp16 and not self._token_cache_flags.get("fp16_warned"):
@@ -168,10 +181,14 @@ class LanguageModel:
         return logits
 
     def _accepts_position_ids(self) -> bool:
-        if "position_ids" not in self._token_cache_flags:
+        return self._accepts("position_ids")
+
+    def _accepts(self, argument: str) -> bool:
+        """Whether the HF model's ``forward`` takes ``argument`` (cached)."""
+        if argument not in self._token_cache_flags:
             params = inspect.signature(self.model.forward).parameters
-            self._token_cache_flags["position_ids"] = "position_ids" in params
-        return self._token_cache_flags["position_ids"]
+            self._token_cache_flags[argument] = argument in params
+        return self._token_cache_flags[argument]
 
     def prediction_logits(self, texts: Sequence[str],
                           parameters: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -186,8 +203,6 @@ class LanguageModel:
         if self.kind == "clm":
             texts = [t.rstrip(" ") for t in texts]
         enc = self.tokenize(texts, padding_side="right")
-        logits = self.forward_logits(enc["input_ids"], enc["attention_mask"], parameters)
-        rows = torch.arange(len(texts), device=logits.device)
         if self.kind == "clm":
             where = enc["attention_mask"].sum(-1) - 1
         else:
@@ -197,7 +212,11 @@ class LanguageModel:
                 bad = texts[int((counts != 1).nonzero()[0, 0])]
                 raise ValueError(f"a masked-LM text must contain exactly one {self.tokenizer.mask_token}: {bad!r}")
             where = is_mask.long().argmax(-1)
-        return logits[rows, where]
+        # the LM head only where a row predicts: [B, K, V] with K distinct positions, not [B, T, V]
+        keep = torch.unique(where)  # sorted
+        logits = self.forward_logits(enc["input_ids"], enc["attention_mask"], parameters, keep=keep)
+        rows = torch.arange(len(texts), device=logits.device)
+        return logits[rows, torch.searchsorted(keep, where).to(logits.device)]
 
 
 def _pieces(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> list[str]:
