@@ -156,9 +156,9 @@ class LanguageModel:
         kwargs: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}
         if self._accepts_position_ids():
             kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-        sliced_by_model = keep is not None and self._accepts("logits_to_keep")
-        if sliced_by_model:
-            kwargs["logits_to_keep"] = keep.to(input_ids.device)
+        sliced_by_model = False
+        if keep is not None and self._accepts("logits_to_keep"):
+            kwargs["logits_to_keep"], sliced_by_model = keep.to(input_ids.device), True
         if parameters:
             from torch.func import functional_call
 
