@@ -63,6 +63,10 @@ LOG_EVERY_S = 20.0
 class SeedTrainer:
     """Trains one FeatureModel from one seed; checkpoints to ``directory`` and resumes from it."""
 
+    #: where the feature model, its optimiser state and the vectors it reads live (``TrainConfig.feature_device``,
+    #: resolved in ``__init__``; the CPU for an instance made without it, as some tests of ``_batch`` do)
+    device: torch.device = torch.device("cpu")
+
     def __init__(self, engine: GradientEngine, param_map: ParamMap, cfg: TrainConfig, seed: int,
                  train: Rows, val: Rows, classes: tuple[str, str], directory: Path, metadata: dict[str, Any],
                  store: GradientStore | None = None) -> None:
@@ -76,7 +80,6 @@ class SeedTrainer:
         self._epoch: tuple[int, list[list[int]]] | None = None
         #: step of the checkpoint in ``last/`` (None: none written yet)
         self._saved_step: int | None = None
-        #: where the feature model, its optimiser state and the vectors it reads live (``TrainConfig.feature_device``)
         self.device = resolve_feature_device(cfg.feature_device, engine.lm.device)
         #: ``[step, training loss]`` of every optimiser step (kept in the checkpoint across resumes)
         self.step_losses: list[list[float]] = []
