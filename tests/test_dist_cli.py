@@ -31,14 +31,19 @@ NEUTRAL = ["The city is quiet and the house is old.", "The quick brown fox jumps
            "Numbers like 1, 2, 3 and symbols appear too.", "The teacher knows the city is quiet.",
            "Le chat noir dort sur la chaise."]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "gradedit"]
+# accelerate's torchrun launcher is ``--multi_gpu``; on a CPU-only machine the ranks join with gloo. (``--cpu
+# --num_processes 2`` would start ONE process: accelerate's multi-CPU mode needs an MPI config file.)
+ACCELERATE = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+              "-m", "gradedit"]
 
 
 IGNORED = ("seconds", "elapsed_s", "fingerprint")  # timings; the cache fingerprint holds paths
 
 
-def _torchrun(args: list[str]) -> subprocess.CompletedProcess[str]:
+def _torchrun(args: list[str], launcher: list[str] = TORCHRUN) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADEDIT_NO_PROGRESS": "1"}
-    return subprocess.run([*TORCHRUN, *args], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([*launcher, *args], env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +82,26 @@ def test_evaluate_under_torchrun_equals_one_process(run: Path, tmp_path: Path,
     ref, got = (json.loads((d / "encoder_results_test.json").read_text()) for d in (one, two))
     assert_json_close(ref, got, ignore=IGNORED)
     assert sorted(p.name for p in one.iterdir()) == sorted(p.name for p in two.iterdir())  # nothing else written
+
+
+def test_accelerate_launch_runs_the_cli_in_two_processes(run: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """``accelerate launch ... -m gradedit evaluate encoder`` joins 2 ranks and writes the 1-process result."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    shutil.copytree(run, one)
+    shutil.copytree(run, two)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["evaluate", "encoder", str(one)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    capsys.readouterr()
+    res = _torchrun(["evaluate", "encoder", str(two)], launcher=ACCELERATE)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("(2 processes)") == 1  # two ranks joined; rank 0 alone prints
+    ref, got = (json.loads((d / "encoder_results_test.json").read_text()) for d in (one, two))
+    assert_json_close(ref, got, ignore=IGNORED)
 
 
 def test_blast_under_torchrun_equals_one_process(tmp_path: Path, tiny_llama: ge.LanguageModel,
