@@ -73,6 +73,12 @@ def test_evaluate_and_rewrite_commands(tmp_path, capsys):
     assert main(["evaluate", "decoder", str(run), "--target-class", "fem", "--neutral", str(neutral)]) == 0
     out_text = capsys.readouterr().out
     assert "fem" in out_text and f"neutral text: 2 texts from {neutral}" in out_text
+    # --search fast reaches the few-pass search (the results record which search chose each point)
+    assert main(["evaluate", "decoder", str(run), "--target-class", "fem", "--search", "fast"]) == 0
+    assert json.loads((run / "decoder_results.json").read_text())["info"]["search"] == "fast"
+    assert main(["evaluate", "decoder", str(run), "--target-class", "fem", "--search", "grid"]) == 0
+    assert json.loads((run / "decoder_results.json").read_text())["info"]["search"] == "grid"
+    capsys.readouterr()
     out = tmp_path / "rewritten"
     assert main(["rewrite", str(run), "--target-class", "masc", "--weaken", "--out", str(out)]) == 0
     info = json.loads((out / "rewrite_info.json").read_text())

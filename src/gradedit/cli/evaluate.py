@@ -52,7 +52,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                       "neutral.json)")
         if args.what == "decoder":
             dec = trainer.evaluate_decoder(target_class=args.target_class, increase_target_probabilities=not args.weaken,
-                                           plot=args.plot and main, split=args.split or "val", selector=args.selector)
+                                           plot=args.plot and main, split=args.split or "val", selector=args.selector,
+                                           search=args.search)
             if not main:
                 return 0
             constraint = (dec.info.get("constraint") or {}).get("label") or dec.info.get("selector")
@@ -90,6 +91,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--selector", default=None,
                     help="decoder: the rule choosing each class's rewrite (default perplexity:0.015 = the strongest "
                          "point within +1.5 %% neutral perplexity; also lms:RATIO, perplexity:MAX, product)")
+    ev.add_argument("--search", choices=["grid", "fast"], default=None,
+                    help="decoder: 'grid' scores every feature factor x learning rate; 'fast' predicts where the "
+                         "selector's bound is reached from lr-derivatives and checks it with a few real passes "
+                         "(perplexity/LMS selectors only); default: the library's")
     ev.add_argument("--plot", action="store_true", help="also write the figure into the run directory")
     ev.add_argument("--neutral", metavar="FILE|LANG",
                     help="neutral text instead of the run's neutral.json (a file with one text per line, or a language)")

@@ -113,8 +113,13 @@ class AfterTraining:
                          learning_rates: Sequence[float] | None = None, selector: str | Selector | None = None,
                          plot: bool = False, split: str = "val", max_neutral: int = 64, refine_steps: int = 4,
                          max_rows_per_class: int | None = 64, use_cache: bool = True,
-                         bias_prompts: Sequence[str] | None = None) -> DecoderResults:
+                         bias_prompts: Sequence[str] | None = None, search: str | None = None,
+                         derivatives: str = "jvp2") -> DecoderResults:
         """Sweep feature_factor × learning_rate; select the best point per class under the selector's constraint.
+
+        ``search``: ``"grid"`` (every point, then ``refine_steps`` bisections) or ``"fast"`` (predict the
+        constraint boundary from lr-derivatives, ``derivatives`` ``"jvp2"`` or ``"fd"``, then verify it
+        with a few real passes); ``None`` = the library default (see :func:`~..evaluate.decoder.evaluate_decoder`).
 
         Selection scores the ``split`` rows (default ``"val"``), so the encoder's and a report's
         ``"test"`` figures stay held out; every ``Selection`` records its split. ``bias_prompts`` also
@@ -128,7 +133,8 @@ class AfterTraining:
             target_class=target_class, increase_target_probabilities=increase_target_probabilities,
             feature_factors=feature_factors, learning_rates=learning_rates, selector=selector,
             refine_steps=refine_steps, max_rows_per_class=max_rows_per_class,
-            cache_dir=self.experiment_dir / "decoder" if use_cache else None, split=split, bias_prompts=bias_prompts)
+            cache_dir=self.experiment_dir / "decoder" if use_cache else None, split=split, bias_prompts=bias_prompts,
+            search=search, derivatives=derivatives)
         if dist.is_main():  # ranks would race on the read-merge-write of decoder_results.json
             path = self.experiment_dir / DECODER_FILE
             merged = DecoderResults.load(path).merged(res) if path.is_file() else res
