@@ -59,18 +59,24 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "run"
 
 
-def test_evaluate_under_torchrun_equals_one_process(run: Path, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def _copies_one_done(run: Path, tmp_path: Path, *evaluations: list[str]) -> tuple[Path, Path]:
+    """Two copies of ``run``; ``gradedit evaluate <what> ...`` done in this process (1 thread) on the first."""
     one, two = tmp_path / "one", tmp_path / "two"
     shutil.copytree(run, one)
     shutil.copytree(run, two)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert main(["evaluate", "decoder", str(one), "--target-class", "fem"]) == 0
-        assert main(["evaluate", "encoder", str(one)]) == 0
+        for what in evaluations:
+            assert main(["evaluate", what[0], str(one), *what[1:]]) == 0
     finally:
         torch.set_num_threads(threads)
+    return one, two
+
+
+def test_evaluate_under_torchrun_equals_one_process(run: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    one, two = _copies_one_done(run, tmp_path, ["decoder", "--target-class", "fem"], ["encoder"])
     capsys.readouterr()
     for what in (["decoder", "--target-class", "fem"], ["encoder"]):
         res = _torchrun(["evaluate", what[0], str(two), *what[1:]])
@@ -87,15 +93,7 @@ def test_evaluate_under_torchrun_equals_one_process(run: Path, tmp_path: Path,
 def test_accelerate_launch_runs_the_cli_in_two_processes(run: Path, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     """``accelerate launch ... -m gradedit evaluate encoder`` joins 2 ranks and writes the 1-process result."""
-    one, two = tmp_path / "one", tmp_path / "two"
-    shutil.copytree(run, one)
-    shutil.copytree(run, two)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["evaluate", "encoder", str(one)]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    one, two = _copies_one_done(run, tmp_path, ["encoder"])
     capsys.readouterr()
     res = _torchrun(["evaluate", "encoder", str(two)], launcher=ACCELERATE)
     assert res.returncode == 0, res.stderr[-3000:]
