@@ -56,7 +56,7 @@ def main() -> None:
     p = side_parser(__doc__)
     p.add_argument("--run-dir", required=True, help="finished run of _gradedit_encoder_side.py train")
     p.add_argument("--search", choices=("grid", "fast"), required=True)
-    p.add_argument("--derivatives", default="jvp2")
+    p.add_argument("--derivatives", default="fd")
     p.add_argument("--tolerance", type=float, default=0.05)
     p.add_argument("--refine-steps", type=int, default=0)
     args = p.parse_args()

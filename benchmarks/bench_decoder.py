@@ -304,7 +304,7 @@ def main() -> None:
                    "trained model (the library's default grid), passed to both sides as absolute values")
     p.add_argument("--lrs", default="", help="absolute learning rates instead of --rel-lrs")
     p.add_argument("--lms-ratio", type=float, default=0.99, help="the selection bound (gradiend's LMSThresholdPolicy)")
-    p.add_argument("--derivatives", choices=("jvp2", "fd"), default="jvp2", help="our fast search")
+    p.add_argument("--derivatives", choices=("jvp2", "fd"), default="fd", help="our fast search")
     p.add_argument("--tolerance", type=float, default=0.05, help="our fast search: boundary bracket hi/lo - 1")
     p.add_argument("--refine-steps", type=int, default=0, help="our grid: bisections after the grid")
     p.add_argument("--rows-per-class", type=int, default=20, help="test rows per class the selections score")

@@ -131,7 +131,9 @@ def test_fast_respects_the_constraint_on_real_passes_and_counts_its_passes(mwg, 
     grid = evaluate_decoder(mwg, data, CLASSES, NEUTRAL, search="grid", learning_rates=lrs, selector="perplexity:0.015")
     n_grid = len(calls) - n_fast
     assert fast.info["scoring_passes"] == n_fast and grid.info["scoring_passes"] == n_grid
-    assert fast.info["forward_passes"] == n_fast + fast.info["jvp_passes"] and fast.info["jvp_passes"] == 2
+    # one derivative pass per feature factor for jvp-of-jvp, two (±h) for the default fd
+    assert fast.info["derivatives"] == "fd"
+    assert fast.info["forward_passes"] == n_fast + fast.info["jvp_passes"] and fast.info["jvp_passes"] == 2 * 2
     assert grid.info["forward_passes"] == n_grid == 1 + 10 + 2 * 4
     assert fast.info["forward_passes"] < grid.info["forward_passes"]
     base_ppl = metrics.perplexity(mwg.lm, NEUTRAL)

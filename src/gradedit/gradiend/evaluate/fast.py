@@ -198,7 +198,7 @@ def predicted_metrics(probe: DecoderProbe, taylor: LineTaylor, keys: Sequence[st
 
 def fast_points(probe: DecoderProbe, feature_factors: Sequence[float], keys: Sequence[str], select: Selector,
                 base: dict[str, Any], bounds: tuple[float, float], *, tolerance: float = 0.05,
-                derivatives: str = "jvp2", fd_step: float | None = None,
+                derivatives: str = "fd", fd_step: float | None = None,
                 on_line: Callable[[float], None] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Real points near each line's constraint boundary and a report of the prediction and its check.
 

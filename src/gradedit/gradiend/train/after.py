@@ -114,7 +114,7 @@ class AfterTraining:
                          plot: bool = False, split: str = "val", max_neutral: int = 64, refine_steps: int = 4,
                          max_rows_per_class: int | None = 64, use_cache: bool = True,
                          bias_prompts: Sequence[str] | None = None, search: str | None = None,
-                         derivatives: str = "jvp2") -> DecoderResults:
+                         derivatives: str = "fd") -> DecoderResults:
         """Sweep feature_factor × learning_rate; select the best point per class under the selector's constraint.
 
         ``search``: ``"grid"`` (every point, then ``refine_steps`` bisections) or ``"fast"`` (predict the
