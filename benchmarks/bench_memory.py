@@ -12,7 +12,7 @@ Two parts, each mode in its own process (``_memory_side.py``), one torch thread:
   ``bench_train.py`` runs it) gives the reference peak.
 * ``step``: the encoder-decoder step alone on random vectors of the model's input size n, with the
   training loop's vector handling as it is (``now``) and as proposed (``fixed``: see
-  docs/benchmarks_memory.md), so modes the loop does not drive yet (``fused_step``) are measured too.
+  docs/benchmarks.md ("Memory of unpruned GRADIEND training")), so modes the loop does not drive yet (``fused_step``) are measured too.
 
 Every peak is shown over the base in units of ``u = 4n`` bytes (one fp32 n-vector) beside the formula's
 units for the same mode (``formula_units``): weights 3, AdamW moments 6 (fp32) or 3 (bf16), the loop's

@@ -1,4 +1,4 @@
-"""Memory fixes of GRADIEND training measured in docs/benchmarks_memory.md (issue 16.3), checked on live
+"""Memory fixes of GRADIEND training measured in docs/benchmarks.md ("Memory of unpruned GRADIEND training") (issue 16.3), checked on live
 tensors with the garbage collector off (no timing, no RSS): ``save_tree_atomic`` copies nothing it can write
 as it is and leaves nothing behind (same file bytes as before), ``SeedTrainer.run`` frees the training model
 and optimiser before it reads ``best/``, and ``SeedTrainer._batch`` does not stack copies."""
